@@ -1,0 +1,45 @@
+"""vqgan-lc: large-codebook image tokenizers (VQGAN-LC, DiGIT-style discriminative tokens).
+
+Quick start::
+
+    from vqgan_lc import VQGANLC
+    tok = VQGANLC.from_pretrained("path/to/model_dir")
+    ids = tok.encode(images)        # (B, 3, H, W) in [-1, 1] -> (B, H/16, W/16) int64
+    recon = tok.decode(ids)         # -> (B, 3, H, W)
+"""
+
+from .config import ModelConfig, QuantizerConfig
+from .errors import (
+    CheckpointError,
+    CodebookError,
+    FormatVersionError,
+    ImageShapeError,
+    MissingWeightsError,
+    TokenRangeError,
+    VQGANLCError,
+)
+from .model import ModelOutput, VQGANLC
+from .quantize import CodebookUsage, QuantizerOutput, nearest_code
+from .registry import create_model, get_config, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "CodebookError",
+    "CodebookUsage",
+    "FormatVersionError",
+    "ImageShapeError",
+    "MissingWeightsError",
+    "ModelConfig",
+    "ModelOutput",
+    "QuantizerConfig",
+    "QuantizerOutput",
+    "TokenRangeError",
+    "VQGANLC",
+    "VQGANLCError",
+    "create_model",
+    "get_config",
+    "list_models",
+    "nearest_code",
+]

@@ -1,0 +1,112 @@
+"""Codebook files: ``codebook.safetensors`` (ours, with provenance) and the official ``.pth`` tensor.
+
+Ours holds one tensor ``codebook`` of shape ``(N, d)`` (float32) and string metadata: ``format``,
+``format_version`` and a JSON ``provenance`` (extractor, weights hash, layer, pooling, image size,
+k, per-class k, seed, class order, source list hash, ...). Row order is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import CodebookError, FormatVersionError
+
+CODEBOOK_FORMAT = "vqgan-lc-codebook"
+CODEBOOK_FORMAT_VERSION = 1
+
+
+@dataclass
+class Codebook:
+    """A ``(N, d)`` float32 codebook and where it came from."""
+
+    vectors: torch.Tensor
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+def save_codebook(path: str | os.PathLike, vectors: torch.Tensor, provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``vectors`` (N, d) and JSON-serialisable ``provenance`` atomically to ``path``."""
+    path = Path(path)
+    _check_vectors(vectors, path)
+    meta = {
+        "format": CODEBOOK_FORMAT,
+        "format_version": str(CODEBOOK_FORMAT_VERSION),
+        "provenance": json.dumps(provenance or {}, sort_keys=True),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"codebook": vectors.detach().float().contiguous().cpu()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def load_codebook(path: str | os.PathLike) -> Codebook:
+    """Read a codebook: ours (``.safetensors``) or the official release (``codebook-100K.pth``).
+
+    The official file is a pickled float32 tensor; it is read with ``torch.load(weights_only=True)``,
+    which refuses anything but tensors and plain containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CodebookError(f"codebook file {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad pickle
+        raise CodebookError(
+            f"{path} is not a readable codebook: expected our .safetensors file or the official "
+            f".pth holding one float tensor ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+    if isinstance(obj, dict) and len(obj) == 1:  # tolerate {"codebook": tensor}-style wrappers
+        obj = next(iter(obj.values()))
+    if not isinstance(obj, torch.Tensor):
+        raise CodebookError(f"{path} holds a {type(obj).__name__}, not a (N, d) codebook tensor")
+    _check_vectors(obj, path)
+    return Codebook(obj.float().contiguous(), {"source": "official-pth", "file": path.name})
+
+
+def _load_safetensors(path: Path) -> Codebook:
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CodebookError(f"{path} is corrupt or not a safetensors file ({e})") from e
+    if meta.get("format") != CODEBOOK_FORMAT or "codebook" not in tensors:
+        raise CodebookError(f"{path} is a safetensors file but not a vqgan-lc codebook (no 'codebook' tensor)")
+    version = int(meta.get("format_version", "0"))
+    if version != CODEBOOK_FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path} has codebook format_version {version}; this vqgan-lc reads version "
+            f"{CODEBOOK_FORMAT_VERSION}. Upgrade vqgan-lc to read it."
+        )
+    vectors = tensors["codebook"]
+    _check_vectors(vectors, path)
+    return Codebook(vectors.float().contiguous(), json.loads(meta.get("provenance", "{}")))
+
+
+def _check_vectors(v: torch.Tensor, path: Path) -> None:
+    if v.dim() != 2 or v.shape[0] < 1 or v.shape[1] < 1:
+        raise CodebookError(f"{path}: a codebook must be a non-empty (N, d) matrix, got shape {tuple(v.shape)}")
+    if not v.is_floating_point():
+        raise CodebookError(f"{path}: codebook dtype {v.dtype} is not a float type")
+    if not torch.isfinite(v).all():
+        raise CodebookError(f"{path}: the codebook contains NaN or infinite values")

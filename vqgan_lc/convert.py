@@ -1,0 +1,162 @@
+"""Official VQGAN-LC (and taming VQGAN) checkpoints -> a vqgan-lc model directory.
+
+The official release files (``vqgan-lc-100K-f16-dim8.pth``, ...) are pickles of
+``{"model": state_dict, "args": argparse.Namespace, "epoch": int}`` (``"state_dict"`` instead of
+``"model"`` in the every-10-epochs files). They are read with ``torch.load(weights_only=True)`` and
+an allow-list holding only ``argparse.Namespace``, so no other code in the file can run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .codebook import load_codebook
+from .config import ModelConfig
+from .errors import CheckpointError
+from .model import VQGANLC
+from .registry import get_config
+
+log = logging.getLogger(__name__)
+
+# Training-only parts of the official state dict: not part of the tokenizer.
+_DROPPED_PREFIXES = ("discriminator.", "perceptual_loss.", "loss.")
+_RENAMES = {
+    "tok_embeddings.weight": "quantize.codebook",
+    "codebook_projection.weight": "quantize.projection.weight",
+    "codebook_projection.bias": "quantize.projection.bias",
+}
+_DDCONFIG_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "resolution",
+                  "in_channels", "out_ch", "dropout")
+
+
+def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an official ``.pth``: returns ``(state_dict, args as a dict)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling raises many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} cannot be read safely as an official VQGAN-LC checkpoint: {first}. Only tensors, plain "
+            "containers and argparse.Namespace are allowed; a file needing other classes is refused."
+        ) from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict with a 'model' entry")
+    state = obj.get("model", obj.get("state_dict"))
+    if state is None and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state = obj  # a bare state dict
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path} has no 'model' or 'state_dict' entry (keys: {sorted(obj)[:8]})")
+    args = obj.get("args")
+    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    return state, args
+
+
+def config_from_yaml(path: str | os.PathLike) -> ModelConfig:
+    """The architecture from an official ``vq_config.yaml`` (``model.params.{embed_dim, ddconfig}``)."""
+    try:
+        import yaml
+    except ImportError as e:  # pragma: no cover
+        raise CheckpointError("reading a YAML config needs PyYAML: pip install pyyaml (or pass --preset)") from e
+    with open(path) as f:
+        doc = yaml.safe_load(f)
+    try:
+        params = doc["model"]["params"]
+        dd = params["ddconfig"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is not an official VQGAN config (needs model.params.ddconfig)") from e
+    if dd.get("double_z"):
+        raise CheckpointError(f"{path}: double_z=true is a KL autoencoder, not a VQGAN")
+    return ModelConfig(embed_dim=int(params.get("embed_dim", 8)), **{k: dd[k] for k in _DDCONFIG_KEYS if k in dd})
+
+
+def convert_official(
+    checkpoint: str | os.PathLike,
+    *,
+    codebook: str | os.PathLike | None = None,
+    config: ModelConfig | None = None,
+    yaml_config: str | os.PathLike | None = None,
+    preset: str | None = None,
+    embed_dim: int | None = None,
+) -> VQGANLC:
+    """Build a ``VQGANLC`` holding an official checkpoint's weights.
+
+    Exactly one of ``config``, ``yaml_config`` and ``preset`` gives the encoder/decoder architecture.
+    ``embed_dim`` (D') defaults to the checkpoint's ``args.embed_dim`` (the official code takes it from
+    the command line, not the YAML). ``codebook`` is the k-means file the model was trained with
+    (``codebook-100K.pth``); the frozen codebook inside the checkpoint must equal it.
+    """
+    if sum(x is not None for x in (config, yaml_config, preset)) != 1:
+        raise ValueError("give exactly one of config, yaml_config, preset")
+    state, args = load_official_checkpoint(checkpoint)
+    if config is None:
+        config = config_from_yaml(yaml_config) if yaml_config is not None else get_config(preset)
+
+    if int(args.get("use_cblinear", 1)) != 1 or any(k.startswith("codebook_projection.0") for k in state):
+        raise CheckpointError(f"{checkpoint} uses the MLP projector (use_cblinear=2); only the linear projector is supported")
+    if str(args.get("quantizer_type", "org")) != "org":
+        raise CheckpointError(f"{checkpoint} uses quantizer_type={args['quantizer_type']!r}; only the LC quantizer ('org') converts")
+
+    ours: dict[str, torch.Tensor] = {}
+    dropped = 0
+    for k, v in state.items():
+        if k.startswith(_DROPPED_PREFIXES):
+            dropped += 1
+            continue
+        ours[_RENAMES.get(k, k)] = v
+    log.info("dropped %d training-only tensors (discriminator, perceptual loss)", dropped)
+
+    if "quantize.projection.weight" not in ours:
+        raise CheckpointError(f"{checkpoint} has no codebook_projection.weight: not a VQGAN-LC checkpoint")
+    proj_dim, cb_dim = ours["quantize.projection.weight"].shape
+    ckpt_embed = args.get("embed_dim")
+    if embed_dim is None:
+        embed_dim = int(ckpt_embed) if ckpt_embed is not None else int(proj_dim)
+    if embed_dim != proj_dim:
+        raise CheckpointError(
+            f"embed_dim {embed_dim} does not match the checkpoint's projector, which maps {cb_dim} -> {proj_dim}; "
+            f"pass --embed-dim {proj_dim}"
+        )
+
+    cb = ours.get("quantize.codebook")
+    if codebook is not None:
+        given = load_codebook(codebook).vectors
+        if cb is None:
+            ours["quantize.codebook"] = cb = given
+        elif tuple(given.shape) != tuple(cb.shape):
+            raise CheckpointError(
+                f"codebook {codebook} is {tuple(given.shape)} but the checkpoint was trained with a {tuple(cb.shape)} "
+                "codebook; pass the codebook file of the same release"
+            )
+        elif not torch.equal(given.float(), cb.float()):
+            raise CheckpointError(
+                f"codebook {codebook} has the checkpoint's shape but different values; the rows of a "
+                "k-means codebook are not interchangeable, pass the file the model was trained with"
+            )
+    if cb is None:
+        raise CheckpointError(f"{checkpoint} stores no tok_embeddings.weight; pass the codebook file with --codebook")
+    n_codes = int(cb.shape[0])
+    if args.get("n_vision_words") not in (None, n_codes):
+        log.info("args.n_vision_words=%s is overridden by the codebook's %d rows (as in the official code)",
+                 args.get("n_vision_words"), n_codes)
+
+    config = config.replace(embed_dim=embed_dim, quantizer={"kind": "lc", "codebook_size": n_codes,
+                                                             "codebook_dim": int(cb.shape[1])})
+    model = VQGANLC(config)
+    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
+                                  source=str(checkpoint))
+    model.provenance = {
+        "converted_from": Path(checkpoint).name,
+        "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))},
+        "codebook_file": Path(codebook).name if codebook is not None else None,
+    }
+    return model.eval()

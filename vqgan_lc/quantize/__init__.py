@@ -1,0 +1,44 @@
+"""Quantizers and the nearest-code search."""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from .base import CodebookQuantizer
+from .baselines import EMAQuantizer, FCQuantizer, VQQuantizer
+from .lc import LCQuantizer
+from .output import QuantizerOutput, usage_perplexity
+from .search import full_matrix_nearest_code, fused_search_available, nearest_code
+from .usage import CodebookUsage
+
+
+def build_quantizer(config: ModelConfig, *, inference_only: bool = False) -> CodebookQuantizer:
+    """The quantizer named by ``config.quantizer.kind``."""
+    q = config.quantizer
+    common = dict(commit_weight=q.commit_weight, codebook_weight=q.codebook_weight)
+    if q.kind == "lc":
+        return LCQuantizer(
+            q.codebook_size, q.codebook_dim, config.embed_dim, distance=q.distance, inference_only=inference_only, **common
+        )
+    if inference_only:
+        raise ValueError(f"inference-only export exists for the 'lc' quantizer, not {q.kind!r}")
+    if q.kind == "vq":
+        return VQQuantizer(q.codebook_size, config.embed_dim, distance=q.distance, **common)
+    if q.kind == "fc":
+        return FCQuantizer(q.codebook_size, config.embed_dim, **common)
+    return EMAQuantizer(q.codebook_size, config.embed_dim, decay=q.ema_decay, eps=q.ema_eps, distance=q.distance, **common)
+
+
+__all__ = [
+    "CodebookQuantizer",
+    "CodebookUsage",
+    "EMAQuantizer",
+    "FCQuantizer",
+    "LCQuantizer",
+    "QuantizerOutput",
+    "VQQuantizer",
+    "build_quantizer",
+    "full_matrix_nearest_code",
+    "fused_search_available",
+    "nearest_code",
+    "usage_perplexity",
+]
