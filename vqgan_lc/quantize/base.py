@@ -67,7 +67,9 @@ class CodebookQuantizer(nn.Module):
             commit = F.mse_loss(zq.detach(), zf)
             codebook = F.mse_loss(zq, zf.detach())
             loss = self.commit_weight * commit + self.codebook_weight * codebook
-            zq = zf + (zq - zf).detach()  # straight-through estimator
+            if torch.is_grad_enabled() and zf.requires_grad:
+                zq = zf + (zq - zf).detach()  # straight-through estimator
+            # else: the exact code vectors, so forward() reconstructs bit-for-bit like decode(encode(x))
             zq = zq.reshape(b, h, w, d).permute(0, 3, 1, 2).contiguous()
         counts = torch.bincount(ids, minlength=self.codebook_size)
         return QuantizerOutput(

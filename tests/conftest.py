@@ -1,0 +1,51 @@
+"""Shared test helpers: the official-format fixture and real photographs from scikit-image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+OFFICIAL_TINY = FIXTURES / "official-format-tiny"
+
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
+
+
+@pytest.fixture(scope="session")
+def official_tiny() -> Path:
+    """../shared/fixtures/official-format-tiny; skipped where that folder is absent (a user's clone)."""
+    if not (OFFICIAL_TINY / "vqgan_lc_official_format.pth").is_file():
+        pytest.skip(f"golden fixture not found at {OFFICIAL_TINY} (it ships beside the repo in CI only)")
+    return OFFICIAL_TINY
+
+
+def photo(name: str) -> np.ndarray:
+    """An RGB uint8 photograph from scikit-image (bundled offline)."""
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def photo_crops(size: int, n: int, seed: int = 0, names: tuple[str, ...] = PHOTO_NAMES) -> torch.Tensor:
+    """``n`` random ``size`` x ``size`` crops of the photographs, (n, 3, size, size) in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    imgs = [photo(nm) for nm in names]
+    out = []
+    for i in range(n):
+        img = imgs[i % len(imgs)]
+        h, w = img.shape[:2]
+        y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        out.append(img[y : y + size, x : x + size])
+    arr = np.stack(out).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture
+def crops64() -> torch.Tensor:
+    return photo_crops(64, 6)

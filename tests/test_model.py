@@ -1,0 +1,237 @@
+"""VQGANLC: shapes, gradients, files and every user error, on the tiny preset and real photographs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqgan_lc import (
+    VQGANLC,
+    CheckpointError,
+    FormatVersionError,
+    ImageShapeError,
+    TokenRangeError,
+    create_model,
+    get_config,
+    list_models,
+)
+from vqgan_lc.quantize import CodebookUsage, EMAQuantizer, FCQuantizer, LCQuantizer, VQQuantizer
+
+
+def tiny(seed: int = 0, **overrides) -> VQGANLC:  # noqa: ANN003
+    torch.manual_seed(seed)
+    # Scaled so the projected codes are as large as a fresh encoder's latents (otherwise one code wins).
+    codebook = torch.randn(512, 768) * 0.03
+    return create_model("tiny", codebook=codebook, **overrides)
+
+
+def test_presets_have_the_official_sizes() -> None:
+    assert {"vqgan-lc-f16-100k", "vqgan-lc-f8-100k", "tiny"} <= set(list_models())
+    f16 = VQGANLC(get_config("vqgan-lc-f16-100k"))
+    # Official f16: 72,421,844 trainable parameters including the 663,361 of the n_layers=2 PatchGAN.
+    assert sum(p.numel() for p in f16.parameters() if p.requires_grad) == 72_421_844 - 663_361
+    assert f16.downsample_factor == 16 and f16.quantize.codebook.shape == (100_000, 768)
+    assert f16.quantize.projection.weight.shape == (8, 768)
+    f8 = get_config("vqgan-lc-f8-100k")
+    assert f8.downsample_factor == 8 and f8.embed_dim == 4
+    with pytest.raises(KeyError, match="unknown preset"):
+        get_config("nope")
+
+
+def test_projector_init_follows_the_official_std() -> None:
+    torch.manual_seed(0)
+    q = LCQuantizer(10, 768, 8)
+    assert abs(float(q.projection.weight.detach().std()) - 8**-0.5) < 0.01
+
+
+def test_encode_decode_shapes_and_eval_consistency(crops64: torch.Tensor) -> None:
+    m = tiny().eval()
+    ids = m.encode(crops64)
+    assert ids.shape == (6, 8, 8) and ids.dtype == torch.int64
+    assert int(ids.min()) >= 0 and int(ids.max()) < m.codebook_size
+    assert len(ids.unique()) > 10
+    with torch.no_grad():
+        out = m(crops64)
+    assert torch.equal(out.quantizer.ids, ids)
+    assert torch.allclose(m.decode(ids), out.reconstruction, atol=1e-5)
+    assert out.quantizer.counts.sum() == ids.numel()
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_the_codebook_none(crops64: torch.Tensor) -> None:
+    m = tiny().train()
+    before = m.quantize.codebook.clone()
+    assert not any(p is m.quantize.codebook for p in m.parameters())
+    out = m(crops64)
+    loss = F.l1_loss(out.reconstruction, crops64) + out.quantizer.loss
+    loss.backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    # The projector is reached both through the codebook loss and (straight-through) nowhere else.
+    assert m.quantize.projection.weight.grad.abs().sum() > 0
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    w0 = m.quantize.projection.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(w0, m.quantize.projection.weight)
+    assert torch.equal(before, m.quantize.codebook)
+    assert m.quantize.codebook.grad is None
+
+
+def test_quantizer_loss_terms_use_the_official_weights(crops64: torch.Tensor) -> None:
+    m = tiny().eval()
+    with torch.no_grad():
+        q = m(crops64).quantizer
+    assert torch.allclose(q.loss, 1.0 * q.commit_loss + 0.33 * q.codebook_loss)
+    m2 = tiny(quantizer={"commit_weight": 0.25, "codebook_weight": 1.0}).eval()
+    with torch.no_grad():
+        q2 = m2(crops64).quantizer
+    assert torch.allclose(q2.loss, 0.25 * q2.commit_loss + q2.codebook_loss)
+
+
+def test_straight_through_passes_decoder_gradient_to_the_encoder(crops64: torch.Tensor) -> None:
+    m = tiny().train()
+    out = m(crops64)
+    F.mse_loss(out.reconstruction, crops64).backward()  # no quantizer loss: only the straight-through path
+    assert m.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert m.quantize.projection.weight.grad is None or m.quantize.projection.weight.grad.abs().sum() == 0
+
+
+def test_cosine_distance_normalises_latents_and_codes(crops64: torch.Tensor) -> None:
+    m = tiny(quantizer={"distance": "cosine"}).eval()
+    with torch.no_grad():
+        z = m.encode_latents(crops64)
+        q = m.quantize_latents(z)
+        codes = F.normalize(m.quantize.codes(), dim=1)
+    zf = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, 8), dim=1)
+    assert torch.equal(q.ids.reshape(-1), (zf @ codes.t()).argmax(1))
+    assert torch.allclose(q.z_q.norm(dim=1), torch.ones(6, 8, 8), atol=1e-5)
+
+
+def test_eval_cache_follows_projector_updates(crops64: torch.Tensor) -> None:
+    m = tiny().eval()
+    ids1 = m.encode(crops64)
+    with torch.no_grad():
+        m.quantize.projection.weight.mul_(-1.0)
+    with torch.no_grad():
+        expected = m.quantize(m.encode_latents(crops64)).ids
+        fresh = m.quantize.projection(m.quantize.codebook)
+    assert torch.allclose(m.quantize.search_codes()[0], fresh)
+    assert torch.equal(m.encode(crops64), expected) and not torch.equal(ids1, expected)
+
+
+@pytest.mark.parametrize("kind,cls", [("vq", VQQuantizer), ("fc", FCQuantizer), ("ema", EMAQuantizer), ("lc", LCQuantizer)])
+def test_baselines_share_the_interface(kind: str, cls: type, crops64: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    m = create_model("tiny", quantizer={"kind": kind, "codebook_size": 256}).train()
+    assert isinstance(m.quantize, cls)
+    before = m.quantize.codes().detach().clone()
+    out = m(crops64)
+    assert out.quantizer.z_q.shape == (6, 8, 8, 8) and out.quantizer.ids.shape == (6, 8, 8)
+    (F.l1_loss(out.reconstruction, crops64) + out.quantizer.loss).backward()
+    if kind == "ema":
+        assert not torch.equal(before, m.quantize.codes())  # EMA moved the codes in the forward pass
+        assert out.quantizer.codebook_loss.requires_grad is False or m.quantize.codebook_weight == 0.0
+    elif kind in ("vq", "fc"):
+        assert m.quantize.embedding.grad.abs().sum() > 0
+    if kind == "fc":
+        assert torch.allclose(out.quantizer.z_q.norm(dim=1), torch.ones(6, 8, 8), atol=1e-5)
+
+
+def test_usage_statistics() -> None:
+    u = CodebookUsage(8)
+    u.update(torch.tensor([[0, 1], [1, 3]]))
+    assert u.used == 3 and u.utilization == 3 / 8
+    u.reset()
+    u.update(torch.arange(8))
+    assert abs(u.perplexity - 8.0) < 1e-9
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_save_and_load_round_trip(tmp_path, crops64: torch.Tensor) -> None:  # noqa: ANN001
+    m = tiny().eval()
+    m.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["format_version"] == 1 and cfg["weights"] == "full" and cfg["config"]["ch_mult"] == [1, 2, 2, 4]
+    m2 = VQGANLC.from_pretrained(tmp_path / "m")
+    assert m2.config == m.config
+    for (k, a), (k2, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert torch.equal(m2.encode(crops64), m.encode(crops64))
+
+
+def test_inference_only_export_is_small_and_identical(tmp_path, crops64: torch.Tensor) -> None:  # noqa: ANN001
+    m = tiny().eval()
+    m.save_pretrained(tmp_path / "full")
+    m.save_pretrained(tmp_path / "inf", inference_only=True)
+    full_size = (tmp_path / "full" / "model.safetensors").stat().st_size
+    inf_size = (tmp_path / "inf" / "model.safetensors").stat().st_size
+    assert full_size - inf_size >= 512 * 768 * 4 - 512 * 8 * 4  # raw codebook gone, projected codes kept
+    mi = VQGANLC.from_pretrained(tmp_path / "inf")
+    assert mi.inference_only and "quantize.codebook" not in mi.state_dict()
+    ids = m.encode(crops64)
+    assert torch.equal(mi.encode(crops64), ids)
+    assert torch.equal(mi.decode(ids), m.decode(ids))
+    mi.save_pretrained(tmp_path / "again")  # an inference model re-saves as inference
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["weights"] == "inference"
+
+
+# ---------------------------------------------------------------- user errors
+
+
+def test_image_errors() -> None:
+    m = tiny().eval()
+    with pytest.raises(ImageShapeError, match="multiple of the downsampling factor 8"):
+        m.encode(torch.zeros(1, 3, 60, 64))
+    with pytest.raises(ImageShapeError, match="1 channels but the model expects 3"):
+        m.encode(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(ImageShapeError, match=r"\(B, C, H, W\)"):
+        m.encode(torch.zeros(3, 64, 64))
+    with pytest.raises(ImageShapeError, match="floats"):
+        m.encode(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_id_errors() -> None:
+    m = tiny().eval()
+    with pytest.raises(TokenRangeError, match=r"\[0, 512\)"):
+        m.decode(torch.full((1, 8, 8), 512))
+    with pytest.raises(TokenRangeError, match=r"\[-1, 0\]"):
+        m.decode(torch.tensor([[[-1, 0]]]))
+    with pytest.raises(TokenRangeError, match="integers"):
+        m.decode(torch.zeros(1, 8, 8))
+    with pytest.raises(TokenRangeError, match=r"\(B, h, w\)"):
+        m.decode(torch.zeros(8, 8, dtype=torch.long))
+
+
+def test_file_errors(tmp_path) -> None:  # noqa: ANN001
+    m = tiny()
+    d = m.save_pretrained(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="not a vqgan-lc model directory"):
+        VQGANLC.from_pretrained(tmp_path / "missing")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["format_version"] = 99
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FormatVersionError, match="format_version 99"):
+        VQGANLC.from_pretrained(d)
+    cfg["format_version"] = 1
+    (d / "config.json").write_text(json.dumps(cfg))
+    blob = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(blob[: len(blob) // 2])  # truncated download
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        VQGANLC.from_pretrained(d)
+    (d / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        VQGANLC.from_pretrained(d)
+
+
+def test_weights_of_another_shape_are_refused_with_the_keys_named(tmp_path) -> None:  # noqa: ANN001
+    tiny().save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["config"]["embed_dim"] = 4
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"quant_conv.weight: file \(8, 64, 1, 1\) vs model \(4, 64, 1, 1\)"):
+        VQGANLC.from_pretrained(tmp_path / "m")
