@@ -49,3 +49,32 @@ def photo_crops(size: int, n: int, seed: int = 0, names: tuple[str, ...] = PHOTO
 @pytest.fixture
 def crops64() -> torch.Tensor:
     return photo_crops(64, 6)
+
+
+def write_photo_folder(root: Path, per_class: int = 3, size: int = 96, seed: int = 0, fmt: str = "JPEG") -> list[Path]:
+    """A folder of real photographs: class sub-folders ``a_*`` of random crops saved as JPEG/PNG."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    written = []
+    for ci, name in enumerate(PHOTO_NAMES[:3]):
+        img = photo(name)
+        d = root / f"class_{ci}_{name}"
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            h, w = img.shape[:2]
+            s = int(rng.integers(size, min(h, w) + 1))
+            y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+            crop = Image.fromarray(img[y : y + s, x : x + s]).resize((size + 8 * j, size), Image.BICUBIC)
+            p = d / f"img_{j:03d}.{'jpg' if fmt == 'JPEG' else 'png'}"
+            crop.save(p, fmt)
+            written.append(p)
+    return written
+
+
+def tiny_model(seed: int = 0, **overrides):  # noqa: ANN001, ANN201
+    """The tiny preset with a small random codebook scaled to the latents' size (ids then vary)."""
+    from vqgan_lc import create_model
+
+    torch.manual_seed(seed)
+    return create_model("tiny", codebook=torch.randn(512, 768) * 0.03, **overrides).eval()

@@ -22,7 +22,13 @@ def run(args: argparse.Namespace) -> int:
                   f"{c.quantizer.codebook_dim}  ch={c.ch} ch_mult={list(c.ch_mult)} {c.resolution}px")
         return 0
     path = Path(args.path)
-    if path.is_dir():
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from ..tokens import read_manifest
+
+        m = read_manifest(path)
+        info = {k: m[k] for k in ("tokenizer", "grid", "dtype", "num_rows", "num_skipped", "preprocessing")}
+        info["shards"] = len(m["shards"])
+    elif path.is_dir():
         from ..model import VQGANLC
 
         model = VQGANLC.from_pretrained(path)

@@ -16,7 +16,10 @@ from ..errors import VQGANLCError
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "turn an official VQGAN-LC release checkpoint into a model directory"),
+    "encode": ("encode", "encode an image folder into a token directory (resumable, sharded, multi-device)"),
+    "decode": ("decode", "decode a token directory back to PNG images"),
     "info": ("info", "describe a model directory, codebook file or token directory"),
+    "build-codebook": ("build_codebook", "extract frozen features and cluster them into a codebook"),
 }
 
 

@@ -1,0 +1,59 @@
+"""``vqgan-lc decode``: a token directory -> PNG images."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("vqgan_lc.cli.decode")
+
+
+def parse_indices(spec: str | None, n: int) -> range:
+    """``"a:b"``, ``"a:"``, ``":b"`` or ``"i"`` -> a range of rows (Python slice semantics)."""
+    if not spec:
+        return range(n)
+    if ":" in spec:
+        a, b = spec.split(":", 1)
+        return range(n)[slice(int(a) if a else None, int(b) if b else None)]
+    i = int(spec)
+    return range(n)[i : i + 1] if i >= 0 else range(n)[i : (i + 1) or None]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory that made the tokens")
+    p.add_argument("--tokens", required=True, help="token directory written by `vqgan-lc encode`")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.add_argument("--indices", help="rows to decode, e.g. 0:100 (default: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--force", action="store_true", help="decode even if the model does not match the manifest")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..model import VQGANLC
+    from ..tokens import TokenFormatError, check_compatible, open_tokens
+
+    model = VQGANLC.from_pretrained(args.model, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    tokens = open_tokens(args.tokens)
+    problems = check_compatible(tokens.manifest, model)
+    if problems and not args.force:
+        raise TokenFormatError(f"{args.tokens} was not made by this model ({'; '.join(problems)}); pass --force to decode anyway")
+    for p in problems:
+        log.warning("decoding despite: %s", p)
+    rows = parse_indices(args.indices, len(tokens))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    for s in range(0, len(rows), args.batch_size):
+        batch = list(rows[s : s + args.batch_size])
+        ids = torch.from_numpy(tokens[batch].astype(np.int64)).to(device)
+        images = model.decode(ids).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+        for r, img in zip(batch, images.permute(0, 2, 3, 1).cpu().numpy()):
+            Image.fromarray(img).save(out / f"{r:08d}.png")
+    print(f"wrote {len(rows)} images to {out}")
+    return 0

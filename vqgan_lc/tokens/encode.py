@@ -1,0 +1,345 @@
+"""The dataset pipeline: an image folder -> a token directory, resumable, sharded, multi-device.
+
+Shard ``i`` holds the readable images of the sorted sources ``[i * shard_size, (i + 1) * shard_size)``,
+so the result never depends on workers, devices or on where a previous run stopped. A shard is
+finished when its ``.npy`` and its ``.json`` record exist and the sha256 matches; a rerun skips
+finished shards, redoes the rest and writes the manifest last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..codebook.data import ImageList, ImageDataset, collate, list_images
+from ..codebook.features import Preprocess
+from ..errors import VQGANLCError
+from ..model import VQGANLC
+from .format import (
+    MANIFEST,
+    TOKEN_DTYPE,
+    TOKENS_FORMAT,
+    TOKENS_FORMAT_VERSION,
+    TokenFormatError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npy,
+    sha256_file,
+    shard_name,
+)
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "encode.json"  # the run's identity, written first: a rerun must match it
+LABELS_FILE = "labels.npy"
+PATHS_FILE = "paths.txt"
+WORKER_MODEL_DIR = ".model-for-workers"
+
+
+class EncodeError(VQGANLCError, RuntimeError):
+    """An image could not be encoded under ``on_error="fail"`` (finished shards are kept)."""
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How images become tokens. ``image_size``: short side resized (bicubic) then center-cropped."""
+
+    image_size: int = 256
+    batch_size: int = 32
+    num_workers: int = 2
+    shard_size: int = 4096
+    on_error: Literal["skip", "fail"] = "skip"
+    devices: int = 1
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("skip", "fail"):
+            raise ValueError(f"on_error must be 'skip' or 'fail', got {self.on_error!r}")
+        if min(self.image_size, self.batch_size, self.shard_size, self.devices) < 1 or self.num_workers < 0:
+            raise ValueError("image_size, batch_size, shard_size and devices must be positive")
+
+
+def tokenizer_identity(model: VQGANLC) -> dict[str, Any]:
+    """What a token directory records about the model that made it."""
+    return {
+        "kind": "vqgan-lc",
+        "config_hash": model.config_hash(),
+        "codebook_size": model.codebook_size,
+        "downsample_factor": model.downsample_factor,
+    }
+
+
+def _run_descriptor(model: VQGANLC, images: ImageList, opts: EncodeOptions) -> dict[str, Any]:
+    h, w = model.latent_shape(opts.image_size, opts.image_size)
+    return {
+        "format": TOKENS_FORMAT,
+        "format_version": TOKENS_FORMAT_VERSION,
+        "tokenizer": tokenizer_identity(model),
+        "grid": [h, w],
+        "dtype": TOKEN_DTYPE.name,
+        "num_sources": len(images),
+        "source_hash": images.source_hash(),
+        "classes": list(images.classes),
+        "shard_size": opts.shard_size,
+        # Only what changes the ids: batch size, workers and devices do not.
+        "preprocessing": {"image_size": opts.image_size, "resize": "short-side-bicubic", "crop": "center",
+                          "range": "[-1, 1]"},
+    }
+
+
+def _shard_done(out: Path, index: int, start: int, stop: int) -> bool:
+    rec_path = out / shard_name(index).replace(".npy", ".json")
+    npy = out / shard_name(index)
+    if not rec_path.is_file() or not npy.is_file():
+        return False
+    try:
+        import json
+
+        rec = json.loads(rec_path.read_text())
+    except ValueError:
+        return False
+    return rec.get("source_range") == [start, stop] and sha256_file(npy) == rec.get("sha256")
+
+
+def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool) -> None:
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    run_path = out / RUN_FILE
+    if run_path.is_file():
+        try:
+            previous = json.loads(run_path.read_text())
+        except ValueError:
+            previous = None
+        if previous != descriptor:
+            if not overwrite:
+                diff = sorted(k for k in descriptor if previous is None or previous.get(k) != descriptor[k])
+                raise TokenFormatError(
+                    f"{out} holds tokens made with another model, source list or options (differs in: "
+                    f"{', '.join(diff)}); choose another --out or pass --overwrite to replace them"
+                )
+            _clear(out)
+    elif any(out.glob("shard-*.npy")) or (out / MANIFEST).exists():
+        if not overwrite:
+            raise TokenFormatError(f"{out} has token files from an unknown run; pass --overwrite to replace them")
+        _clear(out)
+    # Leftovers of a killed run: temporary files and the worker model copy are never part of the result.
+    for p in out.glob(".*.tmp-*"):
+        p.unlink()
+    shutil.rmtree(out / WORKER_MODEL_DIR, ignore_errors=True)
+    atomic_write_json(run_path, descriptor)
+
+
+def _clear(out: Path) -> None:
+    """Remove only the files this format writes."""
+    for p in [*out.glob("shard-*.npy"), *out.glob("shard-*.json"), *out.glob(".*.tmp-*")]:
+        p.unlink()
+    for name in (MANIFEST, RUN_FILE, LABELS_FILE, PATHS_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
+def _shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+class _Progress:
+    """tqdm when installed, else a log line every few seconds. Shows images/s."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.bar = None
+        self.total, self.done, self.t0, self.last = total, 0, time.perf_counter(), 0.0
+        self.enabled, self.desc = enabled, desc
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.enabled and time.perf_counter() - self.last > 5:
+            self.last = time.perf_counter()
+            rate = self.done / max(self.last - self.t0, 1e-9)
+            log.info("%s: %d/%d images (%.1f img/s)", self.desc, self.done, self.total, rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _encode_shards(
+    model: VQGANLC,
+    images: ImageList,
+    out: Path,
+    shards: list[tuple[int, int, int]],
+    opts: EncodeOptions,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    """Encode the listed ``(index, start, stop)`` shards and write each as soon as it is complete."""
+    if not shards:
+        return
+    model = model.to(device).eval()
+    h, w = model.latent_shape(opts.image_size, opts.image_size)
+    order = [i for _, s, e in shards for i in range(s, e)]
+    dataset = torch.utils.data.Subset(ImageDataset(images, Preprocess(opts.image_size, (opts.image_size,) * 2)), order)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=opts.batch_size, num_workers=opts.num_workers, collate_fn=collate,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if opts.num_workers > 0 else None,
+    )
+    by_source: dict[int, np.ndarray] = {}
+    failed: dict[int, str] = {}
+    pending = list(shards)
+    bar = _Progress(len(order), f"encode -> {out.name}", progress)
+    try:
+        with torch.inference_mode():
+            for batch in loader:
+                for i, reason in batch.failed:
+                    if opts.on_error == "fail":
+                        raise EncodeError(
+                            f"cannot read {images.root / images.paths[i]} ({reason}); finished shards are kept, "
+                            "fix or remove the file and rerun, or pass --on-error skip"
+                        )
+                    log.warning("skipped %s: %s", images.paths[i], reason)
+                    failed[i] = reason
+                if batch.images is not None:
+                    x = batch.images.to(device, non_blocking=True)
+                    ids = model.encode(x).to("cpu", torch.int64).numpy().astype(TOKEN_DTYPE)
+                    for i, row in zip(batch.indices, ids):
+                        by_source[i] = row
+                bar.update(len(batch.indices) + len(batch.failed))
+                while pending and all(j in by_source or j in failed for j in range(pending[0][1], pending[0][2])):
+                    index, s, e = pending.pop(0)
+                    _write_shard(out, images, index, s, e, by_source, failed, (h, w))
+    finally:
+        bar.close()
+
+
+def _write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
+                 by_source: dict[int, np.ndarray], failed: dict[int, str], grid: tuple[int, int]) -> None:
+    kept = [i for i in range(start, stop) if i in by_source]
+    arr = np.stack([by_source.pop(i) for i in kept]) if kept else np.empty((0, *grid), TOKEN_DTYPE)
+    digest = atomic_write_npy(out / shard_name(index), np.ascontiguousarray(arr, dtype=TOKEN_DTYPE))
+    record = {
+        "file": shard_name(index),
+        "source_range": [start, stop],
+        "rows": len(kept),
+        "kept": kept,
+        "skipped": [{"index": i, "path": images.paths[i], "reason": failed.pop(i)} for i in range(start, stop) if i in failed],
+        "sha256": digest,
+    }
+    atomic_write_json(out / shard_name(index).replace(".npy", ".json"), record)
+    log.debug("wrote shard %d (%d rows)", index, len(kept))
+
+
+def _finalize(out: Path, images: ImageList, descriptor: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    shards, labels, paths, skipped = [], [], [], []
+    row = 0
+    for index, (s, e) in enumerate(_shard_ranges(len(images), descriptor["shard_size"])):
+        rec = json.loads((out / shard_name(index).replace(".npy", ".json")).read_text())
+        shards.append({"file": rec["file"], "source_range": rec["source_range"], "rows": rec["rows"],
+                       "row_range": [row, row + rec["rows"]], "sha256": rec["sha256"]})
+        row += rec["rows"]
+        labels.extend(images.labels[i] for i in rec["kept"])
+        paths.extend(images.paths[i] for i in rec["kept"])
+        skipped.extend(rec["skipped"])
+    np_labels = np.asarray(labels, dtype=np.int64)
+    atomic_write_npy(out / LABELS_FILE, np_labels)
+    atomic_write_bytes(out / PATHS_FILE, "".join(p + "\n" for p in paths).encode())
+    manifest = {
+        **descriptor,
+        "num_rows": row,
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "shards": shards,
+        "labels_file": LABELS_FILE,
+        "paths_file": PATHS_FILE,
+    }
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _worker(rank: int, model_dir: str, images: ImageList, out: str, shards: list, opts: EncodeOptions,
+            threads: int) -> None:
+    torch.set_num_threads(threads)
+    device = torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
+    model = VQGANLC.from_pretrained(model_dir)
+    mine = [s for k, s in enumerate(shards) if k % opts.devices == rank]
+    _encode_shards(model, images, Path(out), mine, opts, device, progress=rank == 0)
+
+
+def encode_dataset(
+    model: VQGANLC | str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    file_list: str | os.PathLike | None = None,
+    options: EncodeOptions | None = None,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode every image under ``data`` (or named by ``file_list``) into the token directory ``out``.
+
+    Returns the manifest. Resumable: rerunning the same call after a crash redoes only unfinished
+    shards and the directory ends byte-identical to an uninterrupted run. ``options.devices > 1``
+    starts one process per device (CUDA GPUs, else CPU processes sharing the cores); each writes its
+    own shards and this process writes the manifest.
+    """
+    opts = options or EncodeOptions()
+    model_dir = None
+    if not isinstance(model, VQGANLC):
+        model_dir = str(model)
+        model = VQGANLC.from_pretrained(model_dir)
+    out = Path(out)
+    images = list_images(data, file_list)
+    descriptor = _run_descriptor(model, images, opts)
+    _prepare_output(out, descriptor, overwrite)
+    ranges = _shard_ranges(len(images), opts.shard_size)
+    todo = [(i, s, e) for i, (s, e) in enumerate(ranges) if not _shard_done(out, i, s, e)]
+    if len(todo) < len(ranges):
+        log.info("resuming: %d of %d shards already finished and verified", len(ranges) - len(todo), len(ranges))
+    if opts.devices > 1 and todo:
+        if model_dir is None:
+            model_dir = str(out / WORKER_MODEL_DIR)
+            model.save_pretrained(model_dir, inference_only=model.inference_only)
+        threads = max(1, (os.cpu_count() or 1) // opts.devices) if not torch.cuda.is_available() else 1
+        torch.multiprocessing.spawn(_worker, args=(model_dir, images, str(out), todo, opts, threads),
+                                    nprocs=opts.devices, join=True)
+        if model_dir == str(out / WORKER_MODEL_DIR):
+            shutil.rmtree(model_dir, ignore_errors=True)
+    else:
+        dev = torch.device(device) if device is not None else next(model.parameters()).device
+        _encode_shards(model, images, out, todo, opts, dev, progress)
+    manifest = _finalize(out, images, descriptor)
+    log.info("%s: %d images -> %d rows of %dx%d tokens in %d shards (%d skipped)", out, len(images),
+             manifest["num_rows"], *manifest["grid"], len(ranges), manifest["num_skipped"])
+    return manifest
+
+
+def check_compatible(manifest: dict[str, Any], model: VQGANLC) -> list[str]:
+    """Reasons why ``model`` should not decode these tokens (empty when it fits)."""
+    problems = []
+    tok = manifest["tokenizer"]
+    if tok.get("codebook_size") != model.codebook_size:
+        problems.append(f"codebook size {model.codebook_size} != {tok.get('codebook_size')} in the manifest")
+    if tok.get("config_hash") != model.config_hash():
+        problems.append(f"model config hash {model.config_hash()} != {tok.get('config_hash')} in the manifest")
+    return problems
+
+
+__all__ = ["EncodeError", "EncodeOptions", "check_compatible", "encode_dataset", "tokenizer_identity"]
