@@ -1,4 +1,12 @@
-"""``vqgan-lc encode``: an image folder or file list -> a token directory."""
+"""``vqgan-lc encode``: an image folder or file list -> a token directory.
+
+``--model DIR`` is a VQGAN-LC model directory or a DiGIT tokenizer directory (detected from its
+config.json; ``--tokenizer`` checks the kind). A DiGIT tokenizer can also be assembled on the fly::
+
+    vqgan-lc encode --tokenizer digit --codebook km_8k.safetensors \
+        --weights dinov2_vitb14_reg4_pretrain.pth --data imagenet/train --out tokens-digit/ \
+        [--save-tokenizer digit-tokenizer/]
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,23 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (save_pretrained / convert output)")
+    p.add_argument("--model", help="tokenizer directory: a VQGAN-LC model (save_pretrained / convert output) or a "
+                                   "DiGIT tokenizer (DiscriminativeTokenizer.save_pretrained / --save-tokenizer)")
+    p.add_argument("--tokenizer", choices=("auto", "vqgan-lc", "digit"), default="auto",
+                   help="the tokenizer kind (default: detected from --model); digit with --codebook builds one")
+    d = p.add_argument_group("DiGIT tokenizer from files (--tokenizer digit without --model)")
+    d.add_argument("--codebook", help="DINOv2 k-means centroids from `vqgan-lc build-codebook --extractor dinov2`")
+    d.add_argument("--weights", help="local DINOv2 weights file (e.g. dinov2_vitb14_reg4_pretrain.pth)")
+    d.add_argument("--dinov2-model", default="vit_base_patch14_reg4_dinov2",
+                   help="timm architecture or torch.hub entry (default: DiGIT's ViT-B/14 with 4 registers)")
+    d.add_argument("--hub-dir", help="a local clone of the DINOv2 torch.hub repository")
+    d.add_argument("--layer", type=int, default=-3, help="DINOv2 block, negative from the end (default -3, DiGIT)")
+    d.add_argument("--save-tokenizer", metavar="DIR", help="also write the assembled DiGIT tokenizer directory")
     p.add_argument("--data", required=True, help="image folder (recursive; classes = first-level sub-folders)")
     p.add_argument("--file-list", help="text file of 'relative/path[,label]' lines under --data (instead of a walk)")
     p.add_argument("--out", required=True, help="token directory to write (resumable)")
-    p.add_argument("--image-size", type=int, help="short side resized then center-cropped (default: the model's)")
+    p.add_argument("--image-size", type=int,
+                   help="short side resized then center-cropped (default: the model's; 256 for DiGIT)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
     p.add_argument("--devices", type=int, default=1, help="processes, one per GPU (or sharing the CPU cores)")
@@ -21,19 +41,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device for a single-process run (default: cuda if available)")
 
 
+def load_cli_tokenizer(args: argparse.Namespace):  # noqa: ANN201
+    """The tokenizer named by ``--model`` / ``--tokenizer`` / ``--codebook`` (checked against ``--tokenizer``)."""
+    from ..errors import VQGANLCError
+    from ..tokens import load_tokenizer
+
+    if args.model is None:
+        if args.tokenizer != "digit" or not args.codebook:
+            raise VQGANLCError("pass --model DIR, or --tokenizer digit with --codebook FILE and --weights FILE")
+        from ..generate.digit import DiscriminativeTokenizer
+
+        if not args.weights:
+            raise VQGANLCError("the DiGIT tokenizer needs --weights (a local DINOv2 weights file); nothing is downloaded")
+        tok = DiscriminativeTokenizer.from_files(args.codebook, args.weights, model=args.dinov2_model,
+                                                 hub_dir=args.hub_dir, layer=args.layer)
+        if args.save_tokenizer:
+            tok.save_pretrained(args.save_tokenizer)
+        return tok
+    model = load_tokenizer(args.model)
+    kind = getattr(model, "tokenizer_kind", "vqgan-lc")
+    if args.tokenizer != "auto" and args.tokenizer != kind:
+        raise VQGANLCError(f"{args.model} holds a {kind} tokenizer, not {args.tokenizer}; check --model / --tokenizer")
+    return model
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..model import VQGANLC
     from ..tokens import EncodeOptions, encode_dataset
 
-    model = VQGANLC.from_pretrained(args.model)
+    model = load_cli_tokenizer(args)
+    default_size = getattr(model, "default_image_size", None) or model.config.resolution
     opts = EncodeOptions(
-        image_size=args.image_size or model.config.resolution, batch_size=args.batch_size,
+        image_size=args.image_size or default_size, batch_size=args.batch_size,
         num_workers=args.num_workers, shard_size=args.shard_size, on_error=args.on_error, devices=args.devices,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    m = encode_dataset(args.model if args.devices > 1 else model, args.data, args.out, file_list=args.file_list,
+    source = args.model if args.devices > 1 and args.model else model
+    m = encode_dataset(source, args.data, args.out, file_list=args.file_list,
                        options=opts, overwrite=args.overwrite, device=device)
-    print(f"{args.out}: {m['num_rows']} images as {m['grid'][0]}x{m['grid'][1]} tokens, {m['num_skipped']} skipped")
+    print(f"{args.out}: {m['num_rows']} images as {m['grid'][0]}x{m['grid'][1]} tokens, {m['num_skipped']} skipped "
+          f"({m['tokenizer']['kind']} tokenizer)")
     return 0

@@ -1,6 +1,13 @@
 """Token directories: write (``encode_dataset``), read (``open_tokens``, ``TokenDataset``)."""
 
-from .encode import EncodeError, EncodeOptions, check_compatible, encode_dataset
+from .encode import (
+    EncodeError,
+    EncodeOptions,
+    check_compatible,
+    encode_dataset,
+    load_tokenizer,
+    tokenizer_identity,
+)
 from .format import TokenDataset, TokenFile, TokenFormatError, open_tokens, read_manifest
 
 __all__ = [
@@ -11,6 +18,8 @@ __all__ = [
     "TokenFormatError",
     "check_compatible",
     "encode_dataset",
+    "load_tokenizer",
     "open_tokens",
     "read_manifest",
+    "tokenizer_identity",
 ]

@@ -66,10 +66,29 @@ class EncodeOptions:
             raise ValueError("image_size, batch_size, shard_size and devices must be positive")
 
 
+def load_tokenizer(directory: str | os.PathLike) -> Any:
+    """A tokenizer directory -> ``VQGANLC`` (``format: vqgan-lc-model``) or the DiGIT
+    ``DiscriminativeTokenizer`` (``format: vqgan-lc-digit``), dispatched on ``config.json``'s format."""
+    import json
+
+    cfg = Path(directory) / "config.json"
+    fmt = None
+    if cfg.is_file():
+        try:
+            fmt = json.loads(cfg.read_text()).get("format")
+        except (ValueError, AttributeError):
+            fmt = None
+    if fmt == "vqgan-lc-digit":
+        from ..generate.digit import DiscriminativeTokenizer
+
+        return DiscriminativeTokenizer.from_pretrained(directory)
+    return VQGANLC.from_pretrained(directory)  # also raises the clear error for anything else
+
+
 def tokenizer_identity(model: VQGANLC) -> dict[str, Any]:
-    """What a token directory records about the model that made it."""
+    """What a token directory records about the model that made it (``kind``: vqgan-lc or digit)."""
     return {
-        "kind": "vqgan-lc",
+        "kind": getattr(model, "tokenizer_kind", "vqgan-lc"),
         "config_hash": model.config_hash(),
         "codebook_size": model.codebook_size,
         "downsample_factor": model.downsample_factor,
@@ -277,7 +296,7 @@ def _worker(rank: int, model_dir: str, images: ImageList, out: str, shards: list
             threads: int) -> None:
     torch.set_num_threads(threads)
     device = torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
-    model = VQGANLC.from_pretrained(model_dir)
+    model = load_tokenizer(model_dir)
     mine = [s for k, s in enumerate(shards) if k % opts.devices == rank]
     _encode_shards(model, images, Path(out), mine, opts, device, progress=rank == 0)
 
@@ -302,9 +321,9 @@ def encode_dataset(
     """
     opts = options or EncodeOptions()
     model_dir = None
-    if not isinstance(model, VQGANLC):
+    if not isinstance(model, torch.nn.Module):
         model_dir = str(model)
-        model = VQGANLC.from_pretrained(model_dir)
+        model = load_tokenizer(model_dir)
     out = Path(out)
     images = list_images(data, file_list)
     descriptor = _run_descriptor(model, images, opts)
@@ -316,7 +335,7 @@ def encode_dataset(
     if opts.devices > 1 and todo:
         if model_dir is None:
             model_dir = str(out / WORKER_MODEL_DIR)
-            model.save_pretrained(model_dir, inference_only=model.inference_only)
+            model.save_pretrained(model_dir, **({"inference_only": True} if getattr(model, "inference_only", False) else {}))
         threads = max(1, (os.cpu_count() or 1) // opts.devices) if not torch.cuda.is_available() else 1
         torch.multiprocessing.spawn(_worker, args=(model_dir, images, str(out), todo, opts, threads),
                                     nprocs=opts.devices, join=True)
@@ -342,4 +361,4 @@ def check_compatible(manifest: dict[str, Any], model: VQGANLC) -> list[str]:
     return problems
 
 
-__all__ = ["EncodeError", "EncodeOptions", "check_compatible", "encode_dataset", "tokenizer_identity"]
+__all__ = ["EncodeError", "EncodeOptions", "check_compatible", "encode_dataset", "load_tokenizer", "tokenizer_identity"]

@@ -1,0 +1,154 @@
+"""GPT training on token directories (`vqgan-lc train-gpt`), prefix pairing, the schedule, `vqgan-lc sample`
+(VQGAN-LC + GPT) and the linear probe."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model, write_photo_folder
+from PIL import Image
+
+from vqgan_lc.cli.main import main
+from vqgan_lc.generate import GPT, GPTConfig, linear_probe, sample_images
+from vqgan_lc.generate.module import GPTTokenDataset, GPTTrainConfig, lr_at, model_config_from_data
+from vqgan_lc.tokens import EncodeOptions, TokenFormatError, encode_dataset, open_tokens
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+OPTS = EncodeOptions(image_size=64, batch_size=8, num_workers=0, shard_size=8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """9 photos in 3 classes encoded by a tiny VQGAN-LC (512 codes, 8x8 tokens)."""
+    root = tmp_path_factory.mktemp("gpt")
+    write_photo_folder(root / "photos", per_class=3)
+    vq = tiny_model().save_pretrained(root / "vq")
+    encode_dataset(vq, root / "photos", root / "tok", options=OPTS, progress=False)
+    return {"root": root, "photos": root / "photos", "vq": vq, "tok": root / "tok"}
+
+
+def test_lr_schedule_warmup_hold_cosine() -> None:
+    tc = GPTTrainConfig(lr=4.5e-4, warmup_steps=5000, decay_start=80_000, max_steps=450_000, min_lr=0.0)
+    assert math.isclose(lr_at(0, tc), 4.5e-4 / 5000) and math.isclose(lr_at(4999, tc), 4.5e-4)
+    assert lr_at(50_000, tc) == 4.5e-4 and lr_at(80_000, tc) == 4.5e-4
+    assert math.isclose(lr_at(265_000, tc), 2.25e-4) and lr_at(450_000, tc) == 0.0
+    tc2 = GPTTrainConfig(lr=1e-3, warmup_steps=0, max_steps=100, min_lr=1e-4)
+    assert lr_at(0, tc2) == 1e-3 and math.isclose(lr_at(100, tc2), 1e-4)
+
+
+def test_model_config_comes_from_the_token_directory(tokens: dict[str, Path]) -> None:
+    tf = open_tokens(tokens["tok"])
+    c = model_config_from_data({"preset": "gpt-tiny"}, tf)
+    assert (c.n_codes, c.grid, c.n_classes, c.null_id, c.n_layer, c.n_embd) == (512, (8, 8), 3, 515, 2, 64)
+    assert model_config_from_data({"preset": "gpt-tiny", "n_classes": 0}, tf).n_classes == 0
+    with pytest.raises(ValueError, match="grid"):
+        model_config_from_data({"grid": [4, 4]}, tf)
+    with pytest.raises(ValueError, match="n_codes"):
+        model_config_from_data({"n_codes": 100}, tf)
+    with pytest.raises(ValueError, match="prefix"):
+        model_config_from_data({"prefix_vocab": 8}, tf)
+
+
+def test_pkeep_corrupts_a_fifth_of_the_inputs_from_the_whole_vocabulary() -> None:
+    from vqgan_lc.generate import GPTLightningModule
+
+    mc = GPTConfig(n_codes=100, grid=(16, 16), n_classes=20, n_layer=1, n_head=2, n_embd=16)
+    m = GPTLightningModule(mc, GPTTrainConfig(pkeep=0.8))
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (64, 256))
+    out = m.corrupt(ids)
+    changed = (out != ids).float().mean().item()
+    assert 0.18 < changed < 0.21  # 20% replaced (a replacement equal to the original is rare: 1/120)
+    assert int(out.max()) >= 100 and int(out.max()) < 120  # class ids can be drawn, as in the official code
+
+
+def test_train_gpt_cli_exports_a_gpt_and_sample_cli_writes_pngs(tokens: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "gpt"
+    rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"),
+               "--out", str(out), "--max-steps", "6", "--no-progress", "--set", "train.log_every_n_steps=1"])
+    assert rc == 0
+    gpt = GPT.from_pretrained(out)
+    assert (gpt.config.n_codes, gpt.config.grid, gpt.config.n_classes) == (512, (8, 8), 3)
+    prov = gpt.provenance
+    assert prov["steps"] == 6 and prov["final_loss"] > 0 and prov["tokens"]["num_rows"] == 9
+    assert prov["tokens"]["classes"] == ["class_0_astronaut", "class_1_coffee", "class_2_chelsea"]
+    assert (out / "lightning" / "checkpoints" / "last.ckpt").is_file()
+    assert "GPT 2x64" in capsys.readouterr().out
+
+    samples = tmp_path / "samples"
+    rc = main(["sample", "--gpt", str(out), "--tokenizer", str(tokens["vq"]), "--class", "1", "class_2_chelsea",
+               "--n", "2", "--out", str(samples), "--device", "cpu", "--top-k", "10%", "--cfg", "2.0"])
+    assert rc == 0
+    names = sorted(p.name for p in samples.glob("*.png"))
+    assert names == ["class0001_00000.png", "class0001_00001.png", "class0002_00002.png", "class0002_00003.png"]
+    assert Image.open(samples / names[0]).size == (64, 64)
+    ids = np.load(samples / "ids.npy")
+    assert ids.shape == (4, 8, 8) and ids.max() < 512 and np.load(samples / "labels.npy").tolist() == [1, 1, 2, 2]
+    # a decoder that did not make the GPT's tokens is refused
+    other = tiny_model(seed=1, embed_dim=4).save_pretrained(tmp_path / "other")
+    assert main(["sample", "--gpt", str(out), "--tokenizer", str(other), "--n", "1", "--out", str(tmp_path / "x")]) == 1
+    # resume continues from last.ckpt to the new max_steps
+    rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"),
+               "--out", str(out), "--max-steps", "8", "--no-progress", "--resume"])
+    assert rc == 0 and GPT.from_pretrained(out).provenance["steps"] == 8
+
+
+def test_prefix_tokens_must_list_the_same_images(tokens: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    # a second tokenizer over the same folder pairs; over a folder with one image less it does not
+    vq2 = tiny_model(seed=3).save_pretrained(tmp_path / "vq2")
+    encode_dataset(vq2, tokens["photos"], tmp_path / "same", options=OPTS, progress=False)
+    ds = GPTTokenDataset(tokens["tok"], tmp_path / "same")
+    ids, label, prefix = ds[4]
+    assert ids.shape == (64,) and prefix.shape == (64,) and int(label) == 1
+    other = tmp_path / "photos2"
+    write_photo_folder(other, per_class=3)
+    next(iter(sorted(other.rglob("*.jpg")))).unlink()
+    encode_dataset(vq2, other, tmp_path / "fewer", options=OPTS, progress=False)
+    with pytest.raises(TokenFormatError, match="9 rows .* 8"):
+        GPTTokenDataset(tokens["tok"], tmp_path / "fewer")
+    rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--prefix-tokens", str(tmp_path / "fewer"),
+               "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"), "--out", str(tmp_path / "g")])
+    assert rc == 1 and "same image folder" in capsys.readouterr().err
+
+
+def test_sample_images_pipeline_api(tokens: dict[str, Path]) -> None:
+    torch.manual_seed(0)
+    vq = tiny_model()
+    gpt = GPT(GPTConfig(n_codes=512, grid=(8, 8), n_classes=3, n_layer=2, n_head=4, n_embd=64)).eval()
+    res = sample_images(gpt, vq, n=3, labels=[0, 1, 2], seed=0, batch_size=2)
+    assert res.images.shape == (3, 3, 64, 64) and res.ids.shape == (3, 8, 8) and res.labels.tolist() == [0, 1, 2]
+    assert torch.allclose(res.images[:1], vq.decode(res.ids[:1]).clamp(-1, 1), atol=1e-4)
+    big = GPT(GPTConfig(n_codes=1000, grid=(8, 8), n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(Exception, match="512 codes"):
+        sample_images(big, vq, n=1)
+
+
+def test_linear_probe_separates_classes_and_not_random_labels() -> None:
+    """Class 0 rows use ids [0, 16), class 1 rows ids [16, 32): the mean-pooled hidden states of even a
+    random GPT separate them (accuracy 1.0); with shuffled labels the probe stays near chance."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_codes=32, grid=(4, 4), n_layer=2, n_head=4, n_embd=64)).eval()
+    n = 60
+    y = torch.arange(2 * n) % 2
+    ids = torch.randint(0, 16, (2 * n, 16)) + 16 * y[:, None]
+    ds = torch.utils.data.TensorDataset(ids, y)
+    res = linear_probe(gpt, ds, layer=-1, test_fraction=0.25, seed=0)
+    assert res.accuracy == 1.0 and res.n_test == 30 and res.n_train == 90 and res.layer == 1
+    assert linear_probe(gpt, ds, layer=0).accuracy == 1.0
+    shuffled = torch.utils.data.TensorDataset(ids, y[torch.randperm(2 * n, generator=torch.Generator().manual_seed(1))])
+    assert linear_probe(gpt, shuffled, layer=-1, seed=0).accuracy < 0.75
+    cond = GPT(GPTConfig(n_codes=32, grid=(4, 4), n_classes=2, null_class=False, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match="null class"):
+        linear_probe(cond, ds)

@@ -1,0 +1,134 @@
+"""``vqgan-lc sample``: sample images from a GPT prior and decode them with a VQGAN-LC model.
+
+::
+
+    # VQGAN-LC + GPT: 16 images of class 3, top-k 10% of the vocabulary (the paper's setting)
+    vqgan-lc sample --gpt gpt/ --tokenizer vqgan-model/ --class 3 --n 16 --out samples/
+    # DiGIT two-stage: stage 1 (DiGIT ids, top-k 200) -> stage 2 (VQGAN-LC ids, top-p 0.8) -> decoder
+    vqgan-lc sample --gpt stage1/ --stage2 stage2/ --tokenizer vqgan-model/ --n 16 --out samples/
+
+``--class`` takes indices or class names (as recorded from the training tokens); without it a
+class-conditional GPT samples the null class (needs ``class_dropout`` training). PNGs are written as
+``class0003_00000.png`` / ``sample_00000.png`` plus ``ids.npy`` (and ``digit_ids.npy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger("vqgan_lc.cli.sample")
+
+
+def parse_top_k(value: str) -> int | float:
+    """``200`` -> 200 ids, ``0.1`` or ``10%`` -> 10% of the vocabulary, ``0``/``none`` -> 0 (off)."""
+    v = value.strip().lower()
+    if v in ("none", "off", "0"):
+        return 0
+    if v.endswith("%"):
+        return float(v[:-1]) / 100.0
+    f = float(v)
+    if f < 1.0:
+        return f
+    if not f.is_integer():
+        raise argparse.ArgumentTypeError(f"top-k {value!r}: an id count or a fraction in (0, 1)")
+    return int(f)
+
+
+def _top_p(value: str) -> float:
+    """A nucleus mass in (0, 1]; ``none``/``off`` -> 1.0 (off)."""
+    return 1.0 if value.strip().lower() in ("none", "off") else float(value)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpt", required=True, help="GPT directory (train-gpt output); DiGIT: the stage-1 GPT")
+    p.add_argument("--stage2", help="DiGIT stage-2 GPT directory (prefix = stage-1 ids -> VQGAN-LC ids)")
+    p.add_argument("--tokenizer", required=True, help="VQGAN-LC model directory that decodes the sampled ids")
+    p.add_argument("--class", dest="classes", nargs="+", metavar="C",
+                   help="class indices or names; --n images of each (default: null class / unconditional)")
+    p.add_argument("--n", type=int, default=16, help="images per class (default 16)")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    s = p.add_argument_group("sampling (the last GPT: --gpt alone, or --stage2)")
+    s.add_argument("--top-k", type=parse_top_k, default=None,
+                   help="ids to keep: N, a fraction (0.1) or N%% (default 10%% of the vocabulary; DiGIT stage 2: off)")
+    s.add_argument("--top-p", type=_top_p, default=None, help="nucleus mass (DiGIT stage 2 default 0.8)")
+    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (needs a null class)")
+    g = p.add_argument_group("DiGIT stage 1 sampling (with --stage2)")
+    g.add_argument("--stage1-top-k", type=parse_top_k, default=200, help="default 200 (DiGIT base)")
+    g.add_argument("--stage1-top-p", type=_top_p, default=None)
+    g.add_argument("--stage1-temperature", type=float, default=1.0)
+    g.add_argument("--stage1-cfg", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--force", action="store_true", help="sample even if the tokenizer did not make the GPT's tokens")
+
+
+def resolve_classes(names: list[str] | None, provenance: dict) -> list[int]:
+    """``--class`` values -> indices; names are looked up in the classes of the GPT's training tokens."""
+    from ..errors import VQGANLCError
+
+    if not names:
+        return []
+    classes = list((provenance.get("tokens") or {}).get("classes") or [])
+    out = []
+    for n in names:
+        if n.lstrip("-").isdigit():
+            out.append(int(n))
+        elif n in classes:
+            out.append(classes.index(n))
+        else:
+            raise VQGANLCError(f"unknown class {n!r}; pass an index or one of: {', '.join(classes[:20]) or '(no names recorded)'}")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from ..errors import TokenRangeError, VQGANLCError
+    from ..generate.gpt import GPT
+    from ..generate.pipeline import sample_images, sample_two_stage, save_images
+    from ..generate.sampling import SamplingConfig
+    from ..model import VQGANLC
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpt = GPT.from_pretrained(args.gpt, map_location=device)
+    stage2 = GPT.from_pretrained(args.stage2, map_location=device) if args.stage2 else None
+    vq = VQGANLC.from_pretrained(args.tokenizer, map_location=device)
+    last = stage2 or gpt
+    made_by = ((getattr(last, "provenance", {}) or {}).get("tokens") or {}).get("tokenizer") or {}
+    if made_by.get("config_hash") and made_by["config_hash"] != vq.config_hash():
+        msg = (f"{args.stage2 or args.gpt} was trained on tokens of another model (config hash "
+               f"{made_by['config_hash']}, --tokenizer has {vq.config_hash()})")
+        if not args.force:
+            raise TokenRangeError(msg + "; pass --force to decode anyway")
+        log.warning("%s", msg)
+
+    names = resolve_classes(args.classes, gpt.provenance or {})
+    labels = torch.tensor([c for c in names for _ in range(args.n)] if names else [-1] * args.n, dtype=torch.long)
+    top_k = args.top_k if args.top_k is not None else (None if stage2 is not None else 0.1)
+    top_p = args.top_p if args.top_p is not None else (0.8 if stage2 is not None and args.top_k is None else None)
+    sampling = SamplingConfig(temperature=args.temperature, top_k=top_k, top_p=top_p, cfg_scale=args.cfg)
+    try:
+        if stage2 is None:
+            res = sample_images(gpt, vq, n=len(labels), labels=labels, sampling=sampling, seed=args.seed,
+                                batch_size=args.batch_size)
+        else:
+            s1 = SamplingConfig(temperature=args.stage1_temperature, top_k=args.stage1_top_k, top_p=args.stage1_top_p,
+                                cfg_scale=args.stage1_cfg)
+            res = sample_two_stage(gpt, stage2, vq, n=len(labels), labels=labels, stage1_sampling=s1,
+                                   stage2_sampling=sampling, seed=args.seed, batch_size=args.batch_size)
+    except ValueError as e:
+        raise VQGANLCError(str(e)) from e
+    out = Path(args.out)
+    paths = save_images(res.images, out, res.labels)
+    np.save(out / "ids.npy", res.ids.numpy().astype(np.int64))
+    np.save(out / "labels.npy", res.labels.numpy())
+    if res.prefix_ids is not None:
+        np.save(out / "digit_ids.npy", res.prefix_ids.numpy().astype(np.int64))
+    print(f"wrote {len(paths)} images ({res.images.shape[2]}x{res.images.shape[3]}) to {out}")
+    return 0

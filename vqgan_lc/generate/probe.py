@@ -1,0 +1,131 @@
+"""Linear probe: how discriminative an autoregressive prior's hidden states are (DiGIT §4, Table 3).
+
+Features are the hidden states of one block, mean-pooled over the target positions of the whole
+sequence (the null/start token first, then the ids), computed without gradients; a linear classifier
+on standardised features is trained with full-batch L-BFGS (cross-entropy + L2) and its accuracy on a
+held-out split is reported. DiGIT trains one SGD head per layer on ImageNet with augmentation for
+100k updates; this is the same measurement at a smaller scale.
+
+The probe feeds the null token, never the label: a class-conditional GPT needs ``null_class=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .gpt import GPT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Accuracies in [0, 1] of the linear probe on block ``layer`` (0-based)."""
+
+    accuracy: float
+    train_accuracy: float
+    layer: int
+    n_train: int
+    n_test: int
+    n_classes: int
+
+
+@torch.no_grad()
+def probe_features(gpt: GPT, dataset: torch.utils.data.Dataset, *, layer: int = -1, batch_size: int = 64,
+                   prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean-pooled hidden states of block ``layer`` for every row of ``dataset``.
+
+    ``dataset`` yields ``(ids (h, w) or (T,), label[, prefix])`` (``TokenDataset``, ``GPTTokenDataset``).
+    Returns ``(N, n_embd)`` float32 features and ``(N,)`` int64 labels.
+    """
+    if gpt.config.null_id is None:
+        raise ValueError("the linear probe feeds the null class; this class-conditional GPT has none "
+                         "(train with null_class: true)")
+    gpt.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    feats, labels = [], []
+    for batch in loader:
+        ids, y = batch[0], batch[1]
+        pre = batch[2] if prefix and len(batch) > 2 and batch[2].numel() else None
+        ids = ids.reshape(ids.shape[0], -1)
+        h = gpt.hidden_states(ids[:, :-1], None, pre, layer=layer)  # (B, T, D): cond + T-1 ids
+        feats.append(h.mean(1).float().cpu())
+        labels.append(torch.as_tensor(y).long().reshape(-1))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic shuffled ``(train, test)`` split of ``range(n)``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(round(n * test_fraction)))
+    return perm[n_test:], perm[:n_test]
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-3, steps: int = 200) -> torch.nn.Linear:
+    """Multinomial logistic regression on ``(N, D)`` features by full-batch L-BFGS."""
+    lin = torch.nn.Linear(x.shape[1], n_classes)
+    torch.nn.init.zeros_(lin.weight)
+    torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(lin(x), y) + l2 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return lin
+
+
+def linear_probe(
+    gpt: GPT,
+    dataset: torch.utils.data.Dataset,
+    *,
+    layer: int = -1,
+    test_dataset: torch.utils.data.Dataset | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    l2: float = 1e-3,
+    steps: int = 200,
+    batch_size: int = 64,
+) -> ProbeResult:
+    """Accuracy of a linear classifier on mean-pooled block-``layer`` features of ``gpt``.
+
+    Args:
+        dataset: labelled rows ``(ids, label[, prefix])``; rows with label -1 are dropped.
+        layer: 0-based block index, negative from the end.
+        test_dataset: the held-out split; without it a deterministic ``test_fraction`` of ``dataset``
+            (shuffled with ``seed``) is held out.
+        l2, steps: L2 weight on the classifier and L-BFGS iterations.
+    """
+    x, y = probe_features(gpt, dataset, layer=layer, batch_size=batch_size)
+    if test_dataset is not None:
+        xt, yt = probe_features(gpt, test_dataset, layer=layer, batch_size=batch_size)
+    else:
+        tr, te = split_indices(len(y), test_fraction, seed)
+        x, y, xt, yt = x[tr], y[tr], x[te], y[te]
+    x, y = x[y >= 0], y[y >= 0]
+    xt, yt = xt[yt >= 0], yt[yt >= 0]
+    if not len(y) or not len(yt):
+        raise ValueError("the linear probe needs labelled rows in both the train and the test split")
+    n_classes = int(max(y.max(), yt.max())) + 1
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    x, xt = (x - mu) / sd, (xt - mu) / sd
+    lin = fit_linear(x, y, n_classes, l2=l2, steps=steps)
+    with torch.no_grad():
+        acc = (lin(xt).argmax(1) == yt).float().mean().item()
+        train_acc = (lin(x).argmax(1) == y).float().mean().item()
+    block = layer % gpt.config.n_layer
+    log.info("linear probe on block %d: test accuracy %.4f (train %.4f), %d/%d rows, %d classes",
+             block, acc, train_acc, len(y), len(yt), n_classes)
+    return ProbeResult(accuracy=acc, train_accuracy=train_acc, layer=block, n_train=len(y), n_test=len(yt),
+                       n_classes=n_classes)
+
+
+__all__ = ["ProbeResult", "fit_linear", "linear_probe", "probe_features", "split_indices"]
