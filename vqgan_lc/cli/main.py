@@ -20,6 +20,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("decode", "decode a token directory back to PNG images"),
     "info": ("info", "describe a model directory, codebook file or token directory"),
     "build-codebook": ("build_codebook", "extract frozen features and cluster them into a codebook"),
+    "evaluate": ("evaluate", "reconstruction metrics, codebook utilization and throughput over a split"),
+    "train": ("train", "train or fine-tune a tokenizer with PyTorch Lightning"),
+    "train-gpt": ("train_gpt", "train the autoregressive GPT prior on token directories (Lightning)"),
+    "sample": ("sample", "sample images: GPT (+ DiGIT stage 2) -> VQGAN-LC decoder -> PNGs"),
+    "linear-probe": ("linear_probe", "linear-probe accuracy of a GPT's hidden states on a labelled token directory"),
 }
 
 

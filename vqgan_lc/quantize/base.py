@@ -58,11 +58,11 @@ class CodebookQuantizer(nn.Module):
         b, d, h, w = z.shape
         with torch.autocast(device_type=z.device.type, enabled=False):
             zf = z.float().permute(0, 2, 3, 1).reshape(-1, d)
-            codes, sq_norms = self.search_codes()
+            codes, sq_norms = self._forward_codes()
             if self.distance == "cosine":
                 zf = F.normalize(zf, dim=1)
             ids = nearest_code(zf, codes, codebook_sq_norms=sq_norms)
-            zq = F.embedding(ids, codes)
+            zq = self.gather(ids, codes)
             self._update(zf, ids)
             commit = F.mse_loss(zq.detach(), zf)
             codebook = F.mse_loss(zq, zf.detach())
@@ -75,6 +75,14 @@ class CodebookQuantizer(nn.Module):
         return QuantizerOutput(
             z_q=zq, ids=ids.reshape(b, h, w), loss=loss, commit_loss=commit, codebook_loss=codebook, counts=counts
         )
+
+    def _forward_codes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes the forward pass searches (subclasses may compute them without autograd)."""
+        return self.search_codes()
+
+    def gather(self, ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """``(n,)`` ids -> ``(n, D')`` code vectors, differentiable with respect to the codes."""
+        return F.embedding(ids, codes)
 
     def _update(self, zf: torch.Tensor, ids: torch.Tensor) -> None:
         """Hook for quantizers that change their codebook in the forward pass (EMA)."""

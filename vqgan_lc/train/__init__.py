@@ -1,0 +1,24 @@
+"""Training and fine-tuning with PyTorch Lightning (the ``train`` extra): ``vqgan-lc train``.
+
+- ``VQGANLCModule``: the tokenizer + PatchGAN + losses, manual two-optimizer step, schedules, usage.
+- ``ImageDataModule``: an image folder or file list, official crops, unreadable files skipped.
+- ``ReconstructionGrid``, ``ExportModel``: callbacks; ``export_checkpoint``: ``.ckpt`` -> model directory.
+"""
+
+from .callbacks import ExportModel, ReconstructionGrid, reconstruction_grid
+from .data import CollateImages, ImageDataModule, ImageFolderDataset, write_sample_photos
+from .module import VQGANLCModule, export_checkpoint
+from .schedule import lr_factor
+
+__all__ = [
+    "CollateImages",
+    "ExportModel",
+    "ImageDataModule",
+    "ImageFolderDataset",
+    "ReconstructionGrid",
+    "VQGANLCModule",
+    "export_checkpoint",
+    "lr_factor",
+    "reconstruction_grid",
+    "write_sample_photos",
+]

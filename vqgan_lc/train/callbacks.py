@@ -1,0 +1,113 @@
+"""Callbacks of ``vqgan-lc train``: reconstruction grids and model-directory exports.
+
+Both write into the run directory, ``trainer.default_root_dir`` (so a resumed run keeps writing to
+the same place): ``reconstructions/step-NNNNNNN.png`` and ``model/`` (``model-step-NNNNNNN/``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+
+def _gen_step(pl_module: pl.LightningModule) -> int:
+    return int(getattr(pl_module, "gen_step", pl_module.global_step))
+
+
+def reconstruction_grid(images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
+    """Originals (top row) over reconstructions (bottom row): ``(3, 2*H + 6, n*W + 2*(n+1))`` uint8.
+
+    Inputs are ``(n, 3, H, W)`` in [-1, 1]; reconstructions are clamped.
+    """
+    from torchvision.utils import make_grid
+
+    both = torch.cat([images.float(), reconstruction.float()]).clamp(-1, 1).add(1).div(2).cpu()
+    grid = make_grid(both, nrow=images.shape[0], padding=2, pad_value=1.0)
+    return grid.mul(255).round().to(torch.uint8)
+
+
+class ReconstructionGrid(Callback):
+    """After each validation epoch: a grid of the first validation images over their reconstructions.
+
+    Saved as ``<run dir>/reconstructions/step-NNNNNNN.png`` (generator step) and sent to every logger
+    that can show images (TensorBoard: ``val/reconstructions``). Rank 0 only; skipped in the sanity check.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, save_png: bool = True) -> None:
+        self.every_n_epochs = every_n_epochs
+        self.save_png = save_png
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_path: Path | None = None
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if batch_idx == 0 and isinstance(outputs, dict) and "reconstruction" in outputs:
+            self._pending = (outputs["images"].detach().cpu(), outputs["reconstruction"].detach().cpu())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if self.every_n_epochs > 1 and trainer.current_epoch % self.every_n_epochs:
+            return
+        grid = reconstruction_grid(*pending)
+        step = _gen_step(pl_module)
+        if self.save_png:
+            from PIL import Image
+
+            out = Path(trainer.default_root_dir) / "reconstructions" / f"step-{step:07d}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out)
+            self.last_path = out
+        for logger in trainer.loggers:
+            exp = getattr(logger, "experiment", None)
+            if hasattr(exp, "add_image"):  # TensorBoard's SummaryWriter
+                exp.add_image("val/reconstructions", grid, global_step=step)
+
+
+class ExportModel(Callback):
+    """Export the tokenizer as a model directory at the end of training and every ``every_n_steps``.
+
+    Writes ``<run dir>/<dirname>`` at the end (the full export, which can be fine-tuned again), plus
+    ``<run dir>/<dirname>-inference`` with ``inference_only`` (projected codes only, 3.2 MB at 100k).
+    ``every_n_steps`` (generator steps) adds ``<run dir>/<dirname>-step-NNNNNNN``. Rank 0 only.
+    """
+
+    def __init__(self, dirname: str = "model", every_n_steps: int | None = None, inference_only: bool = False,
+                 at_train_end: bool = True) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError("every_n_steps must be >= 1")
+        self.dirname = dirname
+        self.every_n_steps = every_n_steps
+        self.inference_only = inference_only
+        self.at_train_end = at_train_end
+        self.exported: list[Path] = []
+
+    def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        root = Path(trainer.default_root_dir)
+        path = pl_module.export(root / name)
+        self.exported.append(path)
+        if self.inference_only and pl_module.model.config.quantizer.kind == "lc":
+            self.exported.append(pl_module.export(root / f"{name}-inference", inference_only=True))
+        log.info("exported the model directory %s (generator step %d)", path, _gen_step(pl_module))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = _gen_step(pl_module)
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and outputs is not None:
+            self._export(trainer, pl_module, f"{self.dirname}-step-{step:07d}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_train_end:
+            self._export(trainer, pl_module, self.dirname)
