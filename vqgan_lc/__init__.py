@@ -18,7 +18,7 @@ from .errors import (
     TokenRangeError,
     VQGANLCError,
 )
-from .model import ModelOutput, VQGANLC
+from .model import VQGANLC, ModelOutput
 from .quantize import CodebookUsage, QuantizerOutput, nearest_code
 from .registry import create_model, get_config, list_models
 

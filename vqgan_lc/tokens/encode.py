@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..codebook.data import ImageList, ImageDataset, collate, list_images
+from ..codebook.data import ImageDataset, ImageList, collate, list_images
 from ..codebook.features import Preprocess
 from ..errors import VQGANLCError
 from ..model import VQGANLC
@@ -268,7 +268,7 @@ def _finalize(out: Path, images: ImageList, descriptor: dict[str, Any]) -> dict[
 
     shards, labels, paths, skipped = [], [], [], []
     row = 0
-    for index, (s, e) in enumerate(_shard_ranges(len(images), descriptor["shard_size"])):
+    for index in range(len(_shard_ranges(len(images), descriptor["shard_size"]))):
         rec = json.loads((out / shard_name(index).replace(".npy", ".json")).read_text())
         shards.append({"file": rec["file"], "source_range": rec["source_range"], "rows": rec["rows"],
                        "row_range": [row, row + rec["rows"]], "sha256": rec["sha256"]})
