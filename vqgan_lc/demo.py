@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    from .codebook import PixelExtractor, build_codebook
+    from .codebook import PixelExtractor, build_codebook, load_codebook
     from .codebook.data import list_images, load_rgb
     from .codebook.features import Preprocess
     from .model import VQGANLC
@@ -79,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                    seed=a.seed, progress=False, overwrite=True)
 
     stage(3, f"training the tiny preset for {a.steps} steps (about {a.steps // 10} s per 100 steps on 2 cores)")
-    model = create_model("tiny", codebook=codebook_path).train()
+    # Pixel-patch centres are ~15x larger than a fresh encoder's latents, so every token would pick one
+    # code; centring and rescaling (as `codebook_std` in configs/tiny_cpu.yaml) only moves the
+    # projector's starting point.
+    cb = load_codebook(codebook_path).vectors
+    model = create_model("tiny", codebook=(cb - cb.mean(0)) / cb.std() * 0.03).train()
     pre = Preprocess(64, (64, 64))
     images = list_images(train_dir)
     x_all = torch.stack([pre(load_rgb(train_dir / p)) for p in images.paths])
