@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from ._io import atomic_save_safetensors, atomic_write_json, read_format_json
 from .config import ModelConfig
-from .errors import CheckpointError, FormatVersionError, ImageShapeError, TokenRangeError
+from .errors import CheckpointError, ImageShapeError, TokenRangeError
 from .nn import Decoder, Encoder
 from .quantize import CodebookQuantizer, LCQuantizer, QuantizerOutput, build_quantizer
 
@@ -186,10 +187,9 @@ class VQGANLC(nn.Module):
             "config": self.config.to_dict(),
             "provenance": provenance or getattr(self, "provenance", {}) or {},
         }
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION)})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_save_safetensors(directory / WEIGHTS_NAME, state,
+                                {"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION)})
+        atomic_write_json(directory / CONFIG_NAME, meta)
         return directory
 
     @classmethod
@@ -202,18 +202,8 @@ class VQGANLC(nn.Module):
                 f"{directory} is not a vqgan-lc model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
                 "official .pth checkpoints are converted with `vqgan-lc convert`"
             )
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from e
-        if meta.get("format") != MODEL_FORMAT:
-            raise CheckpointError(f"{cfg_path} is not a vqgan-lc model config (format={meta.get('format')!r})")
-        version = meta.get("format_version")
-        if version != MODEL_FORMAT_VERSION:
-            raise FormatVersionError(
-                f"{cfg_path} has format_version {version!r}; this vqgan-lc reads version {MODEL_FORMAT_VERSION}. "
-                "Upgrade vqgan-lc (pip install -U vqgan-lc) to load it."
-            )
+        meta = read_format_json(cfg_path, MODEL_FORMAT, MODEL_FORMAT_VERSION, what="vqgan-lc model config",
+                                error=CheckpointError, upgrade="Upgrade vqgan-lc (pip install -U vqgan-lc) to load it.")
         try:
             config = ModelConfig.from_dict(meta["config"])
         except (KeyError, TypeError, ValueError) as e:

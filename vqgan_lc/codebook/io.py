@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..errors import CodebookError, FormatVersionError
+from .._io import atomic_save_safetensors, check_format
+from ..errors import CodebookError
 
 CODEBOOK_FORMAT = "vqgan-lc-codebook"
 CODEBOOK_FORMAT_VERSION = 1
@@ -49,9 +50,7 @@ def save_codebook(path: str | os.PathLike, vectors: torch.Tensor, provenance: di
         "provenance": json.dumps(provenance or {}, sort_keys=True),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"codebook": vectors.detach().float().contiguous().cpu()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_save_safetensors(path, {"codebook": vectors.detach().float().contiguous().cpu()}, meta)
     return path
 
 
@@ -90,14 +89,11 @@ def _load_safetensors(path: Path) -> Codebook:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CodebookError(f"{path} is corrupt or not a safetensors file ({e})") from e
-    if meta.get("format") != CODEBOOK_FORMAT or "codebook" not in tensors:
+    version = meta.get("format_version", "")  # safetensors metadata values are strings
+    check_format({"format": meta.get("format"), "format_version": int(version) if version.isdigit() else version},
+                 path, CODEBOOK_FORMAT, CODEBOOK_FORMAT_VERSION, what="vqgan-lc codebook", error=CodebookError)
+    if "codebook" not in tensors:
         raise CodebookError(f"{path} is a safetensors file but not a vqgan-lc codebook (no 'codebook' tensor)")
-    version = int(meta.get("format_version", "0"))
-    if version != CODEBOOK_FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{path} has codebook format_version {version}; this vqgan-lc reads version "
-            f"{CODEBOOK_FORMAT_VERSION}. Upgrade vqgan-lc to read it."
-        )
     vectors = tensors["codebook"]
     _check_vectors(vectors, path)
     return Codebook(vectors.float().contiguous(), json.loads(meta.get("provenance", "{}")))

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._io import TMP_GLOB, atomic_path, atomic_write_json, atomic_write_text, read_format_json
 from ..errors import FormatVersionError, VQGANLCError
 from .data import UNLABELLED, ImageList
 
@@ -39,6 +40,7 @@ MANIFEST = "manifest.json"
 SOURCES = "sources.tsv"
 
 StoreDtype = Literal["float16", "float32"]
+TMP_PATTERNS = (TMP_GLOB, "*.tmp")  # temporary files of interrupted writes (``*.tmp``: older versions)
 
 
 class FeatureStoreError(VQGANLCError, ValueError):
@@ -48,28 +50,6 @@ class FeatureStoreError(VQGANLCError, ValueError):
 def options_hash(options: dict[str, Any]) -> str:
     """Short sha256 of the canonical JSON of a store's options."""
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - not every platform opens directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -104,21 +84,11 @@ class FeatureStore:
         """Open ``root``; raise ``FeatureStoreError`` if it is not a (complete) store, ``FormatVersionError``
         if its format version is unknown."""
         root = Path(root)
-        mpath = root / MANIFEST
-        if not mpath.is_file():
-            raise FeatureStoreError(f"{root} is not a feature store (no {MANIFEST}); create it with --features-only")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise FeatureStoreError(f"{mpath} is not valid JSON ({e})") from e
-        if manifest.get("format") != STORE_FORMAT:
-            raise FeatureStoreError(f"{mpath} is not a vqgan-lc feature store manifest (format={manifest.get('format')!r})")
-        version = manifest.get("format_version")
-        if version != STORE_FORMAT_VERSION:
-            raise FormatVersionError(
-                f"{mpath} has feature-store format_version {version!r}; this vqgan-lc reads version "
-                f"{STORE_FORMAT_VERSION}. Upgrade vqgan-lc, or re-extract the features."
-            )
+        manifest = read_format_json(
+            root / MANIFEST, STORE_FORMAT, STORE_FORMAT_VERSION, what="vqgan-lc feature store manifest",
+            error=FeatureStoreError, upgrade="Upgrade vqgan-lc, or re-extract the features.",
+            missing=f"{root} is not a feature store (no {MANIFEST}); create it with --features-only",
+        )
         paths, labels = cls._read_sources(root, manifest)
         store = cls(root, manifest, paths, labels)
         if require_complete and not manifest.get("complete", False):
@@ -348,10 +318,11 @@ class FeatureStoreWriter(FeatureStore):
                 manifest["shards"] = old.manifest["shards"]
                 manifest["skipped"] = old.manifest["skipped"]
         root.mkdir(parents=True, exist_ok=True)
-        for tmp in root.glob("*.tmp"):  # leftovers of an interrupted write
-            tmp.unlink()
+        for pattern in TMP_PATTERNS:  # leftovers of an interrupted write
+            for tmp in root.glob(pattern):
+                tmp.unlink()
         if not (root / SOURCES).is_file() or not manifest["shards"]:
-            _atomic_write_text(root / SOURCES, sources_text)
+            atomic_write_text(root / SOURCES, sources_text)
         store = cls(root, manifest, list(images.paths), np.asarray(images.labels, dtype=np.int64))
         store._verify_finished()
         store.save_manifest()
@@ -359,7 +330,7 @@ class FeatureStoreWriter(FeatureStore):
 
     @staticmethod
     def _remove_files(root: Path) -> None:
-        for pattern in ("features-*.npy", "*.tmp", SOURCES, MANIFEST):
+        for pattern in ("features-*.npy", *TMP_PATTERNS, SOURCES, MANIFEST):
             for f in root.glob(pattern):
                 f.unlink()
 
@@ -421,16 +392,11 @@ class FeatureStoreWriter(FeatureStore):
             raise FeatureStoreError(
                 f"features of shard {plan.index} overflow {dtype.name} (or are NaN); use --dtype float32"
             )
-        path = self.root / plan.file
-        tmp = path.with_name(path.name + ".tmp")
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=out.shape)
-        mm[...] = out
-        mm.flush()
-        del mm
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.root)
+        with atomic_path(self.root / plan.file) as tmp:
+            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=out.shape)
+            mm[...] = out
+            mm.flush()
+            del mm
         labels = sorted({int(v) for v in self.source_labels[np.asarray(rows, dtype=np.int64)]} - {UNLABELLED})
         self.manifest["shards"][str(plan.index)] = {
             "file": plan.file,
@@ -447,7 +413,7 @@ class FeatureStoreWriter(FeatureStore):
     def save_manifest(self) -> None:
         m = dict(self.manifest)
         m["shards"] = {k: self.manifest["shards"][k] for k in sorted(self.manifest["shards"], key=int)}
-        _atomic_write_text(self.root / MANIFEST, json.dumps(m, indent=1, sort_keys=True) + "\n")
+        atomic_write_json(self.root / MANIFEST, m, indent=1)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import atomic_save_safetensors, atomic_write_json, read_format_json
 from ..codebook.features import (
     DEFAULT_DINOV2_LAYER,
     DEFAULT_DINOV2_MODEL,
@@ -50,7 +51,7 @@ from ..codebook.features import (
     state_dict_sha256,
 )
 from ..codebook.io import Codebook, load_codebook, save_codebook
-from ..errors import CheckpointError, CodebookError, FormatVersionError, ImageShapeError, MissingWeightsError
+from ..errors import CheckpointError, CodebookError, ImageShapeError, MissingWeightsError
 from ..quantize.search import nearest_code
 
 log = logging.getLogger(__name__)
@@ -277,17 +278,13 @@ class DiscriminativeTokenizer(nn.Module):
         The DINOv2 weights are referenced by path + sha256 when the tokenizer was built from a file;
         ``embed_weights=True`` (or no source file) copies them into ``extractor.safetensors``.
         """
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         spec = self.spec
         embed = embed_weights if embed_weights is not None else spec.weights is None
         if embed:
             state = {k: v.detach().cpu().contiguous() for k, v in self.extractor.model.state_dict().items()}
-            tmp = directory / (EXTRACTOR_WEIGHTS_NAME + ".tmp")
-            save_file(state, str(tmp), metadata={"format": DIGIT_FORMAT})
-            os.replace(tmp, directory / EXTRACTOR_WEIGHTS_NAME)
+            atomic_save_safetensors(directory / EXTRACTOR_WEIGHTS_NAME, state, {"format": DIGIT_FORMAT})
             spec_d = {**asdict(spec), "weights": EXTRACTOR_WEIGHTS_NAME,
                       "weights_sha256": file_sha256(directory / EXTRACTOR_WEIGHTS_NAME), "embedded": True}
         else:
@@ -302,9 +299,7 @@ class DiscriminativeTokenizer(nn.Module):
             "grid": [self.grid_size, self.grid_size],
             "config_hash": self.config_hash(),
         }
-        tmp = directory / (CONFIG_NAME + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, directory / CONFIG_NAME)
+        atomic_write_json(directory / CONFIG_NAME, meta)
         return directory
 
     @classmethod
@@ -350,19 +345,10 @@ class DiscriminativeTokenizer(nn.Module):
 
 def read_digit_config(directory: str | os.PathLike) -> dict[str, Any]:
     """``config.json`` of a DiGIT tokenizer directory after checking format and version."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{directory} is not a DiGIT tokenizer directory (no {CONFIG_NAME})")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
-    if meta.get("format") != DIGIT_FORMAT:
-        raise CheckpointError(f"{path} is not a DiGIT tokenizer config (format={meta.get('format')!r})")
-    if meta.get("format_version") != DIGIT_FORMAT_VERSION:
-        raise FormatVersionError(f"{path} has DiGIT tokenizer format_version {meta.get('format_version')!r}; this "
-                                 f"vqgan-lc reads version {DIGIT_FORMAT_VERSION}. Upgrade vqgan-lc to load it.")
-    return meta
+    return read_format_json(Path(directory) / CONFIG_NAME, DIGIT_FORMAT, DIGIT_FORMAT_VERSION,
+                            what="DiGIT tokenizer config", error=CheckpointError,
+                            missing=f"{directory} is not a DiGIT tokenizer directory (no {CONFIG_NAME})",
+                            upgrade="Upgrade vqgan-lc to load it.")
 
 
 def _tensor_sha256(t: torch.Tensor) -> str:

@@ -26,7 +26,6 @@ Files: ``save_pretrained(dir)`` writes ``config.json`` (``format: vqgan-lc-gpt``
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -37,10 +36,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import CheckpointError, FormatVersionError, TokenRangeError
+from .._io import atomic_save_safetensors, atomic_write_json, read_format_json
+from ..errors import CheckpointError, TokenRangeError
 
 log = logging.getLogger(__name__)
 
@@ -462,12 +462,9 @@ class GPT(nn.Module):
             "config": self.config.to_dict(),
             "provenance": provenance if provenance is not None else getattr(self, "provenance", {}),
         }
-        tmp = directory / (WEIGHTS_NAME + ".tmp")
-        save_file(state, str(tmp), metadata={"format": GPT_FORMAT, "format_version": str(GPT_FORMAT_VERSION)})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-        tmp_cfg = directory / (CONFIG_NAME + ".tmp")
-        tmp_cfg.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_cfg, directory / CONFIG_NAME)
+        atomic_save_safetensors(directory / WEIGHTS_NAME, state,
+                                {"format": GPT_FORMAT, "format_version": str(GPT_FORMAT_VERSION)})
+        atomic_write_json(directory / CONFIG_NAME, meta)
         return directory
 
     @classmethod
@@ -478,16 +475,8 @@ class GPT(nn.Module):
         if not cfg_path.is_file() or not w_path.is_file():
             raise CheckpointError(f"{directory} is not a GPT directory (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
                                   "train one with `vqgan-lc train-gpt`")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{cfg_path} is not valid JSON ({e})") from e
-        if meta.get("format") != GPT_FORMAT:
-            raise CheckpointError(f"{cfg_path} is not a GPT config (format={meta.get('format')!r}, expected {GPT_FORMAT!r})")
-        version = meta.get("format_version")
-        if version != GPT_FORMAT_VERSION:
-            raise FormatVersionError(f"{cfg_path} has GPT format_version {version!r}; this vqgan-lc reads version "
-                                     f"{GPT_FORMAT_VERSION}. Upgrade vqgan-lc to load it.")
+        meta = read_format_json(cfg_path, GPT_FORMAT, GPT_FORMAT_VERSION, what="GPT config", error=CheckpointError,
+                                upgrade="Upgrade vqgan-lc to load it.")
         try:
             config = GPTConfig.from_dict(meta["config"])
         except (KeyError, TypeError, ValueError) as e:

@@ -17,8 +17,6 @@ byte-identical.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import FormatVersionError, VQGANLCError
+from .._io import atomic_write_bytes, atomic_write_json, atomic_write_npy, read_format_json, sha256_file
+from ..errors import VQGANLCError
 
 TOKENS_FORMAT = "vqgan-lc-tokens"
 TOKENS_FORMAT_VERSION = 1
@@ -44,74 +43,14 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.npy"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_write_npy(path: Path, array: np.ndarray) -> str:
-    """Save ``array`` as ``.npy`` atomically; returns the file's sha256."""
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The manifest of a token directory, after checking format and version."""
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise TokenFormatError(
-            f"{directory} has no {MANIFEST}: not a token directory, or an encode run that has not finished "
-            "(rerun the same `vqgan-lc encode` command to complete it)"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TokenFormatError(f"{path} is not valid JSON ({e})") from e
-    if manifest.get("format") != TOKENS_FORMAT:
-        raise TokenFormatError(f"{path} is not a vqgan-lc token manifest (format={manifest.get('format')!r})")
-    version = manifest.get("format_version")
-    if version != TOKENS_FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{path} has token format_version {version!r}; this vqgan-lc reads version {TOKENS_FORMAT_VERSION}. "
-            "Upgrade vqgan-lc to read it."
-        )
-    return manifest
+    return read_format_json(
+        Path(directory) / MANIFEST, TOKENS_FORMAT, TOKENS_FORMAT_VERSION,
+        what="vqgan-lc token manifest", error=TokenFormatError,
+        missing=f"{directory} has no {MANIFEST}: not a token directory, or an encode run that has not finished "
+        "(rerun the same `vqgan-lc encode` command to complete it)",
+    )
 
 
 @dataclass
@@ -208,3 +147,21 @@ class TokenDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         ids = torch.from_numpy(self.tokens.row(i).astype(np.int64))
         return ids, int(self.tokens.labels[i])
+
+
+__all__ = [
+    "MANIFEST",
+    "TOKENS_FORMAT",
+    "TOKENS_FORMAT_VERSION",
+    "TOKEN_DTYPE",
+    "TokenDataset",
+    "TokenFile",
+    "TokenFormatError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_npy",
+    "open_tokens",
+    "read_manifest",
+    "sha256_file",
+    "shard_name",
+]
