@@ -29,3 +29,16 @@ class CodebookError(VQGANLCError, ValueError):
 
 class MissingWeightsError(VQGANLCError, FileNotFoundError):
     """A pretrained component was asked for without a local weights file."""
+
+
+# ----------------------------------------------------------------------------------------- codebook builder
+class ExtractorError(VQGANLCError, ValueError):
+    """An extractor that cannot be built or used as asked (unknown model, bad layer, wrong output shape)."""
+
+
+class FeatureStoreError(VQGANLCError, ValueError):
+    """A feature store that is missing, incomplete, corrupt, or was made with other options."""
+
+
+class InsufficientMemoryError(VQGANLCError, MemoryError):
+    """A k-means job estimated not to fit in the available memory."""

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..errors import CheckpointError, MissingWeightsError, VQGANLCError
+from ..errors import CheckpointError, ExtractorError, MissingWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,6 @@ DINOV2_HUB_TO_TIMM: dict[str, str] = {
     "dinov2_vitl14_reg": "vit_large_patch14_reg4_dinov2",
     "dinov2_vitg14_reg": "vit_giant_patch14_reg4_dinov2",
 }
-
-
-class ExtractorError(VQGANLCError, ValueError):
-    """An extractor that cannot be built or used as asked (unknown model, bad layer, wrong output shape)."""
 
 
 # ----------------------------------------------------------------------------------------- preprocessing

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..errors import CodebookError, VQGANLCError
+from ..errors import CodebookError, InsufficientMemoryError
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ KMEANS_PP_POINTS_PER_CENTROID = 32
 # init="auto" uses k-means++ while its k sequential passes over that subsample cost at most this many
 # multiply-adds (m * k * d with m = min(n, 32 k)), else faiss's random sample.
 KMEANS_PP_BUDGET = 4e9
-
-
-class InsufficientMemoryError(VQGANLCError, MemoryError):
-    """A k-means job estimated not to fit in the available memory."""
 
 
 @dataclass

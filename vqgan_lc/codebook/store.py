@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._io import TMP_GLOB, atomic_path, atomic_write_json, atomic_write_text, read_format_json
-from ..errors import FormatVersionError, VQGANLCError
+from ..errors import FeatureStoreError, FormatVersionError
 from .data import UNLABELLED, ImageList
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,6 @@ SOURCES = "sources.tsv"
 
 StoreDtype = Literal["float16", "float32"]
 TMP_PATTERNS = (TMP_GLOB, "*.tmp")  # temporary files of interrupted writes (``*.tmp``: older versions)
-
-
-class FeatureStoreError(VQGANLCError, ValueError):
-    """A feature store that is missing, incomplete, corrupt, or was made with other options."""
 
 
 def options_hash(options: dict[str, Any]) -> str:
