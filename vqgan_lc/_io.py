@@ -3,6 +3,8 @@
 * ``read_format_json`` / ``check_format``: read a JSON file (``config.json``, a manifest) or a
   metadata dict, check its ``format`` name and ``format_version``, and raise the error a caller
   names with one sentence that says what is wrong and what to do.
+* ``save_weights_dir`` / ``load_weights_dir``: a ``config.json`` + ``model.safetensors`` directory
+  (VQGANLC, GPT), and ``state_dict_mismatch`` to name what keeps weights from loading.
 * ``atomic_path`` and the ``atomic_write_*`` writers: write to a temporary name next to the target,
   fsync, rename over the target and fsync the directory, so a crash never leaves a partial file
   visible. Temporary names are ``.NAME.tmp-PID`` (``TMP_GLOB`` finds leftovers).
@@ -14,14 +16,20 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from .errors import FormatVersionError, VQGANLCError
+from .errors import CheckpointError, FormatVersionError, VQGANLCError
+
+T = TypeVar("T")
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+"""The two files of a weights directory (``save_weights_dir`` / ``load_weights_dir``)."""
 
 TMP_GLOB = ".*.tmp-*"
 """Glob of the temporary files ``atomic_path`` leaves behind when a write is interrupted."""
@@ -81,6 +89,60 @@ def read_format_json(
         raise error(f"{path} is not a {what} (a JSON {type(meta).__name__}, not an object)")
     check_format(meta, path, expected_format, known_versions, what=what, error=error, upgrade=upgrade)
     return meta
+
+
+def load_weights_dir(
+    directory: str | os.PathLike,
+    expected_format: str,
+    known_versions: int | Collection[int],
+    parse_config: Callable[[Any], T],
+    *,
+    what: str,
+    hint: str,
+    upgrade: str = "Upgrade vqgan-lc to load it.",
+    device: str = "cpu",
+) -> tuple[dict[str, Any], T, dict[str, Any], Path]:
+    """Read a directory written by ``save_weights_dir``: ``(meta, config, state, weights path)``.
+
+    ``config = parse_config(meta["config"])``. Every problem raises ``CheckpointError`` (an unknown
+    version ``FormatVersionError``): a missing file (the sentence ends with ``hint``, what to do), a
+    config of another format or that ``parse_config`` rejects, a corrupt weights file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise CheckpointError(f"{directory} is not a {what} directory (needs {CONFIG_NAME} and {WEIGHTS_NAME}); {hint}")
+    meta = read_format_json(cfg_path, expected_format, known_versions, what=f"{what} config", error=CheckpointError,
+                            upgrade=upgrade)
+    try:
+        config = parse_config(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfg_path} has an invalid {what} config: {e}") from e
+    try:
+        state = load_file(str(w_path), device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{w_path} is corrupt or truncated ({e}); re-download or re-export it") from e
+    return meta, config, state, w_path
+
+
+def state_dict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any], *, show: int = 5) -> str:
+    """What keeps ``state`` from loading strictly into a module whose state dict is ``own``: mis-shaped,
+    missing and unexpected keys, a few of each by name ("" when it fits)."""
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if shapes:
+        parts.append("shape mismatches: " + "; ".join(shapes[:show]) + (" ..." if len(shapes) > show else ""))
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:3])})")
+    return "; ".join(parts)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -143,6 +205,17 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, Any],
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def save_weights_dir(directory: str | os.PathLike, meta: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Write a weights directory: ``state`` to ``model.safetensors`` (with ``meta``'s format and version as
+    string metadata) and ``meta`` to ``config.json``, both atomically. Returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tags = {"format": str(meta["format"]), "format_version": str(meta["format_version"])}
+    atomic_save_safetensors(directory / WEIGHTS_NAME, state, tags)
+    atomic_write_json(directory / CONFIG_NAME, meta)
+    return directory
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """fsync a directory so a rename in it survives a crash (a no-op where directories cannot be opened)."""
     try:
@@ -158,7 +231,9 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 __all__ = [
+    "CONFIG_NAME",
     "TMP_GLOB",
+    "WEIGHTS_NAME",
     "atomic_path",
     "atomic_save_safetensors",
     "atomic_write_bytes",
@@ -167,6 +242,9 @@ __all__ = [
     "atomic_write_text",
     "check_format",
     "fsync_dir",
+    "load_weights_dir",
     "read_format_json",
+    "save_weights_dir",
     "sha256_file",
+    "state_dict_mismatch",
 ]

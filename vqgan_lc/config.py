@@ -17,6 +17,15 @@ _QUANTIZER_KINDS = ("lc", "vq", "fc", "ema")
 _DISTANCES = ("euclidean", "cosine")
 
 
+def check_fields(cls: type, d: dict[str, Any], what: str, hint: str = "") -> None:
+    """Raise ``ValueError`` naming the keys of ``d`` that are not fields of the dataclass ``cls``
+    (``what`` names the config in the sentence, ``hint`` is appended)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {', '.join(unknown)} (known: {', '.join(sorted(known))}){hint}")
+
+
 @dataclass(frozen=True)
 class QuantizerConfig:
     """The quantizer: which kind and its numerics.
@@ -95,16 +104,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config fields {sorted(unknown)}; is the file from a newer vqgan-lc?")
+        newer = "; is the file from a newer vqgan-lc?"
+        check_fields(cls, d, "model config", newer)
         d = dict(d)
         if "quantizer" in d and isinstance(d["quantizer"], dict):
-            qknown = {f.name for f in dataclasses.fields(QuantizerConfig)}
-            qunknown = set(d["quantizer"]) - qknown
-            if qunknown:
-                raise ValueError(f"unknown quantizer config fields {sorted(qunknown)}")
+            check_fields(QuantizerConfig, d["quantizer"], "quantizer config", newer)
             d["quantizer"] = QuantizerConfig(**d["quantizer"])
         return cls(**d)
 

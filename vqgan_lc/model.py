@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
-from ._io import atomic_save_safetensors, atomic_write_json, read_format_json
+from ._io import CONFIG_NAME as CONFIG_NAME
+from ._io import WEIGHTS_NAME as WEIGHTS_NAME
+from ._io import load_weights_dir, save_weights_dir, state_dict_mismatch
 from .config import ModelConfig
 from .errors import CheckpointError, ImageShapeError, TokenRangeError
 from .nn import Decoder, Encoder
@@ -22,8 +22,6 @@ from .quantize import CodebookQuantizer, LCQuantizer, QuantizerOutput, build_qua
 
 MODEL_FORMAT = "vqgan-lc-model"
 MODEL_FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -170,8 +168,6 @@ class VQGANLC(nn.Module):
         ``inference_only=True`` keeps only the projected ``(N, D')`` codes instead of the raw
         codebook and projector; the loaded model encodes and decodes identically but cannot train.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         export = inference_only or self.inference_only
         if inference_only and not self.inference_only:
@@ -187,31 +183,16 @@ class VQGANLC(nn.Module):
             "config": self.config.to_dict(),
             "provenance": provenance or getattr(self, "provenance", {}) or {},
         }
-        atomic_save_safetensors(directory / WEIGHTS_NAME, state,
-                                {"format": MODEL_FORMAT, "format_version": str(MODEL_FORMAT_VERSION)})
-        atomic_write_json(directory / CONFIG_NAME, meta)
-        return directory
+        return save_weights_dir(directory, meta, state)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VQGANLC:
         """Load a model directory written by ``save_pretrained`` (or ``vqgan-lc convert``)."""
-        directory = Path(directory)
-        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not cfg_path.is_file() or not w_path.is_file():
-            raise CheckpointError(
-                f"{directory} is not a vqgan-lc model directory (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
-                "official .pth checkpoints are converted with `vqgan-lc convert`"
-            )
-        meta = read_format_json(cfg_path, MODEL_FORMAT, MODEL_FORMAT_VERSION, what="vqgan-lc model config",
-                                error=CheckpointError, upgrade="Upgrade vqgan-lc (pip install -U vqgan-lc) to load it.")
-        try:
-            config = ModelConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{cfg_path} has an invalid model config: {e}") from e
-        try:
-            state = load_file(str(w_path), device=str(map_location))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{w_path} is corrupt or truncated ({e}); re-download or re-export it") from e
+        meta, config, state, w_path = load_weights_dir(
+            directory, MODEL_FORMAT, MODEL_FORMAT_VERSION, ModelConfig.from_dict, what="vqgan-lc model",
+            hint="official .pth checkpoints are converted with `vqgan-lc convert`",
+            upgrade="Upgrade vqgan-lc (pip install -U vqgan-lc) to load it.", device=str(map_location),
+        )
         model = cls(config, inference_only=meta.get("weights") == "inference")
         model.load_state_dict_checked(state, source=str(w_path))
         model.provenance = meta.get("provenance", {})
@@ -219,18 +200,7 @@ class VQGANLC(nn.Module):
 
     def load_state_dict_checked(self, state: dict[str, torch.Tensor], *, source: str) -> None:
         """``load_state_dict`` that names every missing, unexpected or mis-shaped key in one error."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        extra = sorted(set(state) - set(own))
-        shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or extra or shapes:
-            parts = []
-            if shapes:
-                parts.append("shape mismatches: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-            if extra:
-                parts.append(f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:3])})")
-            raise CheckpointError(f"{source} does not fit this model config: " + "; ".join(parts))
+        problem = state_dict_mismatch(self.state_dict(), state)
+        if problem:
+            raise CheckpointError(f"{source} does not fit this model config: {problem}")
         self.load_state_dict(state)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .._io import sha256_file, state_dict_mismatch
 from ..errors import CheckpointError, ExtractorError, MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -118,13 +119,7 @@ class Preprocess:
 
 
 # ----------------------------------------------------------------------------------------- weights files
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 hex digest of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the name the extractors, DiGIT and their tests use
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -185,20 +180,9 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or extra or shapes:
-        parts = []
-        if shapes:
-            parts.append("shape mismatches: " + "; ".join(shapes[:3]))
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if extra:
-            parts.append(f"{len(extra)} unexpected keys (e.g. {', '.join(extra[:3])})")
-        raise CheckpointError(f"{source} does not fit the chosen architecture ({'; '.join(parts)}); check --model")
+    problem = state_dict_mismatch(module.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{source} does not fit the chosen architecture ({problem}); check --model")
     module.load_state_dict(state)
 
 

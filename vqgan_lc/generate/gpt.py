@@ -35,19 +35,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
-from .._io import atomic_save_safetensors, atomic_write_json, read_format_json
+from .._io import CONFIG_NAME as CONFIG_NAME
+from .._io import WEIGHTS_NAME as WEIGHTS_NAME
+from .._io import load_weights_dir, save_weights_dir, state_dict_mismatch
+from ..config import check_fields
 from ..errors import CheckpointError, TokenRangeError
 
 log = logging.getLogger(__name__)
 
 GPT_FORMAT = "vqgan-lc-gpt"
 GPT_FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -136,10 +135,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GPT config keys: {', '.join(unknown)}")
+        check_fields(cls, d, "GPT config")
         return cls(**d)
 
     def replace(self, **changes: Any) -> GPTConfig:
@@ -453,8 +449,6 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | os.PathLike, *, provenance: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (float32 unless the model is in another dtype)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         meta = {
             "format": GPT_FORMAT,
@@ -462,34 +456,19 @@ class GPT(nn.Module):
             "config": self.config.to_dict(),
             "provenance": provenance if provenance is not None else getattr(self, "provenance", {}),
         }
-        atomic_save_safetensors(directory / WEIGHTS_NAME, state,
-                                {"format": GPT_FORMAT, "format_version": str(GPT_FORMAT_VERSION)})
-        atomic_write_json(directory / CONFIG_NAME, meta)
-        return directory
+        return save_weights_dir(directory, meta, state)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> GPT:
         """Load a GPT directory written by ``save_pretrained`` / ``vqgan-lc train-gpt``."""
-        directory = Path(directory)
-        cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        if not cfg_path.is_file() or not w_path.is_file():
-            raise CheckpointError(f"{directory} is not a GPT directory (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
-                                  "train one with `vqgan-lc train-gpt`")
-        meta = read_format_json(cfg_path, GPT_FORMAT, GPT_FORMAT_VERSION, what="GPT config", error=CheckpointError,
-                                upgrade="Upgrade vqgan-lc to load it.")
-        try:
-            config = GPTConfig.from_dict(meta["config"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{cfg_path} has an invalid GPT config: {e}") from e
-        try:
-            state = load_file(str(w_path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{w_path} is corrupt or truncated ({e})") from e
+        meta, config, state, w_path = load_weights_dir(
+            directory, GPT_FORMAT, GPT_FORMAT_VERSION, GPTConfig.from_dict, what="GPT",
+            hint="train one with `vqgan-lc train-gpt`",
+        )
         model = cls(config)
-        own = model.state_dict()
-        bad = sorted(set(own) ^ set(state)) + [k for k in own if k in state and own[k].shape != state[k].shape]
-        if bad:
-            raise CheckpointError(f"{w_path} does not fit its config.json (keys/shapes differ: {', '.join(bad[:4])})")
+        problem = state_dict_mismatch(model.state_dict(), state)
+        if problem:
+            raise CheckpointError(f"{w_path} does not fit its {CONFIG_NAME} ({problem})")
         model.load_state_dict(state)
         model.provenance = meta.get("provenance", {})
         return model.to(map_location).eval()

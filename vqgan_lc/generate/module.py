@@ -23,6 +23,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ..config import check_fields
 from ..tokens.format import TokenFile, TokenFormatError, open_tokens
 from .gpt import GPT, GPT_PRESETS, GPTConfig
 
@@ -76,10 +77,7 @@ class GPTTrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GPTTrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown train config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        check_fields(cls, d, "train config")
         return cls(**d)
 
 

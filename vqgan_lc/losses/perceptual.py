@@ -59,14 +59,29 @@ def vgg16_trunk_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"VGG16 weights file {path} does not exist; pass a local vgg16-397923af.pth")
-    state = _read_state_dict(path)
+    return lpips_trunk_state_dict(_read_state_dict(path), VGG_CONV_INDICES, VGG_SLICES, source=path,
+                                  arch="VGG16", example="vgg16-397923af.pth")
+
+
+def lpips_trunk_state_dict(
+    state: dict[str, torch.Tensor],
+    conv_indices: tuple[int, ...],
+    slices: tuple[tuple[int, int], ...],
+    *,
+    source: str | os.PathLike,
+    arch: str,
+    example: str,
+) -> dict[str, torch.Tensor]:
+    """Rename the conv weights ``features.{i}.*`` of a torchvision ``arch`` state dict (or a features-only
+    dict ``{i}.*``) to lpips' ``slice{s}.{i}.*`` keys, ``slices`` being the ``features`` index range of each
+    lpips slice. A missing conv weight raises ``CheckpointError`` naming ``source`` and an ``example`` file."""
     feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     if not feats:  # a features-only state dict: {"0.weight": ...}
         feats = {k: v for k, v in state.items() if k.split(".", 1)[0].isdigit()}
     out: dict[str, torch.Tensor] = {}
     missing = []
-    for i in VGG_CONV_INDICES:
-        s = next(n for n, (lo, hi) in enumerate(VGG_SLICES, 1) if lo <= i < hi)
+    for i in conv_indices:
+        s = next(n for n, (lo, hi) in enumerate(slices, 1) if lo <= i < hi)
         for p in ("weight", "bias"):
             if f"{i}.{p}" not in feats:
                 missing.append(f"features.{i}.{p}")
@@ -74,8 +89,8 @@ def vgg16_trunk_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 out[f"slice{s}.{i}.{p}"] = feats[f"{i}.{p}"]
     if missing:
         raise CheckpointError(
-            f"{path} is not a torchvision VGG16 state dict (missing {', '.join(missing[:4])}"
-            f"{' ...' if len(missing) > 4 else ''}); use e.g. vgg16-397923af.pth"
+            f"{source} is not a torchvision {arch} state dict (missing {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}); use e.g. {example}"
         )
     return out
 

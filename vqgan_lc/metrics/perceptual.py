@@ -53,6 +53,7 @@ def alexnet_trunk_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
     The classifier is ignored; a features-only dict (``{"0.weight": ...}``) is accepted.
     """
     from ..codebook.features import load_weights_file
+    from ..losses.perceptual import lpips_trunk_state_dict
 
     path = Path(path)
     if not path.is_file():
@@ -61,24 +62,8 @@ def alexnet_trunk_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
             "with --lpips-alex-weights"
         )
     state = load_weights_file(path, "--lpips-alex-weights")
-    feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
-    if not feats:
-        feats = {k: v for k, v in state.items() if k.split(".", 1)[0].isdigit()}
-    out: dict[str, torch.Tensor] = {}
-    missing = []
-    for i in ALEX_CONV_INDICES:
-        s = next(n for n, (lo, hi) in enumerate(ALEX_SLICES, 1) if lo <= i < hi)
-        for p in ("weight", "bias"):
-            if f"{i}.{p}" in feats:
-                out[f"slice{s}.{i}.{p}"] = feats[f"{i}.{p}"]
-            else:
-                missing.append(f"features.{i}.{p}")
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a torchvision AlexNet state dict (missing {', '.join(missing[:4])}"
-            f"{' ...' if len(missing) > 4 else ''}); use e.g. alexnet-owt-7be5be79.pth"
-        )
-    return out
+    return lpips_trunk_state_dict(state, ALEX_CONV_INDICES, ALEX_SLICES, source=path, arch="AlexNet",
+                                  example="alexnet-owt-7be5be79.pth")
 
 
 def _trunk_state_dict(net: LPIPSNet, path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._io import atomic_write_text
+
 REPORT_FORMAT = "vqgan-lc-eval-report"
 REPORT_FORMAT_VERSION = 1
 REPORT_JSON = "report.json"
@@ -65,9 +67,7 @@ def write_json(path: Path, report: dict[str, Any]) -> None:
             return [clean(x) for x in v]
         return v
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(report), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(clean(report), indent=2, sort_keys=False) + "\n")
 
 
 def write_markdown(path: Path, report: dict[str, Any]) -> None:

@@ -54,10 +54,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn) > 0:
-                    h = level.attn[i](h)
+            h = level(h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(swish(self.norm_out(h)))

@@ -9,10 +9,20 @@ from .blocks import AttnBlock, Downsample, ResnetBlock, normalize, swish
 
 
 class _Level(nn.Module):
+    """One resolution level: ResnetBlocks, each followed by its AttnBlock at attention resolutions
+    (the ``downsample`` / ``upsample`` attribute, when set, is applied by the caller)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.block = nn.ModuleList()
         self.attn = nn.ModuleList()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.block):
+            h = block(h)
+            if len(self.attn) > 0:
+                h = self.attn[i](h)
+        return h
 
 
 class _Mid(nn.Module):
@@ -63,10 +73,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn) > 0:
-                    h = level.attn[i](h)
+            h = level(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
