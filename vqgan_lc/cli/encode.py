@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="token directory to write (resumable)")
     p.add_argument("--image-size", type=int,
                    help="short side resized then center-cropped (default: the model's; 256 for DiGIT)")
+    p.add_argument("--jpeg-draft", action="store_true",
+                   help="decode JPEGs at 1/2, 1/4 or 1/8 scale (short side kept >= 2x --image-size) before the resize: "
+                        "much faster for large files, slightly different pixels and ids; recorded in the manifest")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
     p.add_argument("--devices", type=int, default=1, help="processes, one per GPU (or sharing the CPU cores)")
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     opts = EncodeOptions(
         image_size=args.image_size or default_size, batch_size=args.batch_size,
         num_workers=args.num_workers, shard_size=args.shard_size, on_error=args.on_error, devices=args.devices,
+        jpeg_draft=args.jpeg_draft,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = args.model if args.devices > 1 and args.model else model

@@ -145,23 +145,40 @@ def _from_file_list(root: Path, file_list: Path) -> ImageList:
     return ImageList(root=root, paths=paths, labels=labels, classes=classes)
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open an image file fully and convert it to RGB (raises ``OSError``/``ValueError`` on a bad file)."""
+def load_rgb(path: str | os.PathLike, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Open an image file fully and convert it to RGB (raises ``OSError``/``ValueError`` on a bad file).
+
+    ``draft=(w, h)``: let a JPEG decoder decode at 1/2, 1/4 or 1/8 scale (DCT scaling in libjpeg),
+    the smallest that is still at least ``w`` x ``h``; much faster when the target is far smaller than
+    the file, but the pixels differ slightly from a full decode, so it is opt-in and callers record it.
+    Other formats ignore it. An image that already is RGB is returned as decoded, without a copy.
+    """
     with Image.open(path) as im:
+        if draft is not None:
+            im.draft("RGB", (max(1, int(draft[0])), max(1, int(draft[1]))))
         im.load()
-        return im.convert("RGB")
+        return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def draft_size(image_size: int) -> tuple[int, int]:
+    """The ``load_rgb`` draft request for a short side of ``image_size``: twice the target, as Pillow's
+    ``thumbnail`` does (``reducing_gap=2``), so the bicubic resize still has 2x the pixels to average."""
+    return (2 * image_size, 2 * image_size)
 
 
 class ImageDataset(torch.utils.data.Dataset):
     """``(index, image tensor or None, error message or None)`` for each path of an ``ImageList``.
 
     ``transform`` maps a PIL RGB image to a ``(3, H, W)`` float tensor (an extractor's preprocessing).
-    A file that cannot be decoded yields ``(index, None, reason)`` instead of raising.
+    A file that cannot be decoded yields ``(index, None, reason)`` instead of raising. ``draft``: passed
+    to ``load_rgb`` (reduced-scale JPEG decoding; ``None``, the default, decodes every pixel).
     """
 
-    def __init__(self, images: ImageList, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(self, images: ImageList, transform: Callable[[Image.Image], torch.Tensor],
+                 draft: tuple[int, int] | None = None) -> None:
         self.images = images
         self.transform = transform
+        self.draft = draft
 
     def __len__(self) -> int:
         return len(self.images)
@@ -169,7 +186,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         path = self.images.root / self.images.paths[i]
         try:
-            img = load_rgb(path)
+            img = load_rgb(path, self.draft)
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             return i, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable image'}"
         return i, self.transform(img), None
@@ -188,5 +205,7 @@ def collate(items: Sequence[tuple[int, torch.Tensor | None, str | None]]) -> Bat
     """Stack the readable images of a batch; keep ``(index, reason)`` for the others."""
     ok = [(i, x) for i, x, _ in items if x is not None]
     failed = [(i, str(err)) for i, x, err in items if x is None]
-    images = torch.stack([x for _, x in ok]) if ok else None
+    # default_collate stacks; in a DataLoader worker it stacks straight into shared memory, so sending
+    # the batch to the main process does not copy it once more.
+    images = torch.utils.data.default_collate([x for _, x in ok]) if ok else None
     return Batch(indices=[i for i, _ in ok], images=images, failed=failed)

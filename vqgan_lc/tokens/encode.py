@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..codebook.data import ImageDataset, ImageList, collate, list_images
+from ..codebook.data import ImageDataset, ImageList, collate, draft_size, list_images
 from ..codebook.features import Preprocess
 from ..errors import VQGANLCError
 from ..model import VQGANLC
@@ -50,7 +50,13 @@ class EncodeError(VQGANLCError, RuntimeError):
 
 @dataclass(frozen=True)
 class EncodeOptions:
-    """How images become tokens. ``image_size``: short side resized (bicubic) then center-cropped."""
+    """How images become tokens. ``image_size``: short side resized (bicubic) then center-cropped.
+
+    ``jpeg_draft``: decode JPEGs at a reduced scale (1/2, 1/4 or 1/8, never below twice ``image_size``
+    on the short side) before the bicubic resize; several times faster when the files are much larger
+    than ``image_size``, but the pixels, hence a few ids, differ from a full decode, so it is off by
+    default and recorded in the manifest's ``preprocessing`` (a rerun with the other setting refuses).
+    """
 
     image_size: int = 256
     batch_size: int = 32
@@ -58,6 +64,7 @@ class EncodeOptions:
     shard_size: int = 4096
     on_error: Literal["skip", "fail"] = "skip"
     devices: int = 1
+    jpeg_draft: bool = False
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "fail"):
@@ -97,6 +104,10 @@ def tokenizer_identity(model: VQGANLC) -> dict[str, Any]:
 
 def _run_descriptor(model: VQGANLC, images: ImageList, opts: EncodeOptions) -> dict[str, Any]:
     h, w = model.latent_shape(opts.image_size, opts.image_size)
+    preprocessing: dict[str, Any] = {"image_size": opts.image_size, "resize": "short-side-bicubic", "crop": "center",
+                                     "range": "[-1, 1]"}
+    if opts.jpeg_draft:  # only when on, so directories written before the option existed still match
+        preprocessing["jpeg_draft"] = {"min_short_side": draft_size(opts.image_size)[0]}
     return {
         "format": TOKENS_FORMAT,
         "format_version": TOKENS_FORMAT_VERSION,
@@ -108,8 +119,7 @@ def _run_descriptor(model: VQGANLC, images: ImageList, opts: EncodeOptions) -> d
         "classes": list(images.classes),
         "shard_size": opts.shard_size,
         # Only what changes the ids: batch size, workers and devices do not.
-        "preprocessing": {"image_size": opts.image_size, "resize": "short-side-bicubic", "crop": "center",
-                          "range": "[-1, 1]"},
+        "preprocessing": preprocessing,
     }
 
 
@@ -212,7 +222,9 @@ def _encode_shards(
     model = model.to(device).eval()
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     order = [i for _, s, e in shards for i in range(s, e)]
-    dataset = torch.utils.data.Subset(ImageDataset(images, Preprocess(opts.image_size, (opts.image_size,) * 2)), order)
+    draft = draft_size(opts.image_size) if opts.jpeg_draft else None
+    dataset = torch.utils.data.Subset(
+        ImageDataset(images, Preprocess(opts.image_size, (opts.image_size,) * 2), draft=draft), order)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=opts.batch_size, num_workers=opts.num_workers, collate_fn=collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
