@@ -62,8 +62,8 @@ def child(mode: str, model_dir: str, folder: str, size: int, batch: int, workers
     import torch
 
     from vqgan_lc import VQGANLC
-    from vqgan_lc.codebook.data import list_images, load_rgb
     from vqgan_lc.codebook.features import Preprocess
+    from vqgan_lc.data import list_images, load_rgb
     from vqgan_lc.tokens import EncodeOptions, encode_dataset
 
     model = VQGANLC.from_pretrained(model_dir)

@@ -109,7 +109,7 @@ def test_store_layout_unreadable_images_and_contents(tmp_path):
     assert shard0.dtype == np.float16 and shard0.shape == (2, 2, 2, 768)
     # row 0 of shard 0 is cats/chelsea.jpg: its pooled pixel patches
     from vqgan_lc.codebook import pool_features
-    from vqgan_lc.codebook.data import load_rgb
+    from vqgan_lc.data import load_rgb
 
     x = ext.preprocess(load_rgb(root / "cats/chelsea.jpg"))[None]
     want = pool_features(ext(x), 2)[0].numpy()

@@ -16,8 +16,8 @@ from PIL import Image
 from vqgan_lc import CheckpointError, CodebookError, FormatVersionError
 from vqgan_lc.cli.main import main
 from vqgan_lc.codebook import build_codebook, save_codebook
-from vqgan_lc.codebook.data import list_images, load_rgb
 from vqgan_lc.codebook.features import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from vqgan_lc.data import list_images, load_rgb
 from vqgan_lc.generate import GPT, DiscriminativeTokenizer, GPTConfig, sample_two_stage
 from vqgan_lc.generate.digit import ExtractorSpec, build_dinov2
 from vqgan_lc.tokens import EncodeOptions, encode_dataset, load_tokenizer, open_tokens

@@ -18,8 +18,8 @@ from PIL import Image
 
 from vqgan_lc import VQGANLC, FormatVersionError, create_model
 from vqgan_lc.cli.main import main
-from vqgan_lc.codebook.data import list_images, load_rgb
 from vqgan_lc.codebook.features import Preprocess
+from vqgan_lc.data import list_images, load_rgb
 from vqgan_lc.tokens import (
     EncodeError,
     EncodeOptions,

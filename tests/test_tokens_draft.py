@@ -14,8 +14,8 @@ from PIL import Image
 
 from vqgan_lc import VQGANLC
 from vqgan_lc.cli.main import main
-from vqgan_lc.codebook.data import draft_size, list_images, load_rgb
 from vqgan_lc.codebook.features import Preprocess
+from vqgan_lc.data import draft_size, list_images, load_rgb
 from vqgan_lc.tokens import EncodeOptions, TokenFormatError, encode_dataset, open_tokens
 
 SIZE = 32  # draft request 64 px; the 400 x 300+ px files below decode at 1/4 scale

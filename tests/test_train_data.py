@@ -17,7 +17,7 @@ from train_helpers import (
 )
 
 from vqgan_lc.codebook import ImageSourceError
-from vqgan_lc.codebook.data import load_rgb
+from vqgan_lc.data import load_rgb
 from vqgan_lc.train.data import (
     PAD,
     CollateImages,

@@ -3,8 +3,8 @@
 Heavy dependencies (faiss, open_clip, timm) are imported only when the functions that need them run.
 """
 
+from ..data import ImageList, ImageSourceError, list_images
 from .build import build_codebook, codebook_from_features, default_features_dir, extract_features
-from .data import ImageList, ImageSourceError, list_images
 from .features import (
     ClipExtractor,
     DINOv2Extractor,

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data import ImageDataset, ImageList, collate, list_images
 from ..errors import CodebookError
-from .data import ImageDataset, ImageList, collate, list_images
 from .features import FeatureExtractor, as_extractor, pool_features
 from .io import Codebook, save_codebook
 from .kmeans import (

@@ -29,8 +29,8 @@ from typing import Any, Literal
 import numpy as np
 
 from .._io import TMP_GLOB, atomic_path, atomic_write_json, atomic_write_text, read_format_json
+from ..data import UNLABELLED, ImageList
 from ..errors import FeatureStoreError, FormatVersionError
-from .data import UNLABELLED, ImageList
 
 log = logging.getLogger(__name__)
 

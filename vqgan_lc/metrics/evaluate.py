@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..codebook.data import ImageDataset, ImageList, ImageSourceError, collate, list_images
 from ..codebook.features import Preprocess
+from ..data import ImageDataset, ImageList, ImageSourceError, collate, list_images
 from ..errors import ImageShapeError, MissingWeightsError, VQGANLCError
 from ..model import VQGANLC
 from ..quantize import CodebookUsage

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..codebook.data import ImageDataset, ImageList, collate, draft_size, list_images
 from ..codebook.features import Preprocess
+from ..data import ImageDataset, ImageList, collate, draft_size, list_images
 from ..errors import VQGANLCError
 from ..model import VQGANLC
 from .format import (

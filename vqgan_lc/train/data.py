@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..codebook.data import ImageList, ImageSourceError, list_images, load_rgb
+from ..data import ImageList, ImageSourceError, list_images, load_rgb
 
 log = logging.getLogger(__name__)
 
