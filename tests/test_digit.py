@@ -124,6 +124,15 @@ def test_digit_directory_round_trip_embedding_and_checks(digit: dict[str, Path],
     with pytest.raises(CodebookError, match="clip"):
         DiscriminativeTokenizer.from_files(tmp_path / "clip.safetensors", digit["weights"], model=ARCH,
                                            model_kwargs=TINY_VIT)
+    # ... unless the user says so (`vqgan-lc encode --no-provenance-check`)
+    forced = DiscriminativeTokenizer.from_files(tmp_path / "clip.safetensors", digit["weights"], model=ARCH,
+                                                model_kwargs=TINY_VIT, check_provenance=False)
+    assert forced.codebook_size == K
+    from vqgan_lc.cli.main import build_parser
+
+    argv = ["encode", "--tokenizer", "digit", "--codebook", "c", "--weights", "w", "--data", "d", "--out", "o"]
+    assert build_parser().parse_args([*argv, "--no-provenance-check"]).no_provenance_check is True
+    assert build_parser().parse_args(argv).no_provenance_check is False
     save_codebook(tmp_path / "wrongdim.safetensors", torch.randn(K, 40), {})
     with pytest.raises(CodebookError, match="40-d"):
         DiscriminativeTokenizer.from_files(tmp_path / "wrongdim.safetensors", digit["weights"], model=ARCH,

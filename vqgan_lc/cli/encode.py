@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="timm architecture or torch.hub entry (default: DiGIT's ViT-B/14 with 4 registers)")
     d.add_argument("--hub-dir", help="a local clone of the DINOv2 torch.hub repository")
     d.add_argument("--layer", type=int, default=-3, help="DINOv2 block, negative from the end (default -3, DiGIT)")
+    d.add_argument("--no-provenance-check", action="store_true",
+                   help="use centroids whose recorded extractor, block, pooling or weights differ from these")
     d.add_argument("--save-tokenizer", metavar="DIR", help="also write the assembled DiGIT tokenizer directory")
     p.add_argument("--data", required=True, help="image folder (recursive; classes = first-level sub-folders)")
     p.add_argument("--file-list", help="text file of 'relative/path[,label]' lines under --data (instead of a walk)")
@@ -57,7 +59,8 @@ def load_cli_tokenizer(args: argparse.Namespace):  # noqa: ANN201
         if not args.weights:
             raise VQGANLCError("the DiGIT tokenizer needs --weights (a local DINOv2 weights file); nothing is downloaded")
         tok = DiscriminativeTokenizer.from_files(args.codebook, args.weights, model=args.dinov2_model,
-                                                 hub_dir=args.hub_dir, layer=args.layer)
+                                                 hub_dir=args.hub_dir, layer=args.layer,
+                                                 check_provenance=not args.no_provenance_check)
         if args.save_tokenizer:
             tok.save_pretrained(args.save_tokenizer)
         return tok
