@@ -2,10 +2,10 @@
 
 - ``VQGANLCModule``: the tokenizer + PatchGAN + losses, manual two-optimizer step, schedules, usage.
 - ``ImageDataModule``: an image folder or file list, official crops, unreadable files skipped.
-- ``ReconstructionGrid``, ``ExportModel``: callbacks; ``export_checkpoint``: ``.ckpt`` -> model directory.
+- ``ReconstructionGrid``, ``ExportModel``, ``StepProgress``: callbacks; ``export_checkpoint``: ``.ckpt`` -> model directory.
 """
 
-from .callbacks import ExportModel, ReconstructionGrid, reconstruction_grid
+from .callbacks import ExportModel, ReconstructionGrid, StepProgress, reconstruction_grid
 from .data import CollateImages, ImageDataModule, ImageFolderDataset, write_sample_photos
 from .module import VQGANLCModule, export_checkpoint
 from .schedule import lr_factor
@@ -16,6 +16,7 @@ __all__ = [
     "ImageDataModule",
     "ImageFolderDataset",
     "ReconstructionGrid",
+    "StepProgress",
     "VQGANLCModule",
     "export_checkpoint",
     "lr_factor",

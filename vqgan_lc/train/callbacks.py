@@ -111,3 +111,50 @@ class ExportModel(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_train_end:
             self._export(trainer, pl_module, self.dirname)
+
+
+class StepProgress(Callback):
+    """Log ``generator step k/N, steps/s, time left`` every ``every_n_steps`` generator steps.
+
+    Lightning's progress bar counts batches per epoch; with ``max_epochs: -1`` and a run that ends at
+    ``model.max_steps`` it cannot say how long the run has left. This callback can (rank 0 only).
+    ``label`` prefixes each line.
+    """
+
+    def __init__(self, every_n_steps: int = 50, label: str = "train") -> None:
+        if every_n_steps < 1:
+            raise ValueError("every_n_steps must be >= 1")
+        self.every_n_steps = every_n_steps
+        self.label = label
+        self._t0: float | None = None
+        self._step0 = 0
+        self.lines: list[str] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+
+        self._t0, self._step0 = time.perf_counter(), _gen_step(pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        import time
+
+        step = _gen_step(pl_module)
+        if not trainer.is_global_zero or self._t0 is None or step % self.every_n_steps or outputs is None:
+            return
+        total = pl_module.schedule_steps()[1] if hasattr(pl_module, "schedule_steps") else trainer.max_steps
+        elapsed = time.perf_counter() - self._t0
+        rate = (step - self._step0) / max(elapsed, 1e-9)
+        left = max(total - step, 0) / rate if rate > 0 else float("nan")
+        loss = outputs.get("rec_loss") if isinstance(outputs, dict) else None
+        line = (f"{self.label}: step {step}/{total}  {rate:.1f} steps/s  about {_duration(left)} left"
+                + (f"  rec loss {float(loss):.4f}" if loss is not None else ""))
+        self.lines.append(line)
+        log.info("%s", line)
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # nan
+        return "?"
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
