@@ -110,3 +110,22 @@ def test_same_seed_same_numbers(demo, tmp_path) -> None:  # noqa: ANN001
     _, metrics = demo
     again = run_demo(tmp_path / "again", steps=STEPS, k=K, seed=0)
     assert again == metrics
+
+
+def test_step_progress_reports_step_total_and_time_left() -> None:
+    from types import SimpleNamespace
+
+    from vqgan_lc.train import StepProgress
+
+    module = SimpleNamespace(gen_step=0, schedule_steps=lambda: (2, 10))
+    trainer = SimpleNamespace(is_global_zero=True)
+    cb = StepProgress(every_n_steps=5, label="train")
+    cb.on_train_start(trainer, module)
+    for step in range(1, 11):
+        module.gen_step = step
+        cb.on_train_batch_end(trainer, module, {"rec_loss": torch.tensor(0.25)}, None, step)
+    assert len(cb.lines) == 2  # steps 5 and 10 only
+    assert cb.lines[0].startswith("train: step 5/10") and "left" in cb.lines[0] and "rec loss 0.2500" in cb.lines[0]
+    assert "step 10/10" in cb.lines[1] and "about 0 s left" in cb.lines[1]
+    with pytest.raises(ValueError):
+        StepProgress(every_n_steps=0)
