@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 def _gen_step(pl_module: pl.LightningModule) -> int:
-    return int(getattr(pl_module, "gen_step", pl_module.global_step))
+    step = getattr(pl_module, "gen_step", None)  # our counter; Lightning's counts both optimizers' steps
+    return int(pl_module.global_step if step is None else step)
 
 
 def reconstruction_grid(images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
