@@ -107,6 +107,11 @@ def test_digit_directory_round_trip_embedding_and_checks(digit: dict[str, Path],
     emb = load_tokenizer(tmp_path / "embedded")
     assert isinstance(emb, DiscriminativeTokenizer) and emb.config_hash() == tok.config_hash()
     assert torch.equal(emb.encode(x), tok.encode(x))
+    # a truncated embedded weights file is a CheckpointError naming the file, not safetensors' own error
+    w = tmp_path / "embedded" / "extractor.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="extractor.safetensors is corrupt"):
+        DiscriminativeTokenizer.from_pretrained(tmp_path / "embedded")
     # a changed weights file is refused
     bad = tmp_path / "bad"
     tok.save_pretrained(bad)

@@ -316,12 +316,16 @@ class DiscriminativeTokenizer(nn.Module):
         except TypeError as e:
             raise CheckpointError(f"{directory / CONFIG_NAME} has an invalid extractor spec: {e}") from e
         if embedded:
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
             path = directory / EXTRACTOR_WEIGHTS_NAME
             if not path.is_file():
                 raise CheckpointError(f"{path} is missing; the tokenizer directory is incomplete")
-            state = load_file(str(path))
+            try:
+                state = load_file(str(path))
+            except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+                raise CheckpointError(f"{path} is corrupt or truncated ({e}); re-save the tokenizer directory") from e
             spec_run = ExtractorSpec(**{**asdict(spec), "weights": None, "weights_sha256": None})
             ext = build_dinov2(spec_run, state)
             spec = spec_run
