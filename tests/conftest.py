@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,16 @@ def photo_crops(size: int, n: int, seed: int = 0, names: tuple[str, ...] = PHOTO
         out.append(img[y : y + size, x : x + size])
     arr = np.stack(out).astype(np.float32) / 127.5 - 1.0
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny models
+    on a shared 2-core machine run far faster without OpenMP contention; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -21,12 +21,7 @@ ARCH = "vit_small_patch14_reg4_dinov2"
 TINY_VIT = dict(embed_dim=48, depth=6, num_heads=3)  # DINOv2-shaped: patch 14, 4 registers
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def info(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, str]:

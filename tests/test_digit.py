@@ -28,12 +28,7 @@ TINY_VIT = dict(embed_dim=48, depth=6, num_heads=3, init_values=1.0)  # DINOv2-s
 K = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

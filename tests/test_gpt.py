@@ -23,14 +23,7 @@ from vqgan_lc.generate import (
     top_p_filter,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids OpenMP contention (20x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(seed: int = 0, **kw) -> GPT:  # noqa: ANN003

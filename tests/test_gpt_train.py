@@ -21,12 +21,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OPTS = EncodeOptions(image_size=64, batch_size=8, num_workers=0, shard_size=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -81,13 +81,20 @@ def read_format_json(
     path = Path(path)
     if not path.is_file():
         raise error(missing or f"{path} does not exist: not a {what}")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise error(f"{path} is not a {what} (a JSON {type(meta).__name__}, not an object)")
+    meta = read_json_object(path, error=error, what=what)
     check_format(meta, path, expected_format, known_versions, what=what, error=error, upgrade=upgrade)
+    return meta
+
+
+def read_json_object(path: str | os.PathLike, *, error: type[VQGANLCError], what: str, note: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``; invalid JSON or another JSON value raises ``error`` (``note`` is
+    appended to the sentence)."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e}){note}") from e
+    if not isinstance(meta, dict):
+        raise error(f"{path} is not a {what} (a JSON {type(meta).__name__}, not an object){note}")
     return meta
 
 

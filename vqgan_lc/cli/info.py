@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._io import read_json_object
 from ..errors import CheckpointError, FormatVersionError, VQGANLCError
 
 
@@ -140,13 +141,8 @@ def describe(path: Path) -> Description:
 
 
 def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UnknownFormatError(f"{file} is not valid JSON ({e}), so {file.parent} is none of {NONE_OF_THEM}.") from e
-    if not isinstance(meta, dict):
-        raise UnknownFormatError(f"{file} holds no JSON object, so {file.parent} is none of {NONE_OF_THEM}.")
-    return meta
+    return read_json_object(file, error=UnknownFormatError, what="format record",
+                            note=f", so {file.parent} is none of {NONE_OF_THEM}.")
 
 
 def _dispatch(path: Path, where: str, fmt: Any, version: Any, allowed: tuple[str, ...]) -> Description:
