@@ -23,16 +23,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .errors import VQGANLCError
+from .errors import ImageSourceError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 UNLABELLED = -1
-
-
-class ImageSourceError(VQGANLCError, ValueError):
-    """An image folder or file list that cannot be used (missing, empty, malformed)."""
 
 
 @dataclass(frozen=True)

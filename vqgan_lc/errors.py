@@ -42,3 +42,7 @@ class FeatureStoreError(VQGANLCError, ValueError):
 
 class InsufficientMemoryError(VQGANLCError, MemoryError):
     """A k-means job estimated not to fit in the available memory."""
+
+
+class ImageSourceError(VQGANLCError, ValueError):
+    """An image folder or file list that cannot be used (missing, empty, malformed)."""
