@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "much faster for large files, slightly different pixels and ids; recorded in the manifest")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--cpu-parallel-batches", type=int, default=0, metavar="N",
+                   help="CPU only: N batches at once, each decoded and encoded by its own thread with 1/N of "
+                        "torch's threads, instead of --num-workers processes (faster on few-core CPU machines; "
+                        "N batches' memory; ids as with that thread count). Default 0: off")
     p.add_argument("--devices", type=int, default=1, help="processes, one per GPU (or sharing the CPU cores)")
     p.add_argument("--shard-size", type=int, default=4096, help="source images per shard")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     opts = EncodeOptions(
         image_size=args.image_size or default_size, batch_size=args.batch_size,
         num_workers=args.num_workers, shard_size=args.shard_size, on_error=args.on_error, devices=args.devices,
-        jpeg_draft=args.jpeg_draft,
+        jpeg_draft=args.jpeg_draft, cpu_parallel_batches=args.cpu_parallel_batches,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = args.model if args.devices > 1 and args.model else model

@@ -8,10 +8,13 @@ finished shards, redoes the rest and writes the manifest last.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from ..codebook.features import Preprocess
-from ..data import ImageDataset, ImageList, collate, draft_size, list_images
+from ..data import Batch, ImageDataset, ImageList, collate, draft_size, list_images
 from ..errors import VQGANLCError
 from ..model import VQGANLC
 from .format import (
@@ -56,6 +59,17 @@ class EncodeOptions:
     on the short side) before the bicubic resize; several times faster when the files are much larger
     than ``image_size``, but the pixels, hence a few ids, differ from a full decode, so it is off by
     default and recorded in the manifest's ``preprocessing`` (a rerun with the other setting refuses).
+
+    ``cpu_parallel_batches`` (CPU device only; 0 = off): that many batches at once, each decoded and
+    encoded by its own thread with ``torch.get_num_threads() // cpu_parallel_batches`` intra-op threads,
+    instead of ``num_workers`` decoding processes (then unused) feeding the model on all intra-op threads.
+    On a CPU-only machine this avoids the decoding processes stalling the model's threads, and fewer
+    threads per batch use the cores better; memory holds that many batches' activations. torch's
+    intra-op thread count is lowered process-wide during the call, then restored. The ids are those of
+    the model run with that thread count: the same as the default path for the tiny preset, but a
+    convolution's float rounding can depend on the thread count (as between machines), which flipped
+    1 of 2,048 ids of the f16 architecture at 256 px between 1 and 2 threads; not recorded in the
+    manifest, like ``devices``, which lowers the thread count the same way.
     """
 
     image_size: int = 256
@@ -65,12 +79,15 @@ class EncodeOptions:
     on_error: Literal["skip", "fail"] = "skip"
     devices: int = 1
     jpeg_draft: bool = False
+    cpu_parallel_batches: int = 0
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "fail"):
             raise ValueError(f"on_error must be 'skip' or 'fail', got {self.on_error!r}")
         if min(self.image_size, self.batch_size, self.shard_size, self.devices) < 1 or self.num_workers < 0:
             raise ValueError("image_size, batch_size, shard_size and devices must be positive")
+        if self.cpu_parallel_batches < 0:
+            raise ValueError("cpu_parallel_batches must be >= 0 (0: decoding processes feed the model)")
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Any:
@@ -223,39 +240,90 @@ def _encode_shards(
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     order = [i for _, s, e in shards for i in range(s, e)]
     draft = draft_size(opts.image_size) if opts.jpeg_draft else None
-    dataset = torch.utils.data.Subset(
-        ImageDataset(images, Preprocess(opts.image_size, (opts.image_size,) * 2), draft=draft), order)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=opts.batch_size, num_workers=opts.num_workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-        prefetch_factor=4 if opts.num_workers > 0 else None,
-    )
+    dataset = ImageDataset(images, Preprocess(opts.image_size, (opts.image_size,) * 2), draft=draft)
+    lanes = opts.cpu_parallel_batches if device.type == "cpu" else 0
+    if opts.cpu_parallel_batches and not lanes:
+        log.info("cpu_parallel_batches applies to a CPU device only; %s uses decoding processes", device)
+
+    def encode(x: torch.Tensor) -> np.ndarray:
+        return model.encode(x.to(device, non_blocking=True)).to("cpu", torch.int64).numpy().astype(TOKEN_DTYPE)
+
     by_source: dict[int, np.ndarray] = {}
     failed: dict[int, str] = {}
     pending = list(shards)
     bar = _Progress(len(order), f"encode -> {out.name}", progress)
+    batches = (_parallel_batches(dataset, order, opts, encode, lanes) if lanes
+               else _loader_batches(dataset, order, opts, encode, device))
     try:
-        with torch.inference_mode():
-            for batch in loader:
-                for i, reason in batch.failed:
-                    if opts.on_error == "fail":
-                        raise EncodeError(
-                            f"cannot read {images.root / images.paths[i]} ({reason}); finished shards are kept, "
-                            "fix or remove the file and rerun, or pass --on-error skip"
-                        )
-                    log.warning("skipped %s: %s", images.paths[i], reason)
-                    failed[i] = reason
-                if batch.images is not None:
-                    x = batch.images.to(device, non_blocking=True)
-                    ids = model.encode(x).to("cpu", torch.int64).numpy().astype(TOKEN_DTYPE)
-                    for i, row in zip(batch.indices, ids):
-                        by_source[i] = row
-                bar.update(len(batch.indices) + len(batch.failed))
-                while pending and all(j in by_source or j in failed for j in range(pending[0][1], pending[0][2])):
-                    index, s, e = pending.pop(0)
-                    _write_shard(out, images, index, s, e, by_source, failed, (h, w))
+        for batch, ids in batches:
+            for i, reason in batch.failed:
+                if opts.on_error == "fail":
+                    raise EncodeError(
+                        f"cannot read {images.root / images.paths[i]} ({reason}); finished shards are kept, "
+                        "fix or remove the file and rerun, or pass --on-error skip"
+                    )
+                log.warning("skipped %s: %s", images.paths[i], reason)
+                failed[i] = reason
+            if ids is not None:
+                for i, row in zip(batch.indices, ids):
+                    by_source[i] = row
+            bar.update(len(batch.indices) + len(batch.failed))
+            while pending and all(j in by_source or j in failed for j in range(pending[0][1], pending[0][2])):
+                index, s, e = pending.pop(0)
+                _write_shard(out, images, index, s, e, by_source, failed, (h, w))
     finally:
+        batches.close()  # stops the decoding processes or threads
         bar.close()
+
+
+Encoded = tuple[Batch, "np.ndarray | None"]
+
+
+def _loader_batches(dataset: ImageDataset, order: list[int], opts: EncodeOptions,
+                    encode: Callable[[torch.Tensor], np.ndarray], device: torch.device) -> Iterator[Encoded]:
+    """``num_workers`` DataLoader processes decode; this thread runs the model (all intra-op threads)."""
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, order), batch_size=opts.batch_size, num_workers=opts.num_workers,
+        collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if opts.num_workers > 0 else None,
+    )
+    for batch in loader:
+        ids = None
+        if batch.images is not None:
+            with torch.inference_mode():
+                ids = encode(batch.images)
+        yield batch, ids
+
+
+def _parallel_batches(dataset: ImageDataset, order: list[int], opts: EncodeOptions,
+                      encode: Callable[[torch.Tensor], np.ndarray], lanes: int) -> Iterator[Encoded]:
+    """``lanes`` threads, each decoding one whole batch and running the model on it with its share of the
+    intra-op threads (PIL and torch release the GIL); batches come back in order. At most ``2 * lanes``
+    batches are in flight, so a thread never waits for this one to take a result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(start: int) -> Encoded:
+        batch = collate([dataset[i] for i in order[start : start + opts.batch_size]])
+        if batch.images is None or (batch.failed and opts.on_error == "fail"):
+            return batch, None
+        with torch.inference_mode():
+            return batch, encode(batch.images)
+
+    starts = iter(range(0, len(order), opts.batch_size))
+    previous = torch.get_num_threads()
+    # Process-wide; the new threads take it up on their first parallel region.
+    torch.set_num_threads(max(1, previous // lanes))
+    pool = ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="vqgan-lc-encode")
+    try:
+        inflight = deque(pool.submit(run, s) for s in itertools.islice(starts, 2 * lanes))
+        while inflight:
+            result = inflight.popleft().result()
+            if (s := next(starts, None)) is not None:
+                inflight.append(pool.submit(run, s))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(previous)
 
 
 def _write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
