@@ -44,6 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import _status_kb  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
           "cat", "motorcycle_left", "motorcycle_right")
@@ -124,14 +127,6 @@ def run_method(method: str, x: np.ndarray, k: int, niter: int, seed: int) -> np.
     if method == "official":
         return official_broadcast_kmeans(x, k, niter, seed)
     raise ValueError(method)
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def worker(args: argparse.Namespace) -> None:
