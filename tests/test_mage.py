@@ -13,12 +13,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_photo_folder
 
 from vqgan_lc.cli.main import main
+from vqgan_lc.codebook.features import Preprocess
 from vqgan_lc.convert_mage import convert_mage, infer_mage_config, load_mage_checkpoint, mage_config_from_yaml
+from vqgan_lc.data import list_images, load_rgb
 from vqgan_lc.errors import CheckpointError, FormatVersionError, ImageShapeError, TokenRangeError
 from vqgan_lc.mage import MAGE_FORMAT, MAGEVQGAN, MAGEConfig
 from vqgan_lc.quantize.search import full_matrix_nearest_code
+from vqgan_lc.tokens import EncodeOptions, encode_dataset, open_tokens
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -303,3 +307,20 @@ def test_cli_rejects_vqgan_lc_options_with_mage_and_keeps_the_vqgan_lc_requireme
     with pytest.raises(SystemExit) as e:
         main(["convert", "--checkpoint", "x.pth", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--config --preset is required" in capsys.readouterr().err
+
+
+def test_the_dataset_encoder_takes_a_mage_model(tmp_path: Path) -> None:
+    write_photo_folder(tmp_path / "photos", per_class=2)
+    model = _random_model(seed=8)
+    opts = EncodeOptions(image_size=32, batch_size=4, num_workers=0, shard_size=4)
+    manifest = encode_dataset(model, tmp_path / "photos", tmp_path / "tok", options=opts, progress=False)
+    assert manifest["grid"] == [16, 16]
+    assert manifest["tokenizer"] == {"kind": "mage-vqgan", "config_hash": model.config_hash(), "codebook_size": 64,
+                                     "downsample_factor": 2}
+    images = list_images(tmp_path / "photos")
+    pre = Preprocess(32, (32, 32))
+    x = torch.stack([pre(load_rgb(tmp_path / "photos" / p)) for p in images.paths])
+    assert float(x.min()) < -0.5 and float(x.max()) > 0.5  # the pipeline feeds [-1, 1]
+    expected = model.encode(x).numpy()
+    assert np.array_equal(open_tokens(tmp_path / "tok")[:].astype(np.int64), expected)
+    assert len(np.unique(expected)) > 5
