@@ -1,4 +1,9 @@
-"""``vqgan-lc convert``: official release checkpoint -> model directory."""
+"""``vqgan-lc convert``: official release checkpoint -> model directory.
+
+``--format vqgan-lc`` (default): an official VQGAN-LC ``.pth`` (needs ``--config`` or ``--preset``).
+``--format mage``: MAGE's VQGAN (``vqgan_jax_strongaug.ckpt``, DiGIT's pixel tokenizer); ``--config``
+is MAGE's ``vqgan.yaml`` and optional (the architecture is otherwise inferred from the tensor shapes).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,36 @@ import logging
 
 log = logging.getLogger("vqgan_lc.cli.convert")
 
+_VQGAN_LC_ONLY = ("codebook", "preset", "embed_dim", "inference_only")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="official .pth, e.g. vqgan-lc-100K-f16-dim8.pth")
+    p.add_argument("--format", choices=("vqgan-lc", "mage"), default="vqgan-lc",
+                   help="checkpoint family: vqgan-lc (official VQGAN-LC .pth, default) or mage (MAGE's VQGAN)")
+    p.add_argument("--checkpoint", required=True,
+                   help="official .pth, e.g. vqgan-lc-100K-f16-dim8.pth (or vqgan_jax_strongaug.ckpt with --format mage)")
     p.add_argument("--codebook", help="the k-means codebook it was trained with, e.g. codebook-100K.pth")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--config", help="official vq_config.yaml (model.params.ddconfig)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", help="official vq_config.yaml (model.params.ddconfig); MAGE's vqgan.yaml with "
+                                    "--format mage (optional there)")
     g.add_argument("--preset", help="a preset name, e.g. vqgan-lc-f16-100k (see `vqgan-lc info --presets`)")
     p.add_argument("--embed-dim", type=int, help="D' (default: the checkpoint's args.embed_dim)")
     p.add_argument("--inference-only", action="store_true",
                    help="store only the projected N x D' codes (3.2 MB at 100k) instead of the raw codebook")
     p.add_argument("--out", required=True, help="output model directory")
+    p.set_defaults(_convert_parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
+    parser: argparse.ArgumentParser = args._convert_parser
+    if args.format == "mage":
+        given = [f"--{k.replace('_', '-')}" for k in _VQGAN_LC_ONLY if getattr(args, k)]
+        if given:
+            parser.error(f"{', '.join(given)} apply to --format vqgan-lc only")
+        return _run_mage(args)
+    if args.config is None and args.preset is None:
+        parser.error("one of the arguments --config --preset is required")
+
     from ..convert import convert_official
 
     model = convert_official(
@@ -30,4 +51,15 @@ def run(args: argparse.Namespace) -> int:
     c = model.config
     log.info("wrote %s: f%d, D'=%d, codebook %d x %d%s", args.out, c.downsample_factor, c.embed_dim,
              c.quantizer.codebook_size, c.quantizer.codebook_dim, " (inference-only)" if args.inference_only else "")
+    return 0
+
+
+def _run_mage(args: argparse.Namespace) -> int:
+    from ..convert_mage import convert_mage
+
+    model = convert_mage(args.checkpoint, yaml_config=args.config)
+    model.save_pretrained(args.out)
+    c = model.config
+    log.info("wrote %s: MAGE VQGAN f%d, %d codes x %d dims, ch %d, ch_mult %s", args.out, c.downsample_factor,
+             c.n_embed, c.embed_dim, c.ch, list(c.ch_mult))
     return 0

@@ -15,7 +15,7 @@ from ..errors import VQGANLCError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("convert", "turn an official VQGAN-LC release checkpoint into a model directory"),
+    "convert": ("convert", "turn an official VQGAN-LC or MAGE VQGAN checkpoint into a model directory"),
     "encode": ("encode", "encode an image folder into a token directory (resumable, sharded, multi-device)"),
     "decode": ("decode", "decode a token directory back to PNG images"),
     "info": ("info", "describe a model, GPT or DiGIT directory, token directory, feature store or codebook file"),

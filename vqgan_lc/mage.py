@@ -1,0 +1,279 @@
+"""MAGE's VQGAN: the 1024-code f16 tokenizer that DiGIT's stage 2 decodes to pixels.
+
+The model (``vqgan_jax_strongaug.ckpt`` in MAGE and DiGIT: ch 128, ch_mult (1, 1, 2, 2, 4), two
+residual blocks per level, 1024 codes x 256 dims, 54,515,587 parameters) is the MaskGIT VQGAN,
+not taming's: no attention, average-pool downsampling, no quant_conv / post_quant_conv, and a
+shortcut on the residual block's output (``vqgan_lc.nn.mage_blocks``). Its pixels are RGB in
+[0, 1]; ``MAGEVQGAN`` takes and returns [-1, 1] like every tokenizer of the package and converts
+inside. Codes are found by squared Euclidean distance (``nearest_code``: exact, ties to the lowest
+id, as the official ``argmin``); there is no l2-normalisation.
+
+Directory (``format: vqgan-lc-mage``, version 1)::
+
+    config.json         format, format_version, kind, config (MAGEConfig fields), config_hash, provenance
+    model.safetensors   the state dict, under the official parameter names
+
+Official checkpoints are converted with ``vqgan-lc convert --format mage`` (``vqgan_lc.convert_mage``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ._io import load_weights_dir, save_weights_dir, state_dict_mismatch
+from .config import check_fields
+from .errors import CheckpointError, ImageShapeError, TokenRangeError
+from .nn.mage_blocks import MAGEDecoder, MAGEEncoder
+from .quantize.search import nearest_code
+
+log = logging.getLogger(__name__)
+
+MAGE_FORMAT = "vqgan-lc-mage"
+MAGE_FORMAT_VERSION = 1
+MAGE_KIND: Literal["mage-vqgan"] = "mage-vqgan"
+
+
+@dataclass(frozen=True)
+class MAGEConfig:
+    """Architecture of MAGE's VQGAN; the defaults are the released ``vqgan_jax_strongaug.ckpt``.
+
+    ``z_channels`` must equal ``embed_dim`` (the encoder emits code vectors directly).
+    ``resolution`` is the image size the model was trained at; it only sets the default
+    preprocessing size (the network is fully convolutional). ``beta`` weighs the commitment term
+    of the quantizer loss ``forward`` reports (the legacy VQGAN loss).
+    """
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 256
+    embed_dim: int = 256
+    n_embed: int = 1024
+    resolution: int = 256
+    in_channels: int = 3
+    out_ch: int = 3
+    dropout: float = 0.0
+    beta: float = 0.25
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
+        if not self.ch_mult or self.num_res_blocks < 1 or self.n_embed < 1 or self.embed_dim < 1:
+            raise ValueError("ch_mult must be non-empty; num_res_blocks, n_embed and embed_dim must be positive")
+        if self.ch < 1 or any(m < 1 for m in self.ch_mult):
+            raise ValueError(f"ch and every ch_mult entry must be positive, got ch={self.ch}, ch_mult={self.ch_mult}")
+        if self.ch % 32 or any((self.ch * m) % 32 for m in self.ch_mult):
+            raise ValueError("every channel count must be a multiple of 32 (GroupNorm with 32 groups)")
+        if self.z_channels != self.embed_dim:
+            raise ValueError(f"z_channels ({self.z_channels}) must equal embed_dim ({self.embed_dim}): MAGE's VQGAN "
+                             "has no quant_conv")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ch_mult"] = list(self.ch_mult)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MAGEConfig:
+        check_fields(cls, d, "MAGE config", "; is the file from a newer vqgan-lc?")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> MAGEConfig:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class MAGEOutput:
+    """``forward``'s result. ``reconstruction`` is in [-1, 1] space (not clamped); ``z`` the encoder
+    output, ``z_q`` its straight-through quantized value, ``ids`` (B, h, w), ``loss`` the legacy
+    quantizer loss ``mean((z_q - z)^2) * (1 + beta)`` (codebook + commitment terms)."""
+
+    reconstruction: torch.Tensor
+    z: torch.Tensor
+    z_q: torch.Tensor
+    ids: torch.Tensor
+    loss: torch.Tensor
+
+
+class MAGEQuantizer(nn.Module):
+    """The codebook ``embedding`` (n_embed x embed_dim) and the nearest-code rule."""
+
+    def __init__(self, n_embed: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+
+    def ids(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D, h, w)`` latent -> ``(B, h, w)`` int64 ids of the nearest codes (squared L2)."""
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+        return nearest_code(flat, self.embedding.weight).reshape(b, h, w)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w)`` ids -> ``(B, D, h, w)`` code vectors."""
+        return self.embedding(ids).permute(0, 3, 1, 2).contiguous()
+
+
+class MAGEVQGAN(nn.Module):
+    """MAGE's VQGAN behind the package's tokenizer interface.
+
+    Images are ``(B, 3, H, W)`` floats in ``[-1, 1]`` with H and W multiples of
+    ``downsample_factor`` (16); ids are ``(B, H/16, W/16)`` int64 in ``[0, n_embed)``. Inside, the
+    network sees ``(x + 1) / 2`` and its [0, 1] output is mapped back with ``2 y - 1``.
+    """
+
+    kind: Literal["mage-vqgan"] = MAGE_KIND
+    tokenizer_kind = MAGE_KIND  # the name ``vqgan-lc encode`` records in token directories
+    inference_only = False
+
+    def __init__(self, config: MAGEConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or MAGEConfig()
+        common = dict(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.num_res_blocks,
+                      z_channels=config.z_channels, dropout=config.dropout)
+        self.encoder = MAGEEncoder(in_channels=config.in_channels, **common)
+        self.decoder = MAGEDecoder(out_ch=config.out_ch, **common)
+        self.quantize = MAGEQuantizer(config.n_embed, config.embed_dim)
+        self.provenance: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ the tokenizer interface
+    @property
+    def codebook_size(self) -> int:
+        return self.config.n_embed
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.config.downsample_factor
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """How images are prepared before ``encode`` (DiGIT's eval transform, then mapped to [-1, 1])."""
+        return {"image_size": self.config.resolution, "resize": "shorter-side", "interpolation": "bicubic",
+                "crop": "center", "range": [-1, 1]}
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+        f = self.downsample_factor
+        return height // f, width // f
+
+    def config_hash(self) -> str:
+        """A short hash of the kind and architecture (token directories record it)."""
+        blob = json.dumps({"kind": self.kind, **self.config.to_dict()}, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ checks
+    def _check_images(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ImageShapeError(f"images must be a (B, C, H, W) tensor in [-1, 1], got {shape}")
+        if not x.is_floating_point():
+            raise ImageShapeError(f"images must be floats in [-1, 1], got dtype {x.dtype}")
+        c, h, w = x.shape[1:]
+        if c != self.config.in_channels:
+            raise ImageShapeError(f"images have {c} channels but the model expects {self.config.in_channels} (RGB); "
+                                  "convert grayscale/RGBA images to RGB first")
+        f = self.downsample_factor
+        if h % f or w % f or h == 0 or w == 0:
+            raise ImageShapeError(f"image size {h}x{w} is not a multiple of the downsampling factor {f}; "
+                                  f"resize or crop to e.g. {max(f, h // f * f)}x{max(f, w // f * f)}")
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 3:
+            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise TokenRangeError(f"ids must be a (B, h, w) integer tensor, got {shape}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TokenRangeError(f"ids must be integers, got dtype {ids.dtype}")
+        if ids.numel():
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.codebook_size:
+                raise TokenRangeError(f"ids must lie in [0, {self.codebook_size}) for this codebook; got values in "
+                                      f"[{lo}, {hi}]. Were they made with another model?")
+
+    # ------------------------------------------------------------------ the API
+    def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [-1, 1] -> pre-quantization latent ``(B, embed_dim, H/16, W/16)``."""
+        self._check_images(images)
+        return self.encoder((images + 1.0) * 0.5)
+
+    def latents_to_ids(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, embed_dim, h, w)`` latent -> ``(B, h, w)`` ids of the nearest codes."""
+        return self.quantize.ids(z)
+
+    def ids_to_latents(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w)`` ids -> quantized latent ``(B, embed_dim, h, w)`` (the codebook rows)."""
+        self._check_ids(ids)
+        return self.quantize.lookup(ids.long().to(self.quantize.embedding.weight.device))
+
+    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
+        """``(B, embed_dim, h, w)`` latent -> images ``(B, 3, 16h, 16w)`` in [-1, 1] space (not clamped)."""
+        return self.decoder(z_q) * 2.0 - 1.0
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` in [-1, 1] -> token ids ``(B, H/16, W/16)`` int64."""
+        return self.latents_to_ids(self.encode_latents(images))
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(B, h, w)`` -> images ``(B, 3, 16h, 16w)`` in [-1, 1] space (not clamped)."""
+        return self.decode_latents(self.ids_to_latents(ids))
+
+    def forward(self, images: torch.Tensor) -> MAGEOutput:
+        """Encode, quantize (straight-through) and decode; no loss beyond the quantizer's."""
+        z = self.encode_latents(images)
+        ids = self.latents_to_ids(z)
+        codes = self.quantize.lookup(ids)
+        loss = torch.mean((codes.detach() - z) ** 2) + self.config.beta * torch.mean((codes - z.detach()) ** 2)
+        z_q = z + (codes - z).detach()
+        return MAGEOutput(reconstruction=self.decode_latents(z_q), z=z, z_q=z_q, ids=ids, loss=loss)
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, directory: str | os.PathLike, *, provenance: dict[str, Any] | None = None,
+                        **_: Any) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically)."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        meta = {
+            "format": MAGE_FORMAT,
+            "format_version": MAGE_FORMAT_VERSION,
+            "kind": self.kind,
+            "config": self.config.to_dict(),
+            "config_hash": self.config_hash(),
+            "provenance": provenance or self.provenance or {},
+        }
+        return save_weights_dir(directory, meta, state)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *,
+                        map_location: str | torch.device = "cpu") -> MAGEVQGAN:
+        """Load a directory written by ``save_pretrained`` (or ``vqgan-lc convert --format mage``)."""
+        meta, config, state, w_path = load_weights_dir(
+            directory, MAGE_FORMAT, MAGE_FORMAT_VERSION, MAGEConfig.from_dict, what="MAGE VQGAN model",
+            hint="official MAGE checkpoints are converted with `vqgan-lc convert --format mage`",
+            upgrade="Upgrade vqgan-lc (pip install -U vqgan-lc) to load it.", device=str(map_location),
+        )
+        model = cls(config)
+        model.load_state_dict_checked(state, source=str(w_path))
+        model.provenance = dict(meta.get("provenance") or {})
+        return model.to(map_location).eval()
+
+    def load_state_dict_checked(self, state: dict[str, torch.Tensor], *, source: str) -> None:
+        """``load_state_dict`` (strict) that names every missing, unexpected or mis-shaped key in one error."""
+        problem = state_dict_mismatch(self.state_dict(), state)
+        if problem:
+            raise CheckpointError(f"{source} does not fit this MAGE VQGAN config: {problem}")
+        self.load_state_dict(state)
+
+
+__all__ = ["MAGE_FORMAT", "MAGE_FORMAT_VERSION", "MAGE_KIND", "MAGEConfig", "MAGEOutput", "MAGEQuantizer",
+           "MAGEVQGAN"]
