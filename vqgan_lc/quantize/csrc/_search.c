@@ -291,7 +291,8 @@ static PyObject *py_nearest_l2(PyObject *self, PyObject *args, PyObject *kwargs)
     else if (strcmp(kernel, "scalar") == 0) use_avx2 = 0;
     else if (strcmp(kernel, "avx2") == 0) {
         if (!cpu_has_avx2()) {
-            PyErr_SetString(PyExc_ValueError, "nearest_l2: kernel 'avx2' needs a CPU with AVX2 and FMA");
+            PyErr_SetString(PyExc_ValueError, "nearest_l2: kernel 'avx2' needs a CPU with AVX2 and FMA; "
+                                              "use 'auto' or 'scalar' (VQGAN_LC_SEARCH_KERNEL)");
             return NULL;
         }
         use_avx2 = 1;
