@@ -3,8 +3,12 @@
 Each method runs in its own process so its peak memory (VmHWM - RSS before the search) is its own.
 Target (issue 2): ours <= 1.5x faiss at N=16384, K=100000, D=8 on CPU, < 512 MB extra peak memory.
 
-    python benchmarks/quantize.py            # the issue's size, plus D=4 and D=768
+    python benchmarks/quantize.py            # the issue's size, plus D=4, D=16 and D=768
     python benchmarks/quantize.py --quick    # smaller, for a smoke run
+    python benchmarks/quantize.py --cases 16384x100000x8,16384x100000x16   # N x K x D of your choice
+
+``ours`` uses the C kernel's path chosen by VQGAN_LC_SEARCH_KERNEL (default auto: AVX2 where the
+CPU has it); ``ours-scalar`` forces its scalar path.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ def child(method: str, n: int, k: int, d: int, repeat: int) -> dict:
 
         def fn():
             return nearest_code(z, c)
+    elif method == "ours-scalar":  # the C kernel's portable path
+        from vqgan_lc.quantize import search
+
+        def fn():
+            return search._fused_search(z, c, c.pow(2).sum(1), kernel="scalar")
     elif method == "ours-blocked":  # the pure-PyTorch path (no C kernel)
         from vqgan_lc.quantize import search
 
@@ -61,6 +70,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", help="output path (default benchmarks/results/quantize.json)")
+    ap.add_argument("--cases", help="comma-separated NxKxD (default: 16384x100000x{8,4,16}, 4096x16384x768)")
+    ap.add_argument("--methods", default="ours,ours-scalar,ours-blocked,faiss,official",
+                    help="comma-separated subset of ours, ours-scalar, ours-blocked, faiss, official")
     a = ap.parse_args()
     if a.child:
         m, n, k, d, r = a.child
@@ -72,21 +84,28 @@ def main() -> None:
         have_faiss = True
     except ImportError:
         have_faiss = False
-    cases = [(16384, 100_000, 8), (16384, 100_000, 4), (4096, 16384, 768)]
+    cases = [(16384, 100_000, 8), (16384, 100_000, 4), (16384, 100_000, 16), (4096, 16384, 768)]
     official_n = 2048  # the full N x K matrix (and its temporaries) must fit in memory
     if a.quick:
         cases = [(2048, 20_000, 8)]
+    if a.cases:
+        cases = [tuple(int(v) for v in case.lower().split("x")) for case in a.cases.split(",")]
+    wanted = a.methods.split(",")
     rows = []
     for n, k, d in cases:
-        methods = ["ours", "ours-blocked"] + (["faiss"] if have_faiss else [])
+        # The scalar path is not meant for D = 768 (the blocked BLAS path runs there).
+        methods = [m for m in ("ours", "ours-scalar", "ours-blocked") if m in wanted and not (m == "ours-scalar" and d > 64)]
+        methods = ["ours"] + [m for m in methods if m != "ours"] + (["faiss"] if have_faiss and "faiss" in wanted else [])
         results = {m: run_child(__file__, m, str(n), str(k), str(d), str(a.repeat)) for m in methods}
-        on = min(official_n, n)
-        off = run_child(__file__, "official", str(on), str(k), str(d), str(max(1, a.repeat // 2)))
         ref = results.get("faiss", results["ours"])["seconds"]
         for m, r in results.items():
             same = r["ids_head"] == results["ours"]["ids_head"]
             rows.append({"N": n, "K": k, "D": d, "method": m, "seconds": r["seconds"], "x faiss": r["seconds"] / ref if have_faiss else None,
                          "extra peak MB": r["extra_peak_mb"], "ids = ours (first 2048)": same})
+        if "official" not in wanted:
+            continue
+        on = min(official_n, n)
+        off = run_child(__file__, "official", str(on), str(k), str(d), str(max(1, a.repeat // 2)))
         scaled = off["seconds"] * n / on
         rows.append({"N": n, "K": k, "D": d, "method": f"official full matrix (N={on}, time scaled x{n // on})",
                      "seconds": scaled, "x faiss": scaled / ref if have_faiss else None, "extra peak MB": off["extra_peak_mb"],

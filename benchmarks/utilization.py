@@ -231,7 +231,7 @@ def geometry(model, x: torch.Tensor) -> dict:  # noqa: ANN001
 
     q = model.quantize
     z = model.encode_latents(x).permute(0, 2, 3, 1).reshape(-1, q.embed_dim).float()
-    codes, _ = q.search_codes()
+    codes = q.search_table()
     if q.distance == "cosine":
         z = F.normalize(z, dim=1)
     ids = model.quantize(model.encode_latents(x)).ids.flatten()

@@ -18,7 +18,15 @@ from vqgan_lc import (
     get_config,
     list_models,
 )
-from vqgan_lc.quantize import CodebookUsage, EMAQuantizer, FCQuantizer, LCQuantizer, VQQuantizer
+from vqgan_lc.errors import ConfigError
+from vqgan_lc.quantize import (
+    CodebookUsage,
+    EMAQuantizer,
+    FCQuantizer,
+    LCQuantizer,
+    ProjectedCodebookQuantizer,
+    VQQuantizer,
+)
 
 
 def tiny(seed: int = 0, **overrides) -> VQGANLC:  # noqa: ANN003
@@ -104,7 +112,7 @@ def test_cosine_distance_normalises_latents_and_codes(crops64: torch.Tensor) -> 
     with torch.no_grad():
         z = m.encode_latents(crops64)
         q = m.quantize_latents(z)
-        codes = F.normalize(m.quantize.codes(), dim=1)
+        codes = m.quantize.search_table()  # normalised for cosine
     zf = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, 8), dim=1)
     assert torch.equal(q.ids.reshape(-1), (zf @ codes.t()).argmax(1))
     assert torch.allclose(q.z_q.norm(dim=1), torch.ones(6, 8, 8), atol=1e-5)
@@ -118,7 +126,8 @@ def test_eval_cache_follows_projector_updates(crops64: torch.Tensor) -> None:
     with torch.no_grad():
         expected = m.quantize(m.encode_latents(crops64)).ids
         fresh = m.quantize.projection(m.quantize.codebook)
-    assert torch.allclose(m.quantize.search_codes()[0], fresh)
+    assert torch.allclose(m.quantize.search_table(), fresh)
+    assert m.quantize.search_table() is m.quantize.search_table()  # cached in eval until the weights change
     assert torch.equal(m.encode(crops64), expected) and not torch.equal(ids1, expected)
 
 
@@ -127,17 +136,80 @@ def test_baselines_share_the_interface(kind: str, cls: type, crops64: torch.Tens
     torch.manual_seed(0)
     m = create_model("tiny", quantizer={"kind": kind, "codebook_size": 256}).train()
     assert isinstance(m.quantize, cls)
-    before = m.quantize.codes().detach().clone()
+    before = m.quantize.search_table().clone()
+    assert not before.requires_grad  # the search table never carries autograd
     out = m(crops64)
     assert out.quantizer.z_q.shape == (6, 8, 8, 8) and out.quantizer.ids.shape == (6, 8, 8)
+    ids = out.quantizer.ids.reshape(-1)
+    rows = m.quantize.embed(ids)
+    assert rows.requires_grad == (kind != "ema")  # embed is differentiable where the codes are trained
+    if kind != "ema":
+        assert torch.allclose(rows, before[ids], atol=1e-6)
     (F.l1_loss(out.reconstruction, crops64) + out.quantizer.loss).backward()
     if kind == "ema":
-        assert not torch.equal(before, m.quantize.codes())  # EMA moved the codes in the forward pass
-        assert out.quantizer.codebook_loss.requires_grad is False or m.quantize.codebook_weight == 0.0
+        assert not torch.equal(before, m.quantize.search_table())  # EMA moved the codes in the forward pass
+        assert m.quantize.codebook_weight == 0.0 and m.config.quantizer.codebook_weight == 0.0
+        assert not out.quantizer.codebook_loss.requires_grad and float(out.quantizer.codebook_loss) > 0
+        assert torch.equal(out.quantizer.loss, 1.0 * out.quantizer.commit_loss)  # no codebook term
+        assert not any(p is m.quantize.embedding for p in m.parameters())
     elif kind in ("vq", "fc"):
         assert m.quantize.embedding.grad.abs().sum() > 0
     if kind == "fc":
         assert torch.allclose(out.quantizer.z_q.norm(dim=1), torch.ones(6, 8, 8), atol=1e-5)
+
+
+def test_ema_update_follows_the_moving_average_formula() -> None:
+    torch.manual_seed(0)
+    q = EMAQuantizer(6, 2, decay=0.9, eps=1e-5).train()
+    avg0, codes0 = q.embed_avg.clone(), q.embedding.clone()
+    z = torch.randn(1, 2, 3, 4)
+    out = q(z)
+    zf, ids = z.permute(0, 2, 3, 1).reshape(-1, 2), out.ids.reshape(-1)
+    assert torch.equal(ids, ((zf[:, None] - codes0[None]) ** 2).sum(-1).argmin(1))  # searched with the old codes
+    counts = torch.bincount(ids, minlength=6).float()
+    sums = torch.zeros(6, 2).index_add_(0, ids, zf)
+    size = 0.1 * counts
+    avg = 0.9 * avg0 + 0.1 * sums
+    smoothed = (size + 1e-5) / (size.sum() + 6 * 1e-5) * size.sum()
+    assert torch.allclose(q.cluster_size, size) and torch.allclose(q.embed_avg, avg)
+    assert torch.allclose(q.embedding, avg / smoothed[:, None])
+    q.eval()
+    q(z)
+    assert torch.allclose(q.embedding, avg / smoothed[:, None])  # no update in eval
+
+
+def test_baselines_refuse_a_conflicting_config() -> None:
+    with pytest.raises(ConfigError, match="'fc' quantizer needs distance='cosine'"):
+        create_model("tiny", quantizer={"kind": "fc", "distance": "euclidean"})
+    with pytest.raises(ConfigError, match="'ema' quantizer needs codebook_weight=0.0"):
+        create_model("tiny", quantizer={"kind": "ema", "codebook_weight": 0.33})
+    with pytest.raises(ConfigError, match="its distance is 'cosine', not 'euclidean'"):
+        FCQuantizer(16, 8, distance="euclidean")
+    with pytest.raises(ConfigError, match="codebook_weight is 0.0, not 0.5"):
+        EMAQuantizer(16, 8, codebook_weight=0.5)
+    # Naming a kind without those fields gives the kind's values; an explicit choice is carried over.
+    assert get_config("tiny", quantizer={"kind": "fc"}).quantizer.distance == "cosine"
+    assert get_config("tiny", quantizer={"kind": "ema"}).quantizer.codebook_weight == 0.0
+    assert get_config("tiny", quantizer={"kind": "fc"}).replace(quantizer={"kind": "vq"}).quantizer.distance == "euclidean"
+    cos = get_config("tiny", quantizer={"distance": "cosine", "codebook_weight": 1.0})
+    assert cos.replace(quantizer={"kind": "vq"}).quantizer.distance == "cosine"
+    assert cos.replace(quantizer={"kind": "vq"}).quantizer.codebook_weight == 1.0
+    with pytest.raises(ConfigError, match="codebook_weight"):
+        cos.replace(quantizer={"kind": "ema"})
+    assert json.loads(json.dumps(get_config("tiny").to_dict()))["quantizer"]["distance"] == "euclidean"
+
+
+def test_encode_searches_without_the_training_forward(crops64: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = tiny().eval()
+    with torch.no_grad():
+        expected = m(crops64).quantizer.ids
+
+    def no_forward(z: torch.Tensor) -> None:
+        raise AssertionError("encode must not compute losses or the usage histogram")
+
+    monkeypatch.setattr(m.quantize, "forward", no_forward)
+    assert torch.equal(m.encode(crops64), expected)
+    assert torch.equal(m.quantize.search(m.encode_latents(crops64).detach()), expected)
 
 
 def test_usage_statistics() -> None:
@@ -173,6 +245,8 @@ def test_inference_only_export_is_small_and_identical(tmp_path, crops64: torch.T
     assert full_size - inf_size >= 512 * 768 * 4 - 512 * 8 * 4  # raw codebook gone, projected codes kept
     mi = VQGANLC.from_pretrained(tmp_path / "inf")
     assert mi.inference_only and "quantize.codebook" not in mi.state_dict()
+    assert isinstance(mi.quantize, ProjectedCodebookQuantizer) and not list(mi.quantize.parameters())
+    assert torch.equal(mi.quantize.search_table(), m.quantize.search_table())
     ids = m.encode(crops64)
     assert torch.equal(mi.encode(crops64), ids)
     assert torch.equal(mi.decode(ids), m.decode(ids))

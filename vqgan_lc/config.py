@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import ConfigError
+
 QuantizerKind = Literal["lc", "vq", "fc", "ema"]
 Distance = Literal["euclidean", "cosine"]
 
@@ -26,6 +28,16 @@ def check_fields(cls: type, d: dict[str, Any], what: str, hint: str = "") -> Non
         raise ValueError(f"unknown {what} keys: {', '.join(unknown)} (known: {', '.join(sorted(known))}){hint}")
 
 
+# What a baseline fixes: VQGAN-FC searches unit vectors; VQGAN-EMA moves its codes by moving averages,
+# so it has no codebook loss. A config of that kind must say so (or leave the field out).
+_KIND_FIXED: dict[str, dict[str, Any]] = {"fc": {"distance": "cosine"}, "ema": {"codebook_weight": 0.0}}
+_FIELD_DEFAULTS: dict[str, Any] = {"distance": "euclidean", "codebook_weight": 0.33}
+
+
+def _kind_default(kind: str, name: str) -> Any:  # noqa: ANN401 - a field's value
+    return _KIND_FIXED.get(kind, {}).get(name, _FIELD_DEFAULTS[name])
+
+
 @dataclass(frozen=True)
 class QuantizerConfig:
     """The quantizer: which kind and its numerics.
@@ -34,31 +46,56 @@ class QuantizerConfig:
         ``lc``  -- VQGAN-LC: frozen ``codebook_size x codebook_dim`` codebook (k-means centres of a
                    pretrained extractor's features) and a trainable ``Linear(codebook_dim -> embed_dim)``.
         ``vq``  -- taming VQGAN: trainable ``codebook_size x embed_dim`` codebook, uniform(+-1/N) init.
-        ``fc``  -- VQGAN-FC: factorised low-dimensional codes; latents and codes L2-normalised.
-        ``ema`` -- VQGAN-EMA: codebook updated by exponential moving averages, Laplace-smoothed.
+        ``fc``  -- VQGAN-FC: factorised low-dimensional codes; latents and codes L2-normalised
+                   (``distance`` must be ``cosine``).
+        ``ema`` -- VQGAN-EMA: codebook updated by exponential moving averages, Laplace-smoothed
+                   (``codebook_weight`` must be 0.0: no gradient trains the codes).
     distance:
         ``euclidean`` is what the official code does (squared L2 on the projected 8-d vectors);
         ``cosine`` L2-normalises both sides first, as the paper's text says.
+    distance, codebook_weight:
+        left out (``None``), they take the kind's value: ``cosine`` for ``fc``, 0.0 for ``ema``,
+        otherwise ``euclidean`` and 0.33. After construction they are never ``None``. A value that
+        contradicts the kind raises ``ConfigError``.
     """
 
     kind: QuantizerKind = "lc"
     codebook_size: int = 100_000
     codebook_dim: int = 768
-    distance: Distance = "euclidean"
+    distance: Distance | None = None
     commit_weight: float = 1.0
-    codebook_weight: float = 0.33
+    codebook_weight: float | None = None
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.kind not in _QUANTIZER_KINDS:
-            raise ValueError(f"quantizer kind must be one of {_QUANTIZER_KINDS}, got {self.kind!r}")
+            raise ConfigError(f"quantizer kind must be one of {_QUANTIZER_KINDS}, got {self.kind!r}")
+        for name in _FIELD_DEFAULTS:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, _kind_default(self.kind, name))
         if self.distance not in _DISTANCES:
-            raise ValueError(f"distance must be one of {_DISTANCES}, got {self.distance!r}")
+            raise ConfigError(f"distance must be one of {_DISTANCES}, got {self.distance!r}")
+        for name, value in _KIND_FIXED.get(self.kind, {}).items():
+            if getattr(self, name) != value:
+                raise ConfigError(
+                    f"the {self.kind!r} quantizer needs {name}={value!r}, got {getattr(self, name)!r}; "
+                    f"set {name} to {value!r} or leave it out"
+                )
         if self.codebook_size < 1 or self.codebook_dim < 1:
-            raise ValueError("codebook_size and codebook_dim must be positive")
+            raise ConfigError("codebook_size and codebook_dim must be positive")
         if not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+            raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+    def replace(self, **changes: Any) -> QuantizerConfig:
+        """A copy with fields changed. A new ``kind`` brings its own ``distance``/``codebook_weight``
+        where the old value was only the old kind's default and the change does not name it."""
+        kind = changes.get("kind", self.kind)
+        if kind != self.kind:
+            for name in _FIELD_DEFAULTS:
+                if name not in changes and getattr(self, name) == _kind_default(self.kind, name):
+                    changes[name] = None
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -116,7 +153,7 @@ class ModelConfig:
         """A copy with fields changed; ``quantizer`` may be a dict of quantizer fields to change."""
         q = changes.pop("quantizer", None)
         if isinstance(q, dict):
-            changes["quantizer"] = dataclasses.replace(self.quantizer, **q)
+            changes["quantizer"] = self.quantizer.replace(**q)
         elif q is not None:
             changes["quantizer"] = q
         return dataclasses.replace(self, **changes)

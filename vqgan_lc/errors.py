@@ -46,3 +46,7 @@ class InsufficientMemoryError(VQGANLCError, MemoryError):
 
 class ImageSourceError(VQGANLCError, ValueError):
     """An image folder or file list that cannot be used (missing, empty, malformed)."""
+
+
+class ConfigError(VQGANLCError, ValueError):
+    """A model or quantizer config whose values contradict each other (e.g. a baseline's fixed setting)."""

@@ -18,7 +18,13 @@ from ._io import load_weights_dir, save_weights_dir, state_dict_mismatch
 from .config import ModelConfig
 from .errors import CheckpointError, ImageShapeError, TokenRangeError
 from .nn import Decoder, Encoder
-from .quantize import CodebookQuantizer, LCQuantizer, QuantizerOutput, build_quantizer
+from .quantize import (
+    CodebookQuantizer,
+    LCQuantizer,
+    ProjectedCodebookQuantizer,
+    QuantizerOutput,
+    build_quantizer,
+)
 
 MODEL_FORMAT = "vqgan-lc-model"
 MODEL_FORMAT_VERSION = 1
@@ -84,7 +90,7 @@ class VQGANLC(nn.Module):
 
     @property
     def inference_only(self) -> bool:
-        return isinstance(self.quantize, LCQuantizer) and self.quantize.inference_only
+        return isinstance(self.quantize, ProjectedCodebookQuantizer)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int]:
         f = self.downsample_factor
@@ -140,14 +146,14 @@ class VQGANLC(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> token ids ``(B, H/f, W/f)`` int64."""
-        return self.quantize(self.encode_latents(images)).ids
+        """``(B, 3, H, W)`` in [-1, 1] -> token ids ``(B, H/f, W/f)`` int64 (the search only: no losses)."""
+        return self.quantize.search(self.encode_latents(images))
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids ``(B, h, w)`` -> images ``(B, 3, h*f, w*f)`` (not clamped)."""
         self._check_ids(ids)
-        return self.decode_latents(self.quantize.lookup(ids.long().to(self.quant_conv.weight.device)))
+        return self.decode_latents(self.quantize.decode(ids.long().to(self.quant_conv.weight.device)))
 
     def forward(self, images: torch.Tensor) -> ModelOutput:
         """Training/eval pass: reconstruction plus quantizer output. Losses are computed by the caller."""

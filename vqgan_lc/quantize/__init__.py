@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from .base import CodebookQuantizer
 from .baselines import EMAQuantizer, FCQuantizer, VQQuantizer
-from .lc import LCQuantizer
+from .lc import LCQuantizer, ProjectedCodebookQuantizer
 from .output import QuantizerOutput, usage_perplexity
 from .search import full_matrix_nearest_code, fused_search_available, nearest_code
 from .usage import CodebookUsage
 
 
 def build_quantizer(config: ModelConfig, *, inference_only: bool = False) -> CodebookQuantizer:
-    """The quantizer named by ``config.quantizer.kind``."""
+    """The quantizer named by ``config.quantizer.kind``; ``inference_only`` picks the LC export form."""
     q = config.quantizer
-    common = dict(commit_weight=q.commit_weight, codebook_weight=q.codebook_weight)
-    if q.kind == "lc":
-        return LCQuantizer(
-            q.codebook_size, q.codebook_dim, config.embed_dim, distance=q.distance, inference_only=inference_only, **common
-        )
+    assert q.distance is not None and q.codebook_weight is not None  # resolved by QuantizerConfig
+    common = dict(distance=q.distance, commit_weight=q.commit_weight, codebook_weight=q.codebook_weight)
     if inference_only:
-        raise ValueError(f"inference-only export exists for the 'lc' quantizer, not {q.kind!r}")
+        if q.kind != "lc":
+            raise ConfigError(f"inference-only export exists for the 'lc' quantizer, not {q.kind!r}; load the full weights")
+        return ProjectedCodebookQuantizer(q.codebook_size, config.embed_dim, **common)
+    if q.kind == "lc":
+        return LCQuantizer(q.codebook_size, q.codebook_dim, config.embed_dim, **common)
     if q.kind == "vq":
-        return VQQuantizer(q.codebook_size, config.embed_dim, distance=q.distance, **common)
+        return VQQuantizer(q.codebook_size, config.embed_dim, **common)
     if q.kind == "fc":
         return FCQuantizer(q.codebook_size, config.embed_dim, **common)
-    return EMAQuantizer(q.codebook_size, config.embed_dim, decay=q.ema_decay, eps=q.ema_eps, distance=q.distance, **common)
+    return EMAQuantizer(q.codebook_size, config.embed_dim, decay=q.ema_decay, eps=q.ema_eps, **common)
 
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "EMAQuantizer",
     "FCQuantizer",
     "LCQuantizer",
+    "ProjectedCodebookQuantizer",
     "QuantizerOutput",
     "VQQuantizer",
     "build_quantizer",

@@ -2,9 +2,11 @@
 
 - ``VQQuantizer``: taming VQGAN, a trainable ``K x D'`` codebook, uniform(-1/K, 1/K) init.
 - ``FCQuantizer``: VQGAN-FC (factorised codes, Yu et al. 2022): low-dimensional trainable codes,
-  latents and codes L2-normalised before the search.
+  latents and codes L2-normalised before the search (``distance`` must be ``cosine``).
 - ``EMAQuantizer``: VQGAN-EMA: codes are exponential moving averages of their assigned latents,
-  cluster sizes Laplace-smoothed; only the commitment term is a loss.
+  cluster sizes Laplace-smoothed; only the commitment term is a loss (``codebook_weight`` must be 0).
+
+A baseline refuses a setting that contradicts it with ``ConfigError`` instead of overriding it.
 """
 
 from __future__ import annotations
@@ -13,29 +15,83 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config import Distance
+from ..errors import ConfigError
 from .base import CodebookQuantizer
+from .output import QuantizerOutput
 
 
 class VQQuantizer(CodebookQuantizer):
-    def __init__(self, codebook_size: int, embed_dim: int, **kw) -> None:  # noqa: ANN003
-        super().__init__(codebook_size, embed_dim, **kw)
+    """A trainable ``(K, D')`` codebook ``embedding``; the search table is the codebook itself."""
+
+    def __init__(
+        self,
+        codebook_size: int,
+        embed_dim: int,
+        *,
+        distance: Distance = "euclidean",
+        commit_weight: float = 1.0,
+        codebook_weight: float = 0.33,
+    ) -> None:
+        super().__init__(
+            codebook_size, embed_dim, distance=distance, commit_weight=commit_weight, codebook_weight=codebook_weight
+        )
         self.embedding = nn.Parameter(torch.empty(codebook_size, embed_dim).uniform_(-1 / codebook_size, 1 / codebook_size))
 
-    def codes(self) -> torch.Tensor:
-        return self.embedding
+    def search_table(self) -> torch.Tensor:
+        return self._cached_table((self.embedding,), lambda: self.embedding)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and self.embedding.requires_grad:
+            return self._normalise(self.embedding[ids].float())
+        return self.search_table()[ids]
 
 
 class FCQuantizer(VQQuantizer):
-    def __init__(self, codebook_size: int, embed_dim: int, **kw) -> None:  # noqa: ANN003
-        kw["distance"] = "cosine"
-        super().__init__(codebook_size, embed_dim, **kw)
+    """VQGAN-FC: ``N(0, 1)`` initial codes, searched and embedded as unit vectors (cosine distance only)."""
+
+    def __init__(
+        self,
+        codebook_size: int,
+        embed_dim: int,
+        *,
+        distance: Distance = "cosine",
+        commit_weight: float = 1.0,
+        codebook_weight: float = 0.33,
+    ) -> None:
+        if distance != "cosine":
+            raise ConfigError(
+                f"the 'fc' quantizer compares L2-normalised codes, so its distance is 'cosine', not {distance!r}; "
+                "set distance='cosine' or leave it out"
+            )
+        super().__init__(
+            codebook_size, embed_dim, distance=distance, commit_weight=commit_weight, codebook_weight=codebook_weight
+        )
         nn.init.normal_(self.embedding)
 
 
 class EMAQuantizer(CodebookQuantizer):
-    def __init__(self, codebook_size: int, embed_dim: int, *, decay: float = 0.99, eps: float = 1e-5, **kw) -> None:  # noqa: ANN003
-        kw["codebook_weight"] = 0.0  # the codes are not trained by gradient
-        super().__init__(codebook_size, embed_dim, **kw)
+    """VQGAN-EMA: the codes (a buffer) move towards the mean of their latents in training forwards."""
+
+    def __init__(
+        self,
+        codebook_size: int,
+        embed_dim: int,
+        *,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        distance: Distance = "euclidean",
+        commit_weight: float = 1.0,
+        codebook_weight: float = 0.0,
+    ) -> None:
+        if codebook_weight != 0.0:
+            raise ConfigError(
+                f"the 'ema' quantizer updates its codes by moving averages, not by a codebook loss, so its "
+                f"codebook_weight is 0.0, not {codebook_weight!r}; set codebook_weight=0.0 or leave it out"
+            )
+        super().__init__(
+            codebook_size, embed_dim, distance=distance, commit_weight=commit_weight, codebook_weight=codebook_weight
+        )
         self.decay = decay
         self.eps = eps
         init = torch.randn(codebook_size, embed_dim)
@@ -43,15 +99,24 @@ class EMAQuantizer(CodebookQuantizer):
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
         self.register_buffer("embed_avg", init.clone())
 
-    def codes(self) -> torch.Tensor:
-        return self.embedding
+    def search_table(self) -> torch.Tensor:
+        return self._cached_table((self.embedding,), lambda: self.embedding)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.search_table()[ids]
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """The base forward (with the codes as they were), then in training the moving-average update."""
+        out = super().forward(z)
+        if self.training:
+            with torch.autocast(device_type=z.device.type, enabled=False):
+                self._ema_update(self._flatten(z.detach()), out.ids.reshape(-1))
+        return out
 
     @torch.no_grad()
-    def _update(self, zf: torch.Tensor, ids: torch.Tensor) -> None:
-        if not self.training:
-            return
+    def _ema_update(self, zf: torch.Tensor, ids: torch.Tensor) -> None:
         onehot_sum = torch.zeros(self.codebook_size, device=zf.device).index_add_(0, ids, torch.ones_like(ids, dtype=torch.float))
-        embed_sum = torch.zeros_like(self.embed_avg).index_add_(0, ids, zf.detach())
+        embed_sum = torch.zeros_like(self.embed_avg).index_add_(0, ids, zf)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(onehot_sum)
             dist.all_reduce(embed_sum)

@@ -9,23 +9,66 @@ in tiles small enough to stay in cache, each tile's distances are reduced to a r
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, get_args
 
 import torch
+
+from ..errors import ConfigError
 
 try:  # the optional fused C kernel (built by setup.py where a C compiler exists)
     from . import _search as _ext
 except ImportError:  # pragma: no cover - exercised on installs without a compiler
     _ext = None
 
+SearchKernel = Literal["auto", "avx2", "scalar"]
+"""Which path of the C kernel runs: ``auto`` (AVX2+FMA where the CPU has it), or one forced."""
+
+KERNEL_ENV = "VQGAN_LC_SEARCH_KERNEL"
+NO_FUSED_ENV = "VQGAN_LC_NO_FUSED_SEARCH"
+
 # The fused kernel keeps distances in registers; it pays off for low-dimensional codes (D' = 4, 8,
 # 16 in VQGAN-LC). Above this, the search is a real GEMM and the blocked BLAS path wins.
 _FUSED_MAX_DIM = 64
-_pool: ThreadPoolExecutor | None = None
 
 # Distances held at once by the blocked path: 4 Mi floats (16 MiB) on CPU, 128 Mi (512 MiB) on CUDA.
 _CPU_TILE_ELEMS = 1 << 22
 _CUDA_TILE = (8192, 16384)
+
+
+def _kernel_from_env(value: str) -> SearchKernel:
+    if value in ("", "auto"):
+        return "auto"
+    if value not in get_args(SearchKernel):
+        raise ConfigError(f"{KERNEL_ENV}={value!r} is not a search kernel; set it to auto, avx2 or scalar, or unset it")
+    return value  # type: ignore[return-value]
+
+
+# The environment is read once, at import: VQGAN_LC_SEARCH_KERNEL picks the C kernel's path,
+# VQGAN_LC_NO_FUSED_SEARCH=1 turns the C kernel off (the PyTorch blocked search runs instead).
+_ENV_KERNEL = os.environ.get(KERNEL_ENV, "").strip().lower()
+_FUSED_ENABLED = os.environ.get(NO_FUSED_ENV, "") in ("", "0")
+
+
+class _WorkerPool:
+    """A thread pool that grows to the largest number of runs asked for (queries split over threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._size = 0
+
+    def get(self, size: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._size < size:
+                # An older, smaller pool is not shut down: a concurrent caller may still be using it.
+                self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="vqgan-lc-search")
+                self._size = size
+            return self._pool
+
+
+_pool = _WorkerPool()
 
 
 @torch.no_grad()
@@ -107,13 +150,7 @@ def _blocked_search(z: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor, qb: in
 
 
 def _use_fused(z: torch.Tensor, k: int) -> bool:
-    return (
-        _ext is not None
-        and z.device.type == "cpu"
-        and z.shape[1] <= _FUSED_MAX_DIM
-        and k < 2**31
-        and os.environ.get("VQGAN_LC_NO_FUSED_SEARCH", "") in ("", "0")
-    )
+    return _ext is not None and _FUSED_ENABLED and z.device.type == "cpu" and z.shape[1] <= _FUSED_MAX_DIM and k < 2**31
 
 
 def fused_search_available() -> bool:
@@ -121,30 +158,38 @@ def fused_search_available() -> bool:
     return _ext is not None
 
 
-def _fused_search(z: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
-    global _pool
-    n, d = z.shape
-    k = c.shape[0]
-    z = z.contiguous()
-    ct = (-2.0 * c).t().contiguous()  # the kernel reads codes as -2 c^T: 8 consecutive codes per vector
+def search_kernel() -> SearchKernel:
+    """The C kernel's path chosen by ``VQGAN_LC_SEARCH_KERNEL`` (read once, at import; default ``auto``)."""
+    return _kernel_from_env(_ENV_KERNEL)
+
+
+def _fused_search(
+    z: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor, *, kernel: SearchKernel | None = None, threads: int | None = None
+) -> torch.Tensor:
+    """The C kernel over ``threads`` (default ``torch.get_num_threads()``) runs of queries."""
+    n, _ = z.shape
+    z = z.float().contiguous()
+    ct = (-2.0 * c.float()).t().contiguous()  # the kernel reads codes as -2 c^T: consecutive codes per vector
     c_sq = c_sq.float().contiguous()
     ids = torch.empty(n, dtype=torch.long)
-    workers = max(1, torch.get_num_threads())
+    kernel = search_kernel() if kernel is None else kernel
+    workers = max(1, torch.get_num_threads() if threads is None else threads)
     # Each worker gets a contiguous run of queries; a run of at least 64 keeps thread overhead small.
     step = max(64, -(-n // workers))
-    runs = [(s, min(s + step, n)) for s in range(0, n, step)]
+    zn, ctn, sqn, idn = z.numpy(), ct.numpy(), c_sq.numpy(), ids.numpy()  # views: no copies
 
-    def work(run: tuple[int, int]) -> None:
-        s, e = run
-        _ext.nearest_l2(z[s].data_ptr(), ct.data_ptr(), c_sq.data_ptr(), ids[s].data_ptr(), e - s, d, k)
+    def work(s: int) -> None:
+        e = min(s + step, n)
+        _ext.nearest_l2(zn[s:e], ctn, sqn, idn[s:e], kernel)
 
-    if len(runs) == 1:
-        work(runs[0])
-    else:
-        if _pool is None or _pool._max_workers < len(runs):  # noqa: SLF001
-            _pool = ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="vqgan-lc-search")
-        for f in [_pool.submit(work, r) for r in runs]:
-            f.result()
+    starts = list(range(0, n, step))
+    if len(starts) <= 1:
+        for s in starts:
+            work(s)
+        return ids
+    pool = _pool.get(len(starts))
+    for f in [pool.submit(work, s) for s in starts]:
+        f.result()
     return ids
 
 
