@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..data import ImageDataset, ImageList, collate, list_images
 from ..errors import CodebookError
 from .features import FeatureExtractor, as_extractor, pool_features
@@ -226,8 +227,6 @@ def codebook_from_features(
 
 
 def _provenance_base(store: FeatureStore) -> dict[str, Any]:
-    from .. import __version__
-
     try:
         import faiss
 
