@@ -218,7 +218,8 @@ def _alexnet_file(path) -> dict:  # noqa: ANN001
 
 
 def test_lpips_alex_loads_local_trunk_and_lin_weights(tmp_path) -> None:  # noqa: ANN001
-    from vqgan_lc.metrics import LPIPSMetric, default_lin_weights
+    from vqgan_lc.losses.lpips import default_lin_weights
+    from vqgan_lc.metrics import LPIPSMetric
 
     state = _alexnet_file(tmp_path / "alex.pth")
     metric = LPIPSMetric("alex", tmp_path / "alex.pth")
