@@ -46,3 +46,7 @@ class InsufficientMemoryError(VQGANLCError, MemoryError):
 
 class ImageSourceError(VQGANLCError, ValueError):
     """An image folder or file list that cannot be used (missing, empty, malformed)."""
+
+
+class PreprocessingError(VQGANLCError, ValueError):
+    """An image preprocessing that cannot be built or applied (unknown rule, a crop larger than the image)."""

@@ -23,7 +23,7 @@ from torch import nn
 from .._version import __version__
 from ..data import ImageDataset, ImageList, collate, list_images
 from ..errors import CodebookError
-from .features import FeatureExtractor, as_extractor, pool_features
+from ..extractors import FeatureExtractor, as_extractor, pool_features
 from .io import Codebook, save_codebook
 from .kmeans import (
     DEFAULT_MAX_POINTS_PER_CENTROID,

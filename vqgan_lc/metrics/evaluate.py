@@ -27,8 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..codebook.features import Preprocess
-from ..data import ImageDataset, ImageList, ImageSourceError, collate, list_images
+from ..data import ImageDataset, ImageList, ImageSourceError, Preprocessing, collate, list_images
 from ..errors import ImageShapeError, MissingWeightsError, VQGANLCError
 from ..model import VQGANLC
 from ..quantize import CodebookUsage
@@ -243,7 +242,7 @@ def evaluate(
     with torch.inference_mode():
         if images is not None:
             loader = torch.utils.data.DataLoader(
-                ImageDataset(images, Preprocess(size, (size, size))), batch_size=opts.batch_size, shuffle=False,
+                ImageDataset(images, Preprocessing(size)), batch_size=opts.batch_size, shuffle=False,
                 num_workers=opts.num_workers, collate_fn=collate, pin_memory=dev.type == "cuda",
             )
             for batch in loader:

@@ -22,8 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..codebook.features import Preprocess
-from ..data import Batch, ImageDataset, ImageList, collate, draft_size, list_images
+from ..data import Batch, ImageDataset, ImageList, Preprocessing, collate, draft_size, list_images
 from ..errors import VQGANLCError
 from ..model import VQGANLC
 from .format import (
@@ -240,7 +239,7 @@ def _encode_shards(
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     order = [i for _, s, e in shards for i in range(s, e)]
     draft = draft_size(opts.image_size) if opts.jpeg_draft else None
-    dataset = ImageDataset(images, Preprocess(opts.image_size, (opts.image_size,) * 2), draft=draft)
+    dataset = ImageDataset(images, Preprocessing(opts.image_size), draft=draft)
     lanes = opts.cpu_parallel_batches if device.type == "cpu" else 0
     if opts.cpu_parallel_batches and not lanes:
         log.info("cpu_parallel_batches applies to a CPU device only; %s uses decoding processes", device)
