@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqgan_lc.data import to_uint8
 from vqgan_lc.errors import CheckpointError, MissingWeightsError
-from vqgan_lc.metrics import CodebookUsage, psnr, rgb_to_y, ssim, to_uint8, to_unit, usage_perplexity
+from vqgan_lc.metrics import CodebookUsage, psnr, rgb_to_y, ssim, to_unit, usage_perplexity
 
 
 def _noise_with_mse(shape: tuple[int, ...], mse: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -6,7 +6,7 @@ Heavy parts (lpips, torchmetrics' Inception) are imported only when their metric
 from ..quantize import CodebookUsage, usage_perplexity
 from .evaluate import EvaluateError, EvaluateMode, EvaluateOptions, evaluate
 from .fid import FID_IMPLEMENTATION, build_fid, read_inception_weights
-from .image import PSNRChannel, psnr, rgb_to_y, ssim, to_uint8, to_unit
+from .image import PSNRChannel, psnr, rgb_to_y, ssim, to_unit
 from .perceptual import LPIPSConvention, LPIPSMetric, LPIPSNet
 from .report import computed, not_computed, write_report
 
@@ -28,7 +28,6 @@ __all__ = [
     "read_inception_weights",
     "rgb_to_y",
     "ssim",
-    "to_uint8",
     "to_unit",
     "usage_perplexity",
     "write_report",
