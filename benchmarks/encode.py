@@ -81,8 +81,7 @@ def child(decode: str, pipeline: str, model_dir: str, folder: str, size: int, ba
     import torch
 
     from vqgan_lc import VQGANLC
-    from vqgan_lc.codebook.features import Preprocess
-    from vqgan_lc.data import list_images, load_rgb
+    from vqgan_lc.data import Preprocessing, list_images, load_rgb
     from vqgan_lc.tokens import EncodeOptions, encode_dataset
 
     model = VQGANLC.from_pretrained(model_dir)
@@ -104,7 +103,7 @@ def child(decode: str, pipeline: str, model_dir: str, folder: str, size: int, ba
     extra_peak = max(0.0, peak_mb() - base)
     shutil.rmtree(out)
 
-    pre = Preprocess(size, (size, size))
+    pre = Preprocessing(size)
     x = torch.stack([pre(load_rgb(images.root / p)) for p in images.paths])
     with torch.inference_mode():
         t = time.perf_counter()

@@ -101,7 +101,8 @@ def backbone(kind: str, size: int, codebook: torch.Tensor | None = None):  # noq
 
 def lc_codebook(train_regions: Sequence[np.ndarray], size: int, n_crops: int, seed: int, niter: int) -> tuple[torch.Tensor, float]:
     """k-means per photograph over 48-d pixel-patch features of ``n_crops`` training crops; ``size`` centres in all."""
-    from vqgan_lc.codebook import PixelExtractor, kmeans
+    from vqgan_lc.codebook import kmeans
+    from vqgan_lc.extractors import PixelExtractor
 
     t0 = time.perf_counter()
     ext = PixelExtractor(patch_size=PATCH, image_size=CROP)

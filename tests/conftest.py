@@ -57,6 +57,29 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
+def write_sample_photos(
+    directory: str | Path, names: tuple[str, ...] = PHOTO_NAMES, max_side: int | None = 512
+) -> list[Path]:
+    """Write scikit-image's bundled photographs as JPEGs (quality 95) into ``directory``; returns the paths.
+
+    Images larger than ``max_side`` are downscaled (bicubic, ``thumbnail``) so decoding stays cheap;
+    ``None`` keeps the originals.
+    """
+    from PIL import Image
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in names:
+        img = Image.fromarray(photo(name))
+        if max_side is not None:
+            img.thumbnail((max_side, max_side), Image.BICUBIC)
+        p = out / f"{name}.jpg"
+        img.save(p, quality=95)
+        paths.append(p)
+    return paths
+
+
 @pytest.fixture
 def crops64() -> torch.Tensor:
     return photo_crops(64, 6)

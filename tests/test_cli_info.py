@@ -12,7 +12,8 @@ import torch
 from conftest import tiny_model, write_photo_folder
 
 from vqgan_lc.cli.main import main
-from vqgan_lc.codebook import Codebook, PixelExtractor, extract_features, save_codebook
+from vqgan_lc.codebook import Codebook, extract_features, save_codebook
+from vqgan_lc.extractors import PixelExtractor
 from vqgan_lc.generate import GPT, DiscriminativeTokenizer, GPTConfig
 from vqgan_lc.generate.digit import ExtractorSpec, build_dinov2
 from vqgan_lc.tokens import EncodeOptions, encode_dataset

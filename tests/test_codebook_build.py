@@ -17,19 +17,19 @@ from PIL import Image
 pytest.importorskip("faiss")
 
 from vqgan_lc import create_model  # noqa: E402
+from vqgan_lc._io import sha256_file  # noqa: E402
 from vqgan_lc.cli.main import main  # noqa: E402
 from vqgan_lc.codebook import (  # noqa: E402
     InsufficientMemoryError,
-    PixelExtractor,
     build_codebook,
     codebook_from_features,
     extract_features,
     kmeans_per_class,
-    list_images,
     load_codebook,
 )
-from vqgan_lc.codebook.features import file_sha256  # noqa: E402
+from vqgan_lc.data import list_images  # noqa: E402
 from vqgan_lc.errors import CodebookError  # noqa: E402
+from vqgan_lc.extractors import PixelExtractor  # noqa: E402
 
 CLASSES = {
     "cats": ("chelsea", "coffee"),
@@ -155,7 +155,7 @@ def test_cli_clip_with_a_local_checkpoint(tmp_path):
     p = cb.provenance
     assert cb.vectors.shape == (5, 24)
     assert p["extractor"] == "clip" and p["model"] == "tiny-clip" and p["weights"] == "tiny-clip.pt"
-    assert p["weights_sha256"] == file_sha256(weights)
+    assert p["weights_sha256"] == sha256_file(weights)
     assert p["layer"].startswith("final") and p["grid"] == [2, 2] and p["image_size"] == [32, 32]
 
 

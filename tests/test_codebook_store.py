@@ -12,16 +12,10 @@ from conftest import photo
 from PIL import Image
 from torch import nn
 
-from vqgan_lc.codebook import (
-    FeatureStore,
-    FeatureStoreError,
-    ImageSourceError,
-    ModuleExtractor,
-    PixelExtractor,
-    extract_features,
-    list_images,
-)
+from vqgan_lc.codebook import FeatureStore, FeatureStoreError, extract_features
+from vqgan_lc.data import ImageSourceError, list_images
 from vqgan_lc.errors import FormatVersionError
+from vqgan_lc.extractors import ModuleExtractor, PixelExtractor
 
 LAYOUT = {
     "space/rocket.jpg": "rocket",
@@ -108,8 +102,8 @@ def test_store_layout_unreadable_images_and_contents(tmp_path):
     shard0 = store.load_shard(0)
     assert shard0.dtype == np.float16 and shard0.shape == (2, 2, 2, 768)
     # row 0 of shard 0 is cats/chelsea.jpg: its pooled pixel patches
-    from vqgan_lc.codebook import pool_features
     from vqgan_lc.data import load_rgb
+    from vqgan_lc.extractors import pool_features
 
     x = ext.preprocess(load_rgb(root / "cats/chelsea.jpg"))[None]
     want = pool_features(ext(x), 2)[0].numpy()

@@ -16,8 +16,7 @@ from PIL import Image
 from vqgan_lc import CheckpointError, CodebookError, FormatVersionError
 from vqgan_lc.cli.main import main
 from vqgan_lc.codebook import build_codebook, save_codebook
-from vqgan_lc.codebook.features import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from vqgan_lc.data import list_images, load_rgb
+from vqgan_lc.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, list_images, load_rgb
 from vqgan_lc.generate import GPT, DiscriminativeTokenizer, GPTConfig, sample_two_stage
 from vqgan_lc.generate.digit import ExtractorSpec, build_dinov2
 from vqgan_lc.tokens import EncodeOptions, encode_dataset, load_tokenizer, open_tokens
@@ -150,7 +149,7 @@ def test_encode_cli_with_digit_tokenizer_writes_token_directory(digit: dict[str,
     assert tok.manifest["preprocessing"]["image_size"] == 256
     model = DiscriminativeTokenizer.from_pretrained(digit["tokenizer"])
     assert tok.manifest["tokenizer"]["config_hash"] == model.config_hash()
-    pre = Preprocess(256, (256, 256))
+    pre = Preprocessing(256)
     x = torch.stack([pre(load_rgb(digit["photos"] / p)) for p in list_images(digit["photos"]).paths])
     assert np.array_equal(tok[:].astype(np.int64), model.encode(x).numpy())
     # the kind flag is checked against the directory

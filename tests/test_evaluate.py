@@ -39,12 +39,11 @@ def image_report(setup) -> tuple[dict, Path]:  # noqa: ANN001
 
 def _direct_ids_and_psnr(setup: dict) -> tuple[torch.Tensor, list[float]]:
     """Encode the readable photographs by hand: the numbers the report must hold."""
-    from vqgan_lc.codebook.features import Preprocess
-    from vqgan_lc.data import list_images, load_rgb
+    from vqgan_lc.data import Preprocessing, list_images, load_rgb
     from vqgan_lc.metrics import psnr, to_unit
 
     images = list_images(setup["data"])
-    pre = Preprocess(64, (64, 64))
+    pre = Preprocessing(64)
     x = torch.stack([pre(load_rgb(images.root / p)) for p in images.paths if not p.endswith("broken.png")])
     model = setup["model"]
     with torch.inference_mode():

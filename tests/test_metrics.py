@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vqgan_lc.data import to_uint8
 from vqgan_lc.errors import CheckpointError, MissingWeightsError
-from vqgan_lc.metrics import CodebookUsage, psnr, rgb_to_y, ssim, to_uint8, to_unit, usage_perplexity
+from vqgan_lc.metrics import CodebookUsage, psnr, rgb_to_y, ssim, to_unit, usage_perplexity
 
 
 def _noise_with_mse(shape: tuple[int, ...], mse: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -218,7 +219,8 @@ def _alexnet_file(path) -> dict:  # noqa: ANN001
 
 
 def test_lpips_alex_loads_local_trunk_and_lin_weights(tmp_path) -> None:  # noqa: ANN001
-    from vqgan_lc.metrics import LPIPSMetric, default_lin_weights
+    from vqgan_lc.losses.lpips import default_lin_weights
+    from vqgan_lc.metrics import LPIPSMetric
 
     state = _alexnet_file(tmp_path / "alex.pth")
     metric = LPIPSMetric("alex", tmp_path / "alex.pth")

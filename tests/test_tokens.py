@@ -18,8 +18,7 @@ from PIL import Image
 
 from vqgan_lc import VQGANLC, FormatVersionError, create_model
 from vqgan_lc.cli.main import main
-from vqgan_lc.codebook.features import Preprocess
-from vqgan_lc.data import list_images, load_rgb
+from vqgan_lc.data import Preprocessing, list_images, load_rgb
 from vqgan_lc.tokens import (
     EncodeError,
     EncodeOptions,
@@ -54,7 +53,7 @@ def test_round_trip_ids_labels_and_paths(photos: Path, model_dir: Path, tmp_path
     images = list_images(photos)
     assert tok.paths == list(images.paths) and tok.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     model = VQGANLC.from_pretrained(model_dir)
-    pre = Preprocess(64, (64, 64))
+    pre = Preprocessing(64)
     x = torch.stack([pre(load_rgb(photos / p)) for p in images.paths])
     expected = model.encode(x).numpy()
     assert tok[:].dtype == np.uint32 and np.array_equal(tok[:].astype(np.int64), expected)
@@ -138,7 +137,7 @@ def test_corrupt_jpeg_is_skipped_and_recorded(photos: Path, model_dir: Path, tmp
     assert "class_1_coffee/img_001.jpg" not in tok.paths and len(tok.paths) == 8
     # Every other image is encoded exactly as without the bad file.
     model = VQGANLC.from_pretrained(model_dir)
-    pre = Preprocess(64, (64, 64))
+    pre = Preprocessing(64)
     x = torch.stack([pre(load_rgb(photos / p)) for p in tok.paths])
     assert np.array_equal(tok[:].astype(np.int64), model.encode(x).numpy())
 

@@ -14,8 +14,7 @@ from PIL import Image
 
 from vqgan_lc import VQGANLC
 from vqgan_lc.cli.main import main
-from vqgan_lc.codebook.features import Preprocess
-from vqgan_lc.data import draft_size, list_images, load_rgb
+from vqgan_lc.data import Preprocessing, draft_size, list_images, load_rgb
 from vqgan_lc.tokens import EncodeOptions, TokenFormatError, encode_dataset, open_tokens
 
 SIZE = 32  # draft request 64 px; the 400 x 300+ px files below decode at 1/4 scale
@@ -50,7 +49,7 @@ def test_load_rgb_full_decode_is_unchanged(tmp_path: Path) -> None:
 
 
 def test_draft_decode_is_close_to_the_full_decode(big_photos: Path) -> None:
-    pre = Preprocess(SIZE, (SIZE, SIZE))
+    pre = Preprocessing(SIZE)
     paths = [big_photos / p for p in list_images(big_photos).paths]
     full = torch.stack([pre(load_rgb(p)) for p in paths])
     drafted = [load_rgb(p, draft_size(SIZE)) for p in paths]
@@ -77,7 +76,7 @@ def test_jpeg_draft_is_recorded_and_refused_on_a_rerun_without_it(
     assert json.loads((tmp_path / "draft" / "encode.json").read_text())["preprocessing"]["jpeg_draft"]
     # The ids are the model's ids of the draft-decoded images.
     model = VQGANLC.from_pretrained(model_dir)
-    pre = Preprocess(SIZE, (SIZE, SIZE))
+    pre = Preprocessing(SIZE)
     paths = list_images(big_photos).paths
     x = torch.stack([pre(load_rgb(big_photos / p, draft_size(SIZE))) for p in paths])
     tok = open_tokens(tmp_path / "draft")

@@ -16,15 +16,12 @@ from train_helpers import (
     write_truncated_jpeg,
 )
 
-from vqgan_lc.codebook import ImageSourceError
-from vqgan_lc.data import load_rgb
+from vqgan_lc.data import ImageSourceError, Preprocessing, load_rgb
 from vqgan_lc.train.data import (
     PAD,
     CollateImages,
     ImageFolderDataset,
-    _resize_shortest,
     _ShardedSampler,
-    to_tensor,
 )
 
 
@@ -67,7 +64,8 @@ def test_train_crops_depend_only_on_seed_epoch_and_index(photos: Path) -> None:
     # a training item is an S x S window of the shortest-side resize (official SmallestMaxSize + RandomCrop)
     ds = ImageFolderDataset(dm.train_images, 48, train=True, seed=0)
     item = ds[(3, 5, 0)]["image"]
-    resized = to_tensor(_resize_shortest(load_rgb(photos / dm.train_images.paths[3]), 48))
+    pre = Preprocessing(48)
+    resized = pre.to_tensor(pre.resize_image(load_rgb(photos / dm.train_images.paths[3])))
     h, w = resized.shape[1:]
     assert min(h, w) == 48
     windows = [(y, x) for y in range(h - 47) for x in range(w - 47)

@@ -84,15 +84,16 @@ def adam_steps(opt: torch.optim.Optimizer) -> int:
 
 
 def center_crops(folder: Path, size: int) -> torch.Tensor:
-    """The validation transform computed independently: shortest side -> size (bicubic), center crop."""
+    """The validation transform computed independently: shortest side -> size (bicubic, the longer side
+    truncated as torchvision's Resize), center crop (offset rounded as torchvision's center_crop)."""
     out = []
     for p in sorted(folder.glob("*.jpg")):
         img = Image.open(p).convert("RGB")
         w, h = img.size
-        s = size / min(w, h)
-        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        if min(w, h) != size:
+            img = img.resize((size, int(size * h / w)) if w <= h else (int(size * w / h), size), Image.BICUBIC)
         w, h = img.size
-        x, y = (w - size) // 2, (h - size) // 2
+        x, y = int(round((w - size) / 2)), int(round((h - size) / 2))
         arr = np.asarray(img.crop((x, y, x + size, y + size)), dtype=np.float32) / 127.5 - 1.0
         out.append(torch.from_numpy(arr).permute(2, 0, 1))
     return torch.stack(out)

@@ -8,6 +8,7 @@ Quick start::
     recon = tok.decode(ids)         # -> (B, 3, H, W)
 """
 
+from ._version import __version__
 from .config import ModelConfig, QuantizerConfig
 from .errors import (
     CheckpointError,
@@ -23,9 +24,8 @@ from .model import VQGANLC, ModelOutput
 from .quantize import CodebookUsage, QuantizerOutput, nearest_code
 from .registry import create_model, get_config, list_models
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "CheckpointError",
     "CodebookError",
     "CodebookUsage",

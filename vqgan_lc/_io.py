@@ -5,6 +5,9 @@
   names with one sentence that says what is wrong and what to do.
 * ``save_weights_dir`` / ``load_weights_dir``: a ``config.json`` + ``model.safetensors`` directory
   (VQGANLC, GPT), and ``state_dict_mismatch`` to name what keeps weights from loading.
+* ``load_weights_file`` / ``load_state_dict_strict``: read a third-party weights file (extractors,
+  LPIPS, Inception, DiGIT) without unrestricted pickle and load it into a module, or say why it does not
+  fit; ``sha256_file`` and ``state_dict_sha256`` identify a weights file and a module's weights.
 * ``atomic_path`` and the ``atomic_write_*`` writers: write to a temporary name next to the target,
   fsync, rename over the target and fsync the directory, so a crash never leaves a partial file
   visible. Temporary names are ``.NAME.tmp-PID`` (``TMP_GLOB`` finds leftovers).
@@ -16,14 +19,19 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .errors import CheckpointError, FormatVersionError, VQGANLCError
+from .errors import CheckpointError, FormatVersionError, MissingWeightsError, VQGANLCError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 T = TypeVar("T")
 
@@ -160,6 +168,85 @@ def sha256_file(path: str | os.PathLike) -> str:
             h.update(block)
     return h.hexdigest()
 
+def state_dict_sha256(module: nn.Module) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a module's state dict (sorted by name)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- weights files
+_WRAPPER_KEYS = ("state_dict", "model", "teacher", "module")
+_PREFIXES = ("module.", "backbone.")
+
+
+def load_weights_file(path: str | os.PathLike, option: str = "--weights") -> dict[str, torch.Tensor]:
+    """Read a weights file without unrestricted pickle: ``.safetensors``, a ``torch.save`` state dict
+    (``torch.load(weights_only=True)``) or a TorchScript archive (the OpenAI CLIP release).
+
+    Wrappers ``{"state_dict"|"model"|"teacher"|"module": ...}`` and ``module.``/``backbone.`` prefixes are
+    removed; entries that are not tensors are dropped. A missing file raises ``MissingWeightsError``
+    naming ``option`` (the flag that passes it); an unreadable one ``CheckpointError``.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingWeightsError(f"weights file {path} does not exist; pass an existing local file with {option}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path))
+        elif is_torchscript(path):
+            # The OpenAI CLIP release is a TorchScript archive; torch.jit.load runs no Python pickle.
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            obj = {k: v for k, v in obj.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - safetensors/torch raise many kinds for a bad file
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"{path} is not a readable weights file (.safetensors, a torch.save state dict or a TorchScript "
+            f"archive); {type(e).__name__}: {msg}"
+        ) from e
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+    out = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in _PREFIXES:
+        if out and all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix) :]: v for k, v in out.items()}
+    if not out:
+        raise CheckpointError(f"{path} holds no tensors")
+    return out
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``constants.pkl``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in z.namelist())
+
+
+def load_state_dict_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], source: str, *, hint: str = "check --model"
+) -> None:
+    """``module.load_state_dict(state)`` after checking that every key and shape fits; otherwise raise
+    ``CheckpointError`` naming ``source``, what does not fit, and ``hint`` (what to do)."""
+    problem = state_dict_mismatch(module.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{source} does not fit the chosen architecture ({problem}); {hint}")
+    module.load_state_dict(state)
+
 
 # ----------------------------------------------------------------------------------------- writing
 @contextmanager
@@ -249,9 +336,13 @@ __all__ = [
     "atomic_write_text",
     "check_format",
     "fsync_dir",
+    "is_torchscript",
+    "load_state_dict_strict",
     "load_weights_dir",
+    "load_weights_file",
     "read_format_json",
     "save_weights_dir",
     "sha256_file",
     "state_dict_mismatch",
+    "state_dict_sha256",
 ]

@@ -9,6 +9,16 @@ directly in the root folder, or a file-list line without a label).
 Images are read with PIL and converted to RGB. A file that cannot be read is never fatal: the
 dataset returns ``None`` with the reason; the caller skips it and records it (the feature store's or
 the token directory's manifest).
+
+``Preprocessing`` is the one image -> tensor rule of the package (training, ``encode``, ``evaluate``,
+the codebook builder and the feature extractors all use it): the shorter side is resized to the
+crop's shorter side (bicubic by default) with the longer side **truncated** (``int(S * long /
+short)``, as torchvision's ``Resize`` does), then the center crop is taken with its offset
+**rounded** (``round((h - H) / 2)``, torchvision's ``center_crop``), then ``(x / 255 - mean) / std``
+(mean = std = 0.5: [-1, 1]). These are the rules ``vqgan-lc encode`` has always used, so token
+directories written before stay valid; training used to round the longer side and floor the offset
+(a 465 x 348 photo became 86 x 64 instead of 85 x 64 at 64 px) and now follows this rule too.
+``to_uint8`` is the way back, ``[-1, 1]`` -> ``uint8`` pixels.
 """
 
 from __future__ import annotations
@@ -16,19 +26,151 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ImageSourceError
+from .errors import ImageSourceError, PreprocessingError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 UNLABELLED = -1
+
+RGB = tuple[float, float, float]
+HALF: RGB = (0.5, 0.5, 0.5)
+"""mean = std = 0.5: pixels in [-1, 1] (the tokenizers' input range)."""
+OPENAI_CLIP_MEAN: RGB = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD: RGB = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN: RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD: RGB = (0.229, 0.224, 0.225)
+
+ResizeRule = Literal["shorter-side"]
+CropRule = Literal["center"]
+Interpolation = Literal["bicubic", "bilinear"]
+RESIZE_RULES: tuple[str, ...] = ("shorter-side",)
+CROP_RULES: tuple[str, ...] = ("center",)
+INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear")
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+
+
+# ----------------------------------------------------------------------------------------- preprocessing
+def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolation = "bicubic") -> Image.Image:
+    """Resize so that the shorter side is ``size``, keeping the aspect ratio; the longer side is truncated
+    (``int(size * long / short)``). An image whose shorter side already is ``size`` is returned as is."""
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    return img.resize(new, _RESAMPLE[interpolation])
+
+
+def center_crop_offset(width: int, height: int, crop_h: int, crop_w: int) -> tuple[int, int]:
+    """``(left, top)`` of the centered ``crop_h x crop_w`` window in a ``width x height`` image (rounded)."""
+    if crop_h > height or crop_w > width:
+        raise PreprocessingError(
+            f"cannot center-crop {crop_h}x{crop_w} from a {height}x{width} image; resize the shorter side to at "
+            "least the crop size first"
+        )
+    return int(round((width - crop_w) / 2.0)), int(round((height - crop_h) / 2.0))
+
+
+@dataclass(frozen=True, init=False)
+class Preprocessing:
+    """PIL image -> ``(3, H, W)`` float32 tensor: resize the shorter side, crop, normalise.
+
+    ``image_size`` is the output ``(H, W)`` (an int means square). The shorter side is resized to
+    ``min(H, W)`` (``resize_to``) by ``resize_shorter_side``; the crop is centered (``center_crop_offset``);
+    pixels become ``(x / 255 - mean) / std`` per channel (the default ``HALF`` gives [-1, 1]).
+    Frozen and picklable (it runs in DataLoader workers); ``to_dict``/``from_dict`` round-trip it
+    through JSON, so a file can record exactly how its images were prepared.
+    """
+
+    image_size: tuple[int, int]
+    resize: ResizeRule = "shorter-side"
+    interpolation: Interpolation = "bicubic"
+    crop: CropRule = "center"
+    mean: RGB = HALF
+    std: RGB = HALF
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        resize: ResizeRule = "shorter-side",
+        interpolation: Interpolation = "bicubic",
+        crop: CropRule = "center",
+        mean: Sequence[float] = HALF,
+        std: Sequence[float] = HALF,
+    ) -> None:
+        size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        if len(size) != 2 or min(size) < 1:
+            raise PreprocessingError(f"image size {image_size!r} must be a positive int or (height, width)")
+        for value, allowed, what in ((resize, RESIZE_RULES, "resize rule"), (crop, CROP_RULES, "crop rule"),
+                                     (interpolation, INTERPOLATIONS, "interpolation")):
+            if value not in allowed:
+                raise PreprocessingError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        m, sd = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if len(m) != 3 or len(sd) != 3 or min(sd) <= 0:
+            raise PreprocessingError(f"mean {mean!r} and std {std!r} need 3 values each (std > 0)")
+        object.__setattr__(self, "image_size", size)
+        object.__setattr__(self, "resize", resize)
+        object.__setattr__(self, "interpolation", interpolation)
+        object.__setattr__(self, "crop", crop)
+        object.__setattr__(self, "mean", m)
+        object.__setattr__(self, "std", sd)
+
+    @property
+    def resize_to(self) -> int:
+        """The shorter side after resizing: the shorter side of ``image_size``."""
+        return min(self.image_size)
+
+    def resize_image(self, img: Image.Image) -> Image.Image:
+        """RGB conversion and the resize step alone (training takes its own random crops of it)."""
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return resize_shorter_side(img, self.resize_to, self.interpolation)
+
+    def crop_image(self, img: Image.Image) -> Image.Image:
+        """The crop step alone, on an image already resized by ``resize_image``."""
+        h, w = self.image_size
+        left, top = center_crop_offset(img.size[0], img.size[1], h, w)
+        return img.crop((left, top, left + w, top + h))
+
+    def to_tensor(self, img: Image.Image) -> torch.Tensor:
+        """The normalisation step alone: RGB ``uint8`` -> ``(3, h, w)`` float32 ``(x / 255 - mean) / std``."""
+        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self.to_tensor(self.crop_image(self.resize_image(img)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable: ``{"image_size": [H, W], "resize", "resize_to", "interpolation", "crop", "mean",
+        "std"}`` (``resize_to`` is derived, recorded for readers)."""
+        return {"image_size": list(self.image_size), "resize": self.resize, "resize_to": self.resize_to,
+                "interpolation": self.interpolation, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
+        """The inverse of ``to_dict`` (``resize_to`` is ignored: it follows from ``image_size``)."""
+        try:
+            return cls(d["image_size"], resize=d.get("resize", "shorter-side"),
+                       interpolation=d.get("interpolation", "bicubic"), crop=d.get("crop", "center"),
+                       mean=d.get("mean", HALF), std=d.get("std", HALF))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PreprocessingError(f"invalid preprocessing record {dict(d)!r} ({e}); it needs an image_size") from e
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` float images -> ``uint8`` ``[0, 255]`` (clamped, rounded), what a saved PNG holds."""
+    return images.clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
 
 
 @dataclass(frozen=True)
@@ -209,14 +351,27 @@ def collate(items: Sequence[tuple[int, torch.Tensor | None, str | None]]) -> Bat
 
 
 __all__ = [
+    "HALF",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
     "UNLABELLED",
     "Batch",
+    "CropRule",
     "ImageDataset",
     "ImageList",
     "ImageSourceError",
+    "Interpolation",
+    "Preprocessing",
+    "PreprocessingError",
+    "ResizeRule",
+    "center_crop_offset",
     "collate",
     "draft_size",
     "list_images",
     "load_rgb",
+    "resize_shorter_side",
+    "to_uint8",
 ]

@@ -50,3 +50,7 @@ class ImageSourceError(VQGANLCError, ValueError):
 
 class ConfigError(VQGANLCError, ValueError):
     """A model or quantizer config whose values contradict each other (e.g. a baseline's fixed setting)."""
+
+
+class PreprocessingError(VQGANLCError, ValueError):
+    """An image preprocessing that cannot be built or applied (unknown rule, a crop larger than the image)."""

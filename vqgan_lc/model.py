@@ -16,7 +16,7 @@ from ._io import CONFIG_NAME as CONFIG_NAME
 from ._io import WEIGHTS_NAME as WEIGHTS_NAME
 from ._io import load_weights_dir, save_weights_dir, state_dict_mismatch
 from .config import ModelConfig
-from .errors import CheckpointError, ImageShapeError, TokenRangeError
+from .errors import CheckpointError, CodebookError, ImageShapeError, TokenRangeError
 from .nn import Decoder, Encoder
 from .quantize import (
     CodebookQuantizer,
@@ -65,14 +65,19 @@ class VQGANLC(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: ModelConfig, codebook: Any = None) -> VQGANLC:
-        """Random weights; ``codebook`` (tensor or file) fills the frozen LC codebook and fixes N, d."""
+    def from_config(cls, config: ModelConfig, codebook: torch.Tensor | None = None) -> VQGANLC:
+        """Random weights; ``codebook`` (an ``(N, d)`` tensor) fills the frozen LC codebook and fixes N, d.
+
+        A codebook *file* is read by ``vqgan_lc.create_model(name, codebook=path)`` or
+        ``vqgan_lc.codebook.load_codebook(path).vectors`` (the model never imports the codebook builder).
+        """
         if codebook is None:
             return cls(config)
         if not isinstance(codebook, torch.Tensor):
-            from .codebook import load_codebook
-
-            codebook = load_codebook(codebook).vectors
+            raise CodebookError(
+                f"from_config takes the codebook as an (N, d) tensor, got {type(codebook).__name__}; pass "
+                "load_codebook(path).vectors (vqgan_lc.codebook) or use create_model(name, codebook=path)"
+            )
         if config.quantizer.kind != "lc":
             raise ValueError("a k-means codebook is only used by the 'lc' quantizer")
         config = config.replace(quantizer={"codebook_size": codebook.shape[0], "codebook_dim": codebook.shape[1]})

@@ -51,6 +51,12 @@ def create_model(name: str, codebook: Any = None, **overrides: Any) -> VQGANLC:
     ``codebook`` (optional) is a ``(N, d)`` tensor or a path to a codebook file; N and d then
     override the preset's ``codebook_size``/``codebook_dim``.
     """
+    import torch
+
     from .model import VQGANLC
 
+    if codebook is not None and not isinstance(codebook, torch.Tensor):
+        from .codebook.io import load_codebook
+
+        codebook = load_codebook(codebook).vectors
     return VQGANLC.from_config(get_config(name, **overrides), codebook=codebook)

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     store_dir = args.features_only or args.from_features or args.features_dir or build.default_features_dir(args.out)
     if args.from_features is None:
-        from ..codebook import create_extractor
+        from ..extractors import create_extractor
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         ext = create_extractor(

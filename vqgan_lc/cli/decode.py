@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from ..data import to_uint8
     from ..model import VQGANLC
     from ..tokens import TokenFormatError, check_compatible, open_tokens
 
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for s in range(0, len(rows), args.batch_size):
         batch = list(rows[s : s + args.batch_size])
         ids = torch.from_numpy(tokens[batch].astype(np.int64)).to(device)
-        images = model.decode(ids).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+        images = to_uint8(model.decode(ids))
         for r, img in zip(batch, images.permute(0, 2, 3, 1).cpu().numpy()):
             Image.fromarray(img).save(out / f"{r:08d}.png")
     print(f"wrote {len(rows)} images to {out}")

@@ -85,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import get_config, list_models
+    from ..registry import get_config, list_models
 
     if args.presets or not args.path:
         for name in list_models():

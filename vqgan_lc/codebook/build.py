@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._version import __version__
 from ..data import ImageDataset, ImageList, collate, list_images
 from ..errors import CodebookError
-from .features import FeatureExtractor, as_extractor, pool_features
+from ..extractors import FeatureExtractor, as_extractor, pool_features
+from ..progress import Progress
 from .io import Codebook, save_codebook
 from .kmeans import (
     DEFAULT_MAX_POINTS_PER_CENTROID,
@@ -112,8 +114,6 @@ def _run_extraction(
     num_workers: int,
     progress: bool,
 ) -> None:
-    from tqdm.auto import tqdm
-
     loader = torch.utils.data.DataLoader(
         ImageDataset(images, ext.preprocess),
         batch_sampler=_batches(pending, batch_size),
@@ -129,7 +129,7 @@ def _run_extraction(
     failed: list[tuple[int, str]] = []
     seen = 0
     warned = 0
-    with tqdm(total=total, desc="extracting features", unit="img", disable=not progress) as bar, torch.inference_mode():
+    with Progress(total, "extracting features", enabled=progress) as bar, torch.inference_mode():
         for batch in loader:
             if batch.images is not None:
                 f = pool_features(ext(batch.images.to(device, non_blocking=True)), pool)
@@ -226,8 +226,6 @@ def codebook_from_features(
 
 
 def _provenance_base(store: FeatureStore) -> dict[str, Any]:
-    from .. import __version__
-
     try:
         import faiss
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import CodebookError, InsufficientMemoryError
+from ..progress import progress_iter
 
 log = logging.getLogger(__name__)
 
@@ -340,9 +341,7 @@ def kmeans_per_class(
     load = vectors.__getitem__ if isinstance(vectors, Mapping) else vectors
     t0 = time.perf_counter()
     parts, counts, points, reseeded = [], [], [], 0
-    from tqdm.auto import tqdm
-
-    for name in tqdm(order, desc="k-means per class", unit="class", disable=not progress):
+    for name in progress_iter(order, "k-means per class", enabled=progress, unit="class"):
         x = load(name)
         if isinstance(x, torch.Tensor):
             x = x.detach().cpu().numpy()

@@ -35,23 +35,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_save_safetensors, atomic_write_json, read_format_json
-from ..codebook.features import (
+from .._io import (
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_weights_file,
+    read_format_json,
+    state_dict_sha256,
+)
+from .._io import load_state_dict_strict as _load_strict
+from .._io import sha256_file as file_sha256
+from ..codebook.io import Codebook, load_codebook, save_codebook
+from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..errors import CheckpointError, CodebookError, ExtractorError, ImageShapeError, MissingWeightsError
+from ..extractors.dinov2 import (
     DEFAULT_DINOV2_LAYER,
     DEFAULT_DINOV2_MODEL,
     DINOV2_HUB_TO_TIMM,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DINOv2Extractor,
-    ExtractorError,
-    _load_strict,
     convert_dinov2_state_dict,
-    file_sha256,
-    load_weights_file,
-    state_dict_sha256,
 )
-from ..codebook.io import Codebook, load_codebook, save_codebook
-from ..errors import CheckpointError, CodebookError, ImageShapeError, MissingWeightsError
 from ..quantize.search import nearest_code
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ class DiscriminativeTokenizer(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.spec = spec or ExtractorSpec(model=extractor.model_name, layer=extractor.layer,
-                                          load_size=extractor.preprocess.resize, image_size=extractor.resize_to)
+                                          load_size=extractor.preprocess.resize_to, image_size=extractor.resize_to)
         self._weights_identity = state_dict_sha256(extractor.model)
         dim = self._feature_dim()
         if dim != vectors.shape[1]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import to_uint8
 from ..errors import TokenRangeError
 from .gpt import GPT
 from .sampling import SamplingConfig, generate
@@ -137,7 +138,7 @@ def save_images(images: torch.Tensor, out: str | os.PathLike, labels: torch.Tens
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    arr = images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     paths = []
     for i, img in enumerate(arr):
         y = None if labels is None else int(labels[i])

@@ -15,8 +15,9 @@ from .adversarial import (
     vanilla_d_loss,
 )
 from .discriminator import NLayerDiscriminator
+from .lpips import build_lpips, default_lin_weights, vgg16_trunk_state_dict
 from .objective import LossOutput, VQGANLoss
-from .perceptual import PerceptualLoss, default_lin_weights, vgg16_trunk_state_dict
+from .perceptual import PerceptualLoss
 
 __all__ = [
     "DiscLoss",
@@ -26,6 +27,7 @@ __all__ = [
     "RecLoss",
     "VQGANLoss",
     "adaptive_weight",
+    "build_lpips",
     "default_lin_weights",
     "discriminator_loss",
     "generator_loss",

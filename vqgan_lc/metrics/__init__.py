@@ -6,8 +6,8 @@ Heavy parts (lpips, torchmetrics' Inception) are imported only when their metric
 from ..quantize import CodebookUsage, usage_perplexity
 from .evaluate import EvaluateError, EvaluateMode, EvaluateOptions, evaluate
 from .fid import FID_IMPLEMENTATION, build_fid, read_inception_weights
-from .image import PSNRChannel, psnr, rgb_to_y, ssim, to_uint8, to_unit
-from .perceptual import LPIPSConvention, LPIPSMetric, LPIPSNet, alexnet_trunk_state_dict, default_lin_weights
+from .image import PSNRChannel, psnr, rgb_to_y, ssim, to_unit
+from .perceptual import LPIPSConvention, LPIPSMetric, LPIPSNet
 from .report import computed, not_computed, write_report
 
 __all__ = [
@@ -20,17 +20,14 @@ __all__ = [
     "LPIPSMetric",
     "LPIPSNet",
     "PSNRChannel",
-    "alexnet_trunk_state_dict",
     "build_fid",
     "computed",
-    "default_lin_weights",
     "evaluate",
     "not_computed",
     "psnr",
     "read_inception_weights",
     "rgb_to_y",
     "ssim",
-    "to_uint8",
     "to_unit",
     "usage_perplexity",
     "write_report",

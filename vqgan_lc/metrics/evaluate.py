@@ -27,13 +27,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..codebook.features import Preprocess
-from ..data import ImageDataset, ImageList, ImageSourceError, collate, list_images
+from ..data import ImageDataset, ImageList, ImageSourceError, Preprocessing, collate, list_images, to_uint8
 from ..errors import ImageShapeError, MissingWeightsError, VQGANLCError
 from ..model import VQGANLC
+from ..progress import Progress
 from ..quantize import CodebookUsage
 from .fid import FID_IMPLEMENTATION, build_fid
-from .image import psnr, ssim, to_uint8, to_unit
+from .image import psnr, ssim, to_unit
 from .perceptual import LPIPSConvention, LPIPSMetric
 from .report import REPORT_FORMAT, REPORT_FORMAT_VERSION, computed, not_computed, write_report
 
@@ -239,11 +239,11 @@ def evaluate(
             fid.update(to_uint8(x), real=True)
             fid.update(to_uint8(rec), real=False)
 
-    bar = _progress(progress, (len(images) if images is not None else len(tok)), "evaluate")
+    bar = Progress(len(images) if images is not None else len(tok), "evaluate", enabled=progress)
     with torch.inference_mode():
         if images is not None:
             loader = torch.utils.data.DataLoader(
-                ImageDataset(images, Preprocess(size, (size, size))), batch_size=opts.batch_size, shuffle=False,
+                ImageDataset(images, Preprocessing(size)), batch_size=opts.batch_size, shuffle=False,
                 num_workers=opts.num_workers, collate_fn=collate, pin_memory=dev.type == "cuda",
             )
             for batch in loader:
@@ -261,14 +261,14 @@ def evaluate(
                         ids = enc_timer(lambda x=x: model.encode(x), len(x))
                         usage.update(ids)
                     consume([images.paths[i] for i in batch.indices], x, ids)
-                bar(len(batch.indices) + len(batch.failed))
+                bar.update(len(batch.indices) + len(batch.failed))
         else:
             for s in range(0, len(tok), opts.batch_size):
                 ids = torch.from_numpy(tok[s : s + opts.batch_size].astype(np.int64))
                 usage.update(ids)
                 consume([], None, ids)
-                bar(len(ids))
-    bar(0, close=True)
+                bar.update(len(ids))
+    bar.close()
     # One process sees the whole split, so the histogram is complete without usage.sync().
     if have_data and not per_image:
         raise EvaluateError(f"no readable image under {data} ({len(skipped)} skipped); nothing to evaluate")
@@ -344,28 +344,6 @@ def _lpips_note(convention: LPIPSConvention) -> str:
         return "; inputs in [-1, 1], reconstruction clamped (the lpips authors' convention)"
     return ("; 'official' convention: unclamped reconstruction and pyiqa's normalize=True applied to [-1, 1] "
             "tensors (inputs end in [-3, 1]), as VQGAN-LC's eval_reconstruction.py")
-
-
-def _progress(enabled: bool, total: int, desc: str) -> Callable[..., None]:
-    """``update(n)`` / ``update(0, close=True)``: tqdm when enabled and installed, else nothing."""
-    bar = None
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-        except ImportError:  # pragma: no cover
-            bar = None
-
-    def update(n: int, close: bool = False) -> None:
-        if bar is None:
-            return
-        if n:
-            bar.update(n)
-        if close:
-            bar.close()
-
-    return update
 
 
 __all__ = ["EvaluateError", "EvaluateMode", "EvaluateOptions", "evaluate"]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .._io import load_weights_file
 from ..errors import CheckpointError, MissingWeightsError
 
 FID_FEATURES = 2048
@@ -44,8 +45,6 @@ _REQUIRED = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "fc.weight": (1008, 204
 
 def read_inception_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read and check an Inception-v3 FID weights file without unrestricted pickle; returns the state dict."""
-    from ..codebook.features import load_weights_file
-
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(

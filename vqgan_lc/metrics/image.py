@@ -110,9 +110,4 @@ def to_unit(images: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
     return (images + 1.0) / 2.0
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` float images -> ``uint8`` ``[0, 255]`` (clamped, rounded), what a saved PNG holds."""
-    return images.clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
-
-
-__all__ = ["BT601_Y_WEIGHTS", "PSNRChannel", "psnr", "rgb_to_y", "ssim", "to_uint8", "to_unit"]
+__all__ = ["BT601_Y_WEIGHTS", "PSNRChannel", "psnr", "rgb_to_y", "ssim", "to_unit"]

@@ -12,7 +12,6 @@ import itertools
 import logging
 import os
 import shutil
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,10 +21,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..codebook.features import Preprocess
-from ..data import Batch, ImageDataset, ImageList, collate, draft_size, list_images
+from ..data import Batch, ImageDataset, ImageList, Preprocessing, collate, draft_size, list_images
 from ..errors import VQGANLCError
 from ..model import VQGANLC
+from ..progress import Progress
 from .format import (
     MANIFEST,
     TOKEN_DTYPE,
@@ -195,35 +194,6 @@ def _shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
 
 
-class _Progress:
-    """tqdm when installed, else a log line every few seconds. Shows images/s."""
-
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.bar = None
-        self.total, self.done, self.t0, self.last = total, 0, time.perf_counter(), 0.0
-        self.enabled, self.desc = enabled, desc
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-            except ImportError:
-                pass
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.perf_counter() - self.last > 5:
-            self.last = time.perf_counter()
-            rate = self.done / max(self.last - self.t0, 1e-9)
-            log.info("%s: %d/%d images (%.1f img/s)", self.desc, self.done, self.total, rate)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _encode_shards(
     model: VQGANLC,
     images: ImageList,
@@ -240,7 +210,7 @@ def _encode_shards(
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     order = [i for _, s, e in shards for i in range(s, e)]
     draft = draft_size(opts.image_size) if opts.jpeg_draft else None
-    dataset = ImageDataset(images, Preprocess(opts.image_size, (opts.image_size,) * 2), draft=draft)
+    dataset = ImageDataset(images, Preprocessing(opts.image_size), draft=draft)
     lanes = opts.cpu_parallel_batches if device.type == "cpu" else 0
     if opts.cpu_parallel_batches and not lanes:
         log.info("cpu_parallel_batches applies to a CPU device only; %s uses decoding processes", device)
@@ -251,7 +221,7 @@ def _encode_shards(
     by_source: dict[int, np.ndarray] = {}
     failed: dict[int, str] = {}
     pending = list(shards)
-    bar = _Progress(len(order), f"encode -> {out.name}", progress)
+    bar = Progress(len(order), f"encode -> {out.name}", enabled=progress)
     batches = (_parallel_batches(dataset, order, opts, encode, lanes) if lanes
                else _loader_batches(dataset, order, opts, encode, device))
     try:

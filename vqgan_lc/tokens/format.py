@@ -97,11 +97,6 @@ class TokenFile:
         h, w = self.grid
         return np.stack([self.row(int(i)) for i in rows]) if len(rows) else np.empty((0, h, w), TOKEN_DTYPE)
 
-    @property
-    def ids(self) -> TokenFile:
-        """Alias so ``tokens.ids[i]`` reads naturally."""
-        return self
-
 
 def open_tokens(directory: str | os.PathLike, *, verify: bool = True) -> TokenFile:
     """Open a token directory written by ``vqgan-lc encode``.

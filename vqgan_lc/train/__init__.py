@@ -6,7 +6,7 @@
 """
 
 from .callbacks import ExportModel, ReconstructionGrid, StepProgress, reconstruction_grid
-from .data import CollateImages, ImageDataModule, ImageFolderDataset, write_sample_photos
+from .data import CollateImages, ImageDataModule, ImageFolderDataset
 from .module import VQGANLCModule, export_checkpoint
 from .schedule import lr_factor
 
@@ -21,5 +21,4 @@ __all__ = [
     "export_checkpoint",
     "lr_factor",
     "reconstruction_grid",
-    "write_sample_photos",
 ]

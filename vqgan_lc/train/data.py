@@ -3,7 +3,9 @@
 Transforms follow the official code: the shortest side is resized to ``S`` (here bicubic with PIL's
 antialiasing; albumentations' ``SmallestMaxSize`` in the official code is bilinear) and a random
 ``S x S`` crop is taken for training (optionally flipped; the official code never flips); validation
-uses a center crop. Pixels map to [-1, 1] as ``x / 127.5 - 1``.
+uses a center crop. Pixels map to [-1, 1]. The resize, the center crop and the pixel mapping are the
+package's one rule, ``vqgan_lc.data.Preprocessing`` (the longer side truncated, the crop offset rounded),
+so a validation image is exactly what ``vqgan-lc encode`` and ``evaluate`` feed the model.
 
 Determinism: the order of an epoch and every crop/flip depend only on ``(seed, epoch, image
 index)``, never on a global RNG, the number of workers or a resume. The data module also records
@@ -22,9 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,26 +33,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..data import ImageList, ImageSourceError, list_images, load_rgb
+from ..data import ImageList, ImageSourceError, Preprocessing, list_images, load_rgb
 
 log = logging.getLogger(__name__)
 
 PAD = -1  # sampler index of a padding slot (validation shards of equal length)
-
-
-def _resize_shortest(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    if (nw, nh) == (w, h):
-        return img
-    return img.resize((nw, nh), Image.BICUBIC)
-
-
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> ``(3, H, W)`` float32 in [-1, 1] (``x / 127.5 - 1``, as the official code)."""
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
 
 class ImageFolderDataset(Dataset):
@@ -65,6 +50,7 @@ class ImageFolderDataset(Dataset):
     def __init__(self, images: ImageList, image_size: int, *, train: bool, flip: bool = False, seed: int = 0) -> None:
         self.images = images
         self.image_size = image_size
+        self.preprocess = Preprocessing(image_size)
         self.train = train
         self.flip = flip
         self.seed = seed
@@ -82,19 +68,19 @@ class ImageFolderDataset(Dataset):
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             msg = str(e).splitlines()[0] if str(e) else "unreadable image"
             return {"failed": (rel, f"{type(e).__name__}: {msg}"), "cursor": (epoch, pos)}
-        s = self.image_size
-        img = _resize_shortest(img, s)
-        w, h = img.size
+        pre = self.preprocess
+        img = pre.resize_image(img)
         if self.train:
+            s = self.image_size
+            w, h = img.size
             rng = np.random.default_rng([self.seed, epoch, idx])
             x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
-            flip = self.flip and bool(rng.random() < 0.5)
+            img = img.crop((x, y, x + s, y + s))
+            if self.flip and bool(rng.random() < 0.5):
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
         else:
-            x, y, flip = (w - s) // 2, (h - s) // 2, False
-        img = img.crop((x, y, x + s, y + s))
-        if flip:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return {"image": to_tensor(img), "label": self.images.labels[idx], "path": rel, "cursor": (epoch, pos)}
+            img = pre.crop_image(img)
+        return {"image": pre.to_tensor(img), "label": self.images.labels[idx], "path": rel, "cursor": (epoch, pos)}
 
 
 class CollateImages:
@@ -360,32 +346,3 @@ def _subset(images: ImageList, idx: Sequence[int]) -> ImageList:
         classes=images.classes,
     )
 
-
-def write_sample_photos(
-    directory: str | os.PathLike, names: Sequence[str] | None = None, max_side: int | None = 512
-) -> list[Path]:
-    """Write scikit-image's bundled photographs as JPEGs into ``directory`` (the offline demo's data).
-
-    Images larger than ``max_side`` are downscaled (bicubic) so that decoding stays cheap next to a
-    tiny model's step (retina is 1411 x 1411); ``None`` keeps the originals. Needs ``scikit-image``
-    (in the ``dev`` extra). Returns the written paths.
-    """
-    try:
-        import skimage.data
-    except ImportError as e:  # pragma: no cover
-        raise ImportError("write_sample_photos needs scikit-image: pip install scikit-image") from e
-    names = names or ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in names:
-        arr = getattr(skimage.data, name)()
-        if arr.ndim == 2:
-            arr = np.stack([arr] * 3, -1)
-        p = out / f"{name}.jpg"
-        img = Image.fromarray(np.ascontiguousarray(arr[..., :3]))
-        if max_side is not None:
-            img.thumbnail((max_side, max_side), Image.BICUBIC)
-        img.save(p, quality=95)
-        paths.append(p)
-    return paths

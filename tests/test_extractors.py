@@ -13,21 +13,22 @@ from conftest import photo
 from PIL import Image
 from torch import nn
 
-from vqgan_lc.codebook import (
+from vqgan_lc._io import sha256_file
+from vqgan_lc.data import Preprocessing
+from vqgan_lc.errors import CheckpointError, MissingWeightsError
+from vqgan_lc.extractors import (
     ClipExtractor,
     DINOv2Extractor,
     ExtractorError,
     ModuleExtractor,
     PixelExtractor,
-    Preprocess,
     as_extractor,
+    convert_dinov2_state_dict,
     create_extractor,
     load_clip,
     load_dinov2,
     pool_features,
 )
-from vqgan_lc.codebook.features import convert_dinov2_state_dict, file_sha256
-from vqgan_lc.errors import CheckpointError, MissingWeightsError
 
 VISION = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32}
 TEXT = {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
@@ -55,7 +56,7 @@ def tiny_dinov2(seed: int = 0, img_size: int = 56, reg_tokens: int = 4, depth: i
     ).eval()
 
 
-def batch(pre: Preprocess, names=("astronaut", "coffee")) -> torch.Tensor:
+def batch(pre: Preprocessing, names=("astronaut", "coffee")) -> torch.Tensor:
     return torch.stack([pre(pil(n)) for n in names])
 
 
@@ -63,7 +64,7 @@ def batch(pre: Preprocess, names=("astronaut", "coffee")) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["coffee", "rocket", "astronaut"])
 def test_preprocess_equals_clips_own_transform(name):
     open_clip = pytest.importorskip("open_clip")
-    ours = Preprocess(224, (224, 224), mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+    ours = Preprocessing(224, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
     theirs = open_clip.image_transform(224, is_train=False)
     img = pil(name)
     a, b = ours(img), theirs(img)
@@ -73,7 +74,7 @@ def test_preprocess_equals_clips_own_transform(name):
 
 def test_preprocess_crop_is_centered_on_non_square_images():
     img = pil("rocket")  # 427 x 640 (h x w)
-    x = Preprocess(100, (100, 100))(img)
+    x = Preprocessing(100)(img)
     ref = np.asarray(img.resize((int(100 * 640 / 427), 100), Image.BICUBIC), dtype=np.float32)
     left = int(round((ref.shape[1] - 100) / 2))
     expect = torch.from_numpy(ref[:, left : left + 100] / 255.0 * 2 - 1).permute(2, 0, 1)
@@ -168,7 +169,7 @@ def test_clip_checkpoint_loaded_by_path_matches_the_in_memory_model(tmp_path, fm
     x = batch(ref.preprocess, ("chelsea", "hubble_deep_field"))
     assert torch.equal(loaded(x), ref(x))
     d = loaded.describe()
-    assert d["weights"] == weights.name and d["weights_sha256"] == file_sha256(weights)
+    assert d["weights"] == weights.name and d["weights_sha256"] == sha256_file(weights)
     assert d["model"] == "tiny-clip" and d["image_size"] == [32, 32]
 
 
@@ -274,7 +275,7 @@ def test_dinov2_loaded_by_path_matches_the_in_memory_model(tmp_path, monkeypatch
     ref = DINOv2Extractor(model, layer=-3, load_size=64, image_size=56)
     x = batch(ref.preprocess, ("coffee", "retina"))
     assert torch.allclose(loaded(x), ref(x), atol=1e-6)
-    assert loaded.describe()["weights_sha256"] == file_sha256(weights)
+    assert loaded.describe()["weights_sha256"] == sha256_file(weights)
 
 
 def test_dinov2_official_position_embedding_is_resampled_like_dinov2():
