@@ -13,8 +13,8 @@ from conftest import tiny_model, write_photo_folder
 
 from vqgan_lc.cli.main import main
 from vqgan_lc.codebook import Codebook, PixelExtractor, extract_features, save_codebook
-from vqgan_lc.generate import GPT, DiscriminativeTokenizer, GPTConfig
-from vqgan_lc.generate.digit import ExtractorSpec, build_dinov2
+from vqgan_lc.digit import DiscriminativeTokenizer, ExtractorSpec, build_dinov2
+from vqgan_lc.generate import GPT, GPTConfig
 from vqgan_lc.tokens import EncodeOptions, encode_dataset
 
 ARCH = "vit_small_patch14_reg4_dinov2"

@@ -17,11 +17,13 @@ from .errors import (
     ImageSourceError,
     MissingWeightsError,
     TokenRangeError,
+    UnknownFormatError,
     VQGANLCError,
 )
 from .model import VQGANLC, ModelOutput
 from .quantize import CodebookUsage, QuantizerOutput, nearest_code
 from .registry import create_model, get_config, list_models
+from .tokenizer import Decoder, Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "CodebookError",
     "CodebookUsage",
+    "Decoder",
     "FormatVersionError",
     "ImageShapeError",
     "ImageSourceError",
@@ -38,10 +41,13 @@ __all__ = [
     "QuantizerConfig",
     "QuantizerOutput",
     "TokenRangeError",
+    "Tokenizer",
+    "UnknownFormatError",
     "VQGANLC",
     "VQGANLCError",
     "create_model",
     "get_config",
     "list_models",
+    "load_tokenizer",
     "nearest_code",
 ]
