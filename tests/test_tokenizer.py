@@ -1,4 +1,4 @@
-"""The front door: ``Tokenizer``/``Decoder`` protocols, ``load_tokenizer`` on every kind, save -> load round
+"""The front door: ``Tokenizer``/``DecodingTokenizer`` protocols, ``load_tokenizer`` on every kind, save -> load round
 trips (same ids, same config hash), the preprocessing block, provenance set in constructors, and old
 directories written before the block existed."""
 
@@ -20,7 +20,7 @@ from vqgan_lc.digit import DiscriminativeTokenizer
 from vqgan_lc.generate import GPT, GPTConfig
 from vqgan_lc.pretrained import PretrainedMixin
 from vqgan_lc.tokenizer import (
-    Decoder,
+    DecodingTokenizer,
     Tokenizer,
     check_preprocessing,
     default_preprocessing,
@@ -44,8 +44,8 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # ----------------------------------------------------------------------------------------- the protocols
 def test_both_tokenizers_satisfy_the_protocol_and_only_vqgan_lc_decodes() -> None:
     model, digit = tiny_model(), tiny_digit_tokenizer()
-    assert isinstance(model, Tokenizer) and isinstance(model, Decoder)
-    assert isinstance(digit, Tokenizer) and not isinstance(digit, Decoder)
+    assert isinstance(model, Tokenizer) and isinstance(model, DecodingTokenizer)
+    assert isinstance(digit, Tokenizer) and not isinstance(digit, DecodingTokenizer)
     gpt = GPT(GPTConfig(n_codes=8, grid=(2, 2), n_layer=1, n_head=1, n_embd=8))
     assert not isinstance(gpt, Tokenizer)
     assert (model.kind, digit.kind) == ("vqgan-lc", "digit")

@@ -23,7 +23,7 @@ from .errors import (
 from .model import VQGANLC, ModelOutput
 from .quantize import CodebookUsage, QuantizerOutput, nearest_code
 from .registry import create_model, get_config, list_models
-from .tokenizer import Decoder, Tokenizer, load_tokenizer
+from .tokenizer import DecodingTokenizer, Tokenizer, load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -31,7 +31,7 @@ __all__ = [
     "CheckpointError",
     "CodebookError",
     "CodebookUsage",
-    "Decoder",
+    "DecodingTokenizer",
     "FormatVersionError",
     "ImageShapeError",
     "ImageSourceError",

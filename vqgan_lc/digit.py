@@ -8,7 +8,7 @@ each of the 16 x 16 patch features is assigned to the nearest of K = 8192 centro
 Euclidean distance. The ids are not decodable by themselves; a second-stage GPT maps them to a
 pixel tokenizer's ids (``vqgan_lc.generate.pipeline``).
 
-``DiscriminativeTokenizer`` is a ``vqgan_lc.tokenizer.Tokenizer`` (not a ``Decoder``), so
+``DiscriminativeTokenizer`` is a ``vqgan_lc.tokenizer.Tokenizer`` (not a ``DecodingTokenizer``), so
 ``vqgan-lc encode --tokenizer digit`` writes the usual token directory and ``load_tokenizer`` opens
 its directory.
 

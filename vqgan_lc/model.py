@@ -38,7 +38,7 @@ class ModelOutput:
 
 
 class VQGANLC(PretrainedMixin, nn.Module):
-    """A VQGAN with a (by default) VQGAN-LC quantizer; a ``vqgan_lc.tokenizer.Decoder``.
+    """A VQGAN with a (by default) VQGAN-LC quantizer; a ``vqgan_lc.tokenizer.DecodingTokenizer``.
 
     Images are ``(B, 3, H, W)`` floats in ``[-1, 1]`` with H and W multiples of
     ``downsample_factor``; token ids are ``(B, H/f, W/f)`` int64 in ``[0, codebook_size)``.

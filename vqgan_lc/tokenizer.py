@@ -12,7 +12,7 @@ Every image tokenizer of vqgan-lc (``VQGANLC``, the DiGIT ``DiscriminativeTokeni
 * ``encode(images (B, 3, H, W) in [-1, 1]) -> ids (B, h, w) int64``;
 * ``save_pretrained(directory)``: a directory ``load_tokenizer`` opens again.
 
-A ``Decoder`` is a tokenizer whose ids map back to pixels: ``decode(ids (B, h, w)) -> (B, 3, H, W)``
+A ``DecodingTokenizer`` is a tokenizer whose ids map back to pixels: ``decode(ids (B, h, w)) -> (B, 3, H, W)``
 in [-1, 1] (``VQGANLC``; DiGIT's ids are not decodable by themselves).
 
 The preprocessing dict (``config.json``'s ``"preprocessing"`` block)::
@@ -101,7 +101,7 @@ class Tokenizer(Protocol):
 
 
 @runtime_checkable
-class Decoder(Tokenizer, Protocol):
+class DecodingTokenizer(Tokenizer, Protocol):
     """A tokenizer whose ids decode back to images."""
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
@@ -144,7 +144,7 @@ def tokenizer_identity(tok: Tokenizer) -> dict[str, Any]:
 
 __all__ = [
     "PREPROCESSING_DEFAULTS",
-    "Decoder",
+    "DecodingTokenizer",
     "Tokenizer",
     "TokenizerKind",
     "check_preprocessing",

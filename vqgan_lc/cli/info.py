@@ -13,10 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import UnknownFormatError
-from ..formats import NONE_OF_THEM, Description, describe
+from ..formats import NONE_OF_THEM, describe
 
-__all__ = ["Description", "UnknownFormatError", "add_arguments", "describe", "run"]
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TokenRangeError
-from ..tokenizer import Decoder
+from ..tokenizer import DecodingTokenizer
 from .gpt import GPT
 from .sampling import SamplingConfig, generate
 
@@ -46,7 +46,7 @@ def _labels(labels: int | Sequence[int] | torch.Tensor | None, n: int) -> torch.
     return t.expand(n).clone() if t.numel() == 1 else t
 
 
-def _check_decoder(gpt: GPT, decoder: Decoder) -> None:
+def _check_decoder(gpt: GPT, decoder: DecodingTokenizer) -> None:
     size = decoder.codebook_size
     if gpt.config.n_codes > size:
         raise TokenRangeError(f"the GPT samples ids in [0, {gpt.config.n_codes}) but the tokenizer has {size} codes; "
@@ -64,7 +64,7 @@ def _gpt_labels(gpt: GPT, labels: torch.Tensor) -> torch.Tensor | None:
 @torch.no_grad()
 def sample_images(
     gpt: GPT,
-    decoder: Decoder,
+    decoder: DecodingTokenizer,
     *,
     n: int = 16,
     labels: int | Sequence[int] | torch.Tensor | None = None,
@@ -94,7 +94,7 @@ def sample_images(
 def sample_two_stage(
     stage1: GPT,
     stage2: GPT,
-    decoder: Decoder,
+    decoder: DecodingTokenizer,
     *,
     n: int = 16,
     labels: int | Sequence[int] | torch.Tensor | None = None,
