@@ -112,3 +112,23 @@ def tiny_model(seed: int = 0, **overrides):  # noqa: ANN001, ANN201
 
     torch.manual_seed(seed)
     return create_model("tiny", codebook=torch.randn(512, 768) * 0.03, **overrides).eval()
+
+
+TINY_DINOV2_ARCH = "vit_small_patch14_reg4_dinov2"
+TINY_DINOV2 = dict(embed_dim=48, depth=6, num_heads=3)  # DINOv2-shaped: patch 14, 4 registers
+
+
+def tiny_digit_tokenizer(k: int = 32, seed: int = 0):  # noqa: ANN201
+    """A DiGIT tokenizer over a random-weight 6-block DINOv2-shaped ViT (48-d) and ``k`` random centroids
+    (weights kept in memory, so ``save_pretrained`` embeds them)."""
+    import timm
+
+    from vqgan_lc.codebook import Codebook
+    from vqgan_lc.digit import DiscriminativeTokenizer, ExtractorSpec, build_dinov2
+
+    torch.manual_seed(seed)
+    spec = ExtractorSpec(model=TINY_DINOV2_ARCH, model_kwargs=TINY_DINOV2)
+    vit = timm.create_model(TINY_DINOV2_ARCH, pretrained=False, img_size=224, num_classes=0, **TINY_DINOV2)
+    ext = build_dinov2(spec, vit.state_dict())
+    centroids = Codebook(torch.randn(k, 48), {"extractor": "dinov2", "extractor_info": {"block_index": 3, "depth": 6}})
+    return DiscriminativeTokenizer(ext, centroids, spec=spec)

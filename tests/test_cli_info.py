@@ -9,17 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, write_photo_folder
+from conftest import TINY_DINOV2_ARCH, tiny_digit_tokenizer, tiny_model, write_photo_folder
 
 from vqgan_lc.cli.main import main
-from vqgan_lc.codebook import Codebook, extract_features, save_codebook
+from vqgan_lc.codebook import extract_features, save_codebook
+from vqgan_lc.digit import DiscriminativeTokenizer
 from vqgan_lc.extractors import PixelExtractor
-from vqgan_lc.generate import GPT, DiscriminativeTokenizer, GPTConfig
-from vqgan_lc.generate.digit import ExtractorSpec, build_dinov2
+from vqgan_lc.generate import GPT, GPTConfig
 from vqgan_lc.tokens import EncodeOptions, encode_dataset
 
-ARCH = "vit_small_patch14_reg4_dinov2"
-TINY_VIT = dict(embed_dim=48, depth=6, num_heads=3)  # DINOv2-shaped: patch 14, 4 registers
+ARCH = TINY_DINOV2_ARCH
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -95,14 +94,7 @@ def test_gpt_directory_sizes_conditioning_and_parameters(tmp_path: Path, capsys)
 
 # ----------------------------------------------------------------------------------------- DiGIT
 def _digit_tokenizer(k: int = 32) -> DiscriminativeTokenizer:
-    torch.manual_seed(0)
-    spec = ExtractorSpec(model=ARCH, model_kwargs=TINY_VIT)
-    import timm
-
-    vit = timm.create_model(ARCH, pretrained=False, img_size=224, num_classes=0, **TINY_VIT)
-    ext = build_dinov2(spec, vit.state_dict())
-    centroids = Codebook(torch.randn(k, 48), {"extractor": "dinov2", "extractor_info": {"block_index": 3, "depth": 6}})
-    return DiscriminativeTokenizer(ext, centroids, spec=spec)
+    return tiny_digit_tokenizer(k)
 
 
 def test_digit_directory_backbone_layer_k_and_weights(tmp_path: Path, capsys) -> None:  # noqa: ANN001

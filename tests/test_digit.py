@@ -17,9 +17,10 @@ from vqgan_lc import CheckpointError, CodebookError, FormatVersionError
 from vqgan_lc.cli.main import main
 from vqgan_lc.codebook import build_codebook, save_codebook
 from vqgan_lc.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, list_images, load_rgb
-from vqgan_lc.generate import GPT, DiscriminativeTokenizer, GPTConfig, sample_two_stage
-from vqgan_lc.generate.digit import ExtractorSpec, build_dinov2
-from vqgan_lc.tokens import EncodeOptions, encode_dataset, load_tokenizer, open_tokens
+from vqgan_lc.digit import DiscriminativeTokenizer, ExtractorSpec, build_dinov2
+from vqgan_lc.generate import GPT, GPTConfig, sample_two_stage
+from vqgan_lc.tokenizer import load_tokenizer
+from vqgan_lc.tokens import EncodeOptions, encode_dataset, open_tokens
 
 ARCH = "vit_small_patch14_reg4_dinov2"
 TINY_VIT = dict(embed_dim=48, depth=6, num_heads=3, init_values=1.0)  # DINOv2-shaped: patch 14, 4 registers;

@@ -16,9 +16,8 @@ import yaml
 from conftest import write_photo_folder
 
 from vqgan_lc.cli.main import main
-from vqgan_lc.codebook.features import Preprocess
 from vqgan_lc.convert_mage import convert_mage, infer_mage_config, load_mage_checkpoint, mage_config_from_yaml
-from vqgan_lc.data import list_images, load_rgb
+from vqgan_lc.data import Preprocessing, list_images, load_rgb
 from vqgan_lc.errors import CheckpointError, FormatVersionError, ImageShapeError, TokenRangeError
 from vqgan_lc.mage import MAGE_FORMAT, MAGEVQGAN, MAGEConfig
 from vqgan_lc.quantize.search import full_matrix_nearest_code
@@ -318,7 +317,7 @@ def test_the_dataset_encoder_takes_a_mage_model(tmp_path: Path) -> None:
     assert manifest["tokenizer"] == {"kind": "mage-vqgan", "config_hash": model.config_hash(), "codebook_size": 64,
                                      "downsample_factor": 2}
     images = list_images(tmp_path / "photos")
-    pre = Preprocess(32, (32, 32))
+    pre = Preprocessing(32)
     x = torch.stack([pre(load_rgb(tmp_path / "photos" / p)) for p in images.paths])
     assert float(x.min()) < -0.5 and float(x.max()) > 0.5  # the pipeline feeds [-1, 1]
     expected = model.encode(x).numpy()

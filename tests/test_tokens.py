@@ -88,10 +88,10 @@ def test_killed_run_resumes_byte_identical(photos: Path, model_dir: Path, tmp_pa
     code = (
         "import sys; from vqgan_lc.tokens import encode_dataset, EncodeOptions\n"
         "import vqgan_lc.tokens.encode as e, time\n"
-        "w = e._write_shard\n"
+        "w = e.write_shard\n"
         "def slow(*a, **k):\n"
         "    w(*a, **k); time.sleep(30)\n"
-        "e._write_shard = slow\n"
+        "e.write_shard = slow\n"
         f"encode_dataset({str(model_dir)!r}, {str(photos)!r}, {str(broken)!r}, "
         "options=EncodeOptions(image_size=64, batch_size=4, num_workers=0, shard_size=4), progress=False)\n"
     )

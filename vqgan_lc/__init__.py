@@ -18,17 +18,20 @@ from .errors import (
     ImageSourceError,
     MissingWeightsError,
     TokenRangeError,
+    UnknownFormatError,
     VQGANLCError,
 )
 from .model import VQGANLC, ModelOutput
 from .quantize import CodebookUsage, QuantizerOutput, nearest_code
 from .registry import create_model, get_config, list_models
+from .tokenizer import DecodingTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
     "__version__",
     "CheckpointError",
     "CodebookError",
     "CodebookUsage",
+    "DecodingTokenizer",
     "FormatVersionError",
     "ImageShapeError",
     "ImageSourceError",
@@ -38,10 +41,13 @@ __all__ = [
     "QuantizerConfig",
     "QuantizerOutput",
     "TokenRangeError",
+    "Tokenizer",
+    "UnknownFormatError",
     "VQGANLC",
     "VQGANLCError",
     "create_model",
     "get_config",
     "list_models",
+    "load_tokenizer",
     "nearest_code",
 ]

@@ -151,12 +151,12 @@ def convert_official(
 
     config = config.replace(embed_dim=embed_dim, quantizer={"kind": "lc", "codebook_size": n_codes,
                                                              "codebook_dim": int(cb.shape[1])})
-    model = VQGANLC(config)
-    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
-                                  source=str(checkpoint))
-    model.provenance = {
+    provenance = {
         "converted_from": Path(checkpoint).name,
         "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))},
         "codebook_file": Path(codebook).name if codebook is not None else None,
     }
+    model = VQGANLC(config, provenance=provenance)
+    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
+                                  source=str(checkpoint))
     return model.eval()

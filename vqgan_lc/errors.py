@@ -19,6 +19,10 @@ class FormatVersionError(VQGANLCError, ValueError):
     """A file written by an unknown (usually newer) format version."""
 
 
+class UnknownFormatError(VQGANLCError, ValueError):
+    """A path that is none of the on-disk formats of ``vqgan_lc.formats``."""
+
+
 class CheckpointError(VQGANLCError, ValueError):
     """A weights file that is corrupt, of another shape, or not of the expected kind."""
 

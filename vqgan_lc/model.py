@@ -1,23 +1,27 @@
-"""``VQGANLC``: encoder -> quant_conv -> quantizer -> post_quant_conv -> decoder."""
+"""``VQGANLC``: encoder -> quant_conv -> quantizer -> post_quant_conv -> decoder.
+
+Directory (``format: vqgan-lc-model``, version 1): ``config.json`` (``format``, ``format_version``,
+``weights`` (``full`` / ``inference``), ``config`` (the ``ModelConfig``), ``preprocessing`` (how images
+were prepared: see ``vqgan_lc.tokenizer``; directories written before it existed get the default for
+the model's resolution) and ``provenance``) plus ``model.safetensors``.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from ._io import CONFIG_NAME as CONFIG_NAME
-from ._io import WEIGHTS_NAME as WEIGHTS_NAME
-from ._io import load_weights_dir, save_weights_dir, state_dict_mismatch
+from ._io import state_dict_mismatch
 from .config import ModelConfig
 from .errors import CheckpointError, CodebookError, ImageShapeError, TokenRangeError
+from .formats import Description, millions
 from .nn import Decoder, Encoder
+from .pretrained import PretrainedMixin
 from .quantize import (
     CodebookQuantizer,
     LCQuantizer,
@@ -25,6 +29,7 @@ from .quantize import (
     QuantizerOutput,
     build_quantizer,
 )
+from .tokenizer import check_preprocessing, default_preprocessing
 
 MODEL_FORMAT = "vqgan-lc-model"
 MODEL_FORMAT_VERSION = 1
@@ -38,16 +43,34 @@ class ModelOutput:
     quantizer: QuantizerOutput
 
 
-class VQGANLC(nn.Module):
-    """A VQGAN with a (by default) VQGAN-LC quantizer.
+class VQGANLC(PretrainedMixin, nn.Module):
+    """A VQGAN with a (by default) VQGAN-LC quantizer; a ``vqgan_lc.tokenizer.DecodingTokenizer``.
 
     Images are ``(B, 3, H, W)`` floats in ``[-1, 1]`` with H and W multiples of
     ``downsample_factor``; token ids are ``(B, H/f, W/f)`` int64 in ``[0, codebook_size)``.
+
+    Args:
+        config: the architecture.
+        inference_only: keep only the projected ``(N, D')`` codes (an inference export).
+        provenance: where the weights came from (written to ``config.json``).
+        preprocessing: how images are prepared for ``encode`` (the dict of ``vqgan_lc.tokenizer``);
+            default: resize the shorter side bicubically to ``config.resolution``, centre crop, [-1, 1].
     """
 
-    def __init__(self, config: ModelConfig, *, inference_only: bool = False) -> None:
+    kind: ClassVar[Literal["vqgan-lc"]] = "vqgan-lc"
+    FORMAT: ClassVar[str] = MODEL_FORMAT
+    FORMAT_VERSION: ClassVar[int] = MODEL_FORMAT_VERSION
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    WHAT: ClassVar[str] = "vqgan-lc model"
+    LOAD_HINT: ClassVar[str] = "official .pth checkpoints are converted with `vqgan-lc convert`"
+
+    def __init__(self, config: ModelConfig, *, inference_only: bool = False,
+                 provenance: dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
+        self.provenance = dict(provenance or {})
+        self._preprocessing = check_preprocessing(preprocessing) if preprocessing is not None \
+            else default_preprocessing(config.resolution)
         common = dict(
             ch=config.ch,
             ch_mult=config.ch_mult,
@@ -65,14 +88,15 @@ class VQGANLC(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: ModelConfig, codebook: torch.Tensor | None = None) -> VQGANLC:
+    def from_config(cls, config: ModelConfig, codebook: torch.Tensor | None = None, *,
+                    provenance: dict[str, Any] | None = None) -> VQGANLC:
         """Random weights; ``codebook`` (an ``(N, d)`` tensor) fills the frozen LC codebook and fixes N, d.
 
         A codebook *file* is read by ``vqgan_lc.create_model(name, codebook=path)`` or
         ``vqgan_lc.codebook.load_codebook(path).vectors`` (the model never imports the codebook builder).
         """
         if codebook is None:
-            return cls(config)
+            return cls(config, provenance=provenance)
         if not isinstance(codebook, torch.Tensor):
             raise CodebookError(
                 f"from_config takes the codebook as an (N, d) tensor, got {type(codebook).__name__}; pass "
@@ -81,7 +105,7 @@ class VQGANLC(nn.Module):
         if config.quantizer.kind != "lc":
             raise ValueError("a k-means codebook is only used by the 'lc' quantizer")
         config = config.replace(quantizer={"codebook_size": codebook.shape[0], "codebook_dim": codebook.shape[1]})
-        model = cls(config)
+        model = cls(config, provenance=provenance)
         model.quantize.set_codebook(codebook)
         return model
 
@@ -97,9 +121,16 @@ class VQGANLC(nn.Module):
     def inference_only(self) -> bool:
         return isinstance(self.quantize, ProjectedCodebookQuantizer)
 
-    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """How images are prepared for ``encode`` (a copy): ``image_size``, ``resize``, ``interpolation``,
+        ``crop``, ``range``; ``vqgan-lc encode`` defaults to it."""
+        return dict(self._preprocessing)
+
+    def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
+        """Token grid ``(h, w)`` of a ``height x width`` image (``width`` defaults to ``height``)."""
         f = self.downsample_factor
-        return height // f, width // f
+        return height // f, (height if width is None else width) // f
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, x: torch.Tensor) -> None:
@@ -166,10 +197,8 @@ class VQGANLC(nn.Module):
         return ModelOutput(reconstruction=self.decode_latents(q.z_q), quantizer=q)
 
     # ------------------------------------------------------------------ files
-    def config_hash(self) -> str:
-        """A short hash of the architecture (what token files record to refuse a mismatched model)."""
-        blob = json.dumps(self.config.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+    def _config_extra(self) -> dict[str, Any]:
+        return {"weights": "inference" if self.inference_only else "full", "preprocessing": self.preprocessing}
 
     def save_pretrained(
         self, directory: str | os.PathLike, *, inference_only: bool = False, provenance: dict[str, Any] | None = None
@@ -178,36 +207,26 @@ class VQGANLC(nn.Module):
 
         ``inference_only=True`` keeps only the projected ``(N, D')`` codes instead of the raw
         codebook and projector; the loaded model encodes and decodes identically but cannot train.
+        An inference-only model always saves as one. ``provenance`` replaces ``self.provenance`` in the file.
         """
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        export = inference_only or self.inference_only
-        if inference_only and not self.inference_only:
-            if not isinstance(self.quantize, LCQuantizer):
-                raise ValueError("inference-only export exists for the 'lc' quantizer only")
-            for k in [k for k in state if k.startswith("quantize.")]:
-                del state[k]
-            state["quantize.projected"] = self.quantize.projected_codebook().cpu().contiguous()
-        meta = {
-            "format": MODEL_FORMAT,
-            "format_version": MODEL_FORMAT_VERSION,
-            "weights": "inference" if export else "full",
-            "config": self.config.to_dict(),
-            "provenance": provenance or getattr(self, "provenance", {}) or {},
-        }
-        return save_weights_dir(directory, meta, state)
+        if not inference_only or self.inference_only:
+            return super().save_pretrained(directory, provenance=provenance)
+        if not isinstance(self.quantize, LCQuantizer):
+            raise ValueError("inference-only export exists for the 'lc' quantizer only")
+        state = {k: v for k, v in self._state_to_save().items() if not k.startswith("quantize.")}
+        state["quantize.projected"] = self.quantize.projected_codebook().detach().cpu().contiguous()
+        return self._write_pretrained(directory, state, {**self._config_extra(), "weights": "inference"}, provenance)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> VQGANLC:
-        """Load a model directory written by ``save_pretrained`` (or ``vqgan-lc convert``)."""
-        meta, config, state, w_path = load_weights_dir(
-            directory, MODEL_FORMAT, MODEL_FORMAT_VERSION, ModelConfig.from_dict, what="vqgan-lc model",
-            hint="official .pth checkpoints are converted with `vqgan-lc convert`",
-            upgrade="Upgrade vqgan-lc (pip install -U vqgan-lc) to load it.", device=str(map_location),
-        )
-        model = cls(config, inference_only=meta.get("weights") == "inference")
-        model.load_state_dict_checked(state, source=str(w_path))
-        model.provenance = meta.get("provenance", {})
-        return model.to(map_location).eval()
+    def _build_loaded(cls, config: ModelConfig, meta: dict[str, Any], directory: Path) -> VQGANLC:
+        pre = meta.get("preprocessing")
+        if pre is not None:
+            try:
+                pre = check_preprocessing(pre)
+            except ValueError as e:
+                raise CheckpointError(f"{directory / 'config.json'} has an invalid preprocessing block: {e}") from e
+        return cls(config, inference_only=meta.get("weights") == "inference",
+                   provenance=meta.get("provenance") or {}, preprocessing=pre)
 
     def load_state_dict_checked(self, state: dict[str, torch.Tensor], *, source: str) -> None:
         """``load_state_dict`` that names every missing, unexpected or mis-shaped key in one error."""
@@ -215,3 +234,24 @@ class VQGANLC(nn.Module):
         if problem:
             raise CheckpointError(f"{source} does not fit this model config: {problem}")
         self.load_state_dict(state)
+
+
+def describe(path: Path) -> Description:
+    """``vqgan-lc info`` of a model directory: quantizer, sizes, weights kind, parameters, config hash."""
+    model = VQGANLC.from_pretrained(path)
+    c = model.config
+    q = c.quantizer
+    fields = {
+        "quantizer": q.kind,
+        "codebook_size": q.codebook_size,
+        "codebook_dim": q.codebook_dim,
+        "embed_dim": c.embed_dim,
+        "downsample_factor": c.downsample_factor,
+        "resolution": c.resolution,
+        "image_size": model.preprocessing["image_size"],
+        "weights": "inference (projected codes only)" if model.inference_only else "full",
+        "parameters": millions(sum(p.numel() for p in model.parameters())),
+        "config_hash": model.config_hash(),
+    }
+    return Description("model directory", MODEL_FORMAT, MODEL_FORMAT_VERSION, fields,
+                       {"config": c.to_dict(), "preprocessing": model.preprocessing, "provenance": model.provenance})

@@ -11,6 +11,7 @@ config.json; ``--tokenizer`` checks the kind). A DiGIT tokenizer can also be ass
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file-list", help="text file of 'relative/path[,label]' lines under --data (instead of a walk)")
     p.add_argument("--out", required=True, help="token directory to write (resumable)")
     p.add_argument("--image-size", type=int,
-                   help="short side resized then center-cropped (default: the model's; 256 for DiGIT)")
+                   help="short side resized then center-cropped (default: the image_size of the tokenizer's "
+                        "preprocessing; 256 for DiGIT)")
     p.add_argument("--jpeg-draft", action="store_true",
                    help="decode JPEGs at 1/2, 1/4 or 1/8 scale (short side kept >= 2x --image-size) before the resize: "
                         "much faster for large files, slightly different pixels and ids; recorded in the manifest")
@@ -50,15 +52,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device for a single-process run (default: cuda if available)")
 
 
-def load_cli_tokenizer(args: argparse.Namespace):  # noqa: ANN201
+if TYPE_CHECKING:
+    from ..tokenizer import Tokenizer
+
+
+def load_cli_tokenizer(args: argparse.Namespace) -> Tokenizer:
     """The tokenizer named by ``--model`` / ``--tokenizer`` / ``--codebook`` (checked against ``--tokenizer``)."""
     from ..errors import VQGANLCError
-    from ..tokens import load_tokenizer
+    from ..tokenizer import load_tokenizer
 
     if args.model is None:
         if args.tokenizer != "digit" or not args.codebook:
             raise VQGANLCError("pass --model DIR, or --tokenizer digit with --codebook FILE and --weights FILE")
-        from ..generate.digit import DiscriminativeTokenizer
+        from ..digit import DiscriminativeTokenizer
 
         if not args.weights:
             raise VQGANLCError("the DiGIT tokenizer needs --weights (a local DINOv2 weights file); nothing is downloaded")
@@ -69,9 +75,9 @@ def load_cli_tokenizer(args: argparse.Namespace):  # noqa: ANN201
             tok.save_pretrained(args.save_tokenizer)
         return tok
     model = load_tokenizer(args.model)
-    kind = getattr(model, "tokenizer_kind", "vqgan-lc")
-    if args.tokenizer != "auto" and args.tokenizer != kind:
-        raise VQGANLCError(f"{args.model} holds a {kind} tokenizer, not {args.tokenizer}; check --model / --tokenizer")
+    if args.tokenizer != "auto" and args.tokenizer != model.kind:
+        raise VQGANLCError(f"{args.model} holds a {model.kind} tokenizer, not {args.tokenizer}; "
+                           "check --model / --tokenizer")
     return model
 
 
@@ -81,9 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from ..tokens import EncodeOptions, encode_dataset
 
     model = load_cli_tokenizer(args)
-    default_size = getattr(model, "default_image_size", None) or model.config.resolution
     opts = EncodeOptions(
-        image_size=args.image_size or default_size, batch_size=args.batch_size,
+        image_size=args.image_size or model.preprocessing["image_size"], batch_size=args.batch_size,
         num_workers=args.num_workers, shard_size=args.shard_size, on_error=args.on_error, devices=args.devices,
         jpeg_draft=args.jpeg_draft, cpu_parallel_batches=args.cpu_parallel_batches,
     )

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     stage2 = GPT.from_pretrained(args.stage2, map_location=device) if args.stage2 else None
     vq = VQGANLC.from_pretrained(args.tokenizer, map_location=device)
     last = stage2 or gpt
-    made_by = ((getattr(last, "provenance", {}) or {}).get("tokens") or {}).get("tokenizer") or {}
+    made_by = (last.provenance.get("tokens") or {}).get("tokenizer") or {}
     if made_by.get("config_hash") and made_by["config_hash"] != vq.config_hash():
         msg = (f"{args.stage2 or args.gpt} was trained on tokens of another model (config hash "
                f"{made_by['config_hash']}, --tokenizer has {vq.config_hash()})")
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             raise TokenRangeError(msg + "; pass --force to decode anyway")
         log.warning("%s", msg)
 
-    names = resolve_classes(args.classes, gpt.provenance or {})
+    names = resolve_classes(args.classes, gpt.provenance)
     labels = torch.tensor([c for c in names for _ in range(args.n)] if names else [-1] * args.n, dtype=torch.long)
     top_k = args.top_k if args.top_k is not None else (None if stage2 is not None else 0.1)
     top_p = args.top_p if args.top_p is not None else (0.8 if stage2 is not None and args.top_k is None else None)

@@ -18,7 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .._io import atomic_save_safetensors, check_format
-from ..errors import CodebookError
+from ..errors import CodebookError, UnknownFormatError
+from ..formats import Description
 
 CODEBOOK_FORMAT = "vqgan-lc-codebook"
 CODEBOOK_FORMAT_VERSION = 1
@@ -106,3 +107,33 @@ def _check_vectors(v: torch.Tensor, path: Path) -> None:
         raise CodebookError(f"{path}: codebook dtype {v.dtype} is not a float type")
     if not torch.isfinite(v).all():
         raise CodebookError(f"{path}: the codebook contains NaN or infinite values")
+
+
+def describe(path: Path) -> Description:
+    """``vqgan-lc info`` of a codebook file: size, dim and the recorded provenance (ours), or the size of
+    the official ``.pth`` tensor."""
+    if path.suffix != ".safetensors":
+        try:
+            cb = load_codebook(path)
+        except CodebookError as e:
+            raise UnknownFormatError(
+                f"{path} is not the official codebook file (one pickled (N, d) float tensor), and an official model "
+                "checkpoint is turned into a model directory with `vqgan-lc convert`."
+            ) from e
+        return Description("official codebook file", None, None, {"codebook_size": cb.size, "dim": cb.dim},
+                           {"provenance": cb.provenance})
+    cb = load_codebook(path)
+    p = cb.provenance
+    fields = {
+        "codebook_size": cb.size,
+        "dim": cb.dim,
+        "extractor": p.get("extractor"),
+        "model": p.get("model"),
+        "mode": p.get("mode"),
+        "per_class_k": p.get("per_class_k"),
+        "pooling": p.get("pooling"),
+        "images": p.get("num_images"),
+    }
+    return Description("codebook file", CODEBOOK_FORMAT, CODEBOOK_FORMAT_VERSION,
+                       {k: v for k, v in fields.items() if v is not None or k in ("codebook_size", "dim")},
+                       {"provenance": p})

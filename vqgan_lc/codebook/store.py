@@ -31,6 +31,7 @@ import numpy as np
 from .._io import TMP_GLOB, atomic_path, atomic_write_json, atomic_write_text, read_format_json
 from ..data import UNLABELLED, ImageList
 from ..errors import FeatureStoreError, FormatVersionError
+from ..formats import Description
 
 log = logging.getLogger(__name__)
 
@@ -410,6 +411,35 @@ class FeatureStoreWriter(FeatureStore):
         m = dict(self.manifest)
         m["shards"] = {k: self.manifest["shards"][k] for k in sorted(self.manifest["shards"], key=int)}
         atomic_write_json(self.root / MANIFEST, m, indent=1)
+
+
+def describe(path: Path) -> Description:
+    """``vqgan-lc info`` of a feature store (complete or not): extractor, counts, grid, dim, bytes, shards."""
+    s = FeatureStore.open(path, require_complete=False)
+    ext = s.extractor
+    grid = s.manifest.get("grid")
+    dim = s.manifest.get("dim")
+    done = len(s.manifest.get("shards", {}))
+    vectors = s.num_vectors if grid is not None else 0
+    fields = {
+        "extractor": ext.get("extractor"),
+        "model": ext.get("model"),
+        "layer": ext.get("layer"),
+        "pool": s.pool,
+        "dtype": s.options.get("dtype"),
+        "sources": s.num_sources,
+        "images": s.num_images,
+        "skipped": len(s.skipped),
+        "classes": len(s.classes),
+        "grid": grid,
+        "dim": dim,
+        "features": vectors,
+        "bytes": vectors * int(dim or 0) * np.dtype(s.options.get("dtype", "float32")).itemsize,
+        "shards": f"{done} of {s.num_shards}",
+        "complete": bool(s.manifest.get("complete", False)),
+    }
+    return Description("feature store", STORE_FORMAT, STORE_FORMAT_VERSION, fields,
+                       {"options": s.options, "source_hash": s.source_hash})
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -1,6 +1,7 @@
-"""Generation: the DiGIT discriminative tokenizer and the autoregressive GPT prior over token files.
+"""Generation: the autoregressive GPT prior over token files, sampling and the sampling pipelines.
 
-Inference (``GPT``, ``generate``, the pipelines, ``DiscriminativeTokenizer``) needs no Lightning;
+The DiGIT discriminative tokenizer is a tokenizer and lives beside the model (``vqgan_lc.digit``).
+Inference (``GPT``, ``generate``, the pipelines) needs no Lightning;
 the training pieces (``fit_gpt``, ``GPTLightningModule``, ...) import it on first use.
 """
 
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .digit import DiscriminativeTokenizer, ExtractorSpec, build_dinov2
 from .gpt import GPT, GPT_PRESETS, GPTConfig, KVCache, gpt_config, list_gpt_presets
 from .pipeline import SampleOutput, sample_images, sample_two_stage, save_images
 from .probe import ProbeResult, linear_probe, probe_features
@@ -43,14 +43,11 @@ __all__ = [
     "GPTTokenDataset",
     "GPTTrainConfig",
     "GPT_PRESETS",
-    "DiscriminativeTokenizer",
-    "ExtractorSpec",
     "KVCache",
     "ProbeResult",
     "SampleOutput",
     "SamplingConfig",
     "apply_cfg",
-    "build_dinov2",
     "check_paired",
     "filter_logits",
     "fit_gpt",

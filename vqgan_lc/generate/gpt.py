@@ -28,20 +28,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._io import CONFIG_NAME as CONFIG_NAME
-from .._io import WEIGHTS_NAME as WEIGHTS_NAME
-from .._io import load_weights_dir, save_weights_dir, state_dict_mismatch
+from .._io import CONFIG_NAME, WEIGHTS_NAME
 from ..config import check_fields
 from ..errors import CheckpointError, TokenRangeError
+from ..formats import Description, dtype_names, millions, numel, safetensors_header
+from ..pretrained import PretrainedMixin
 
 log = logging.getLogger(__name__)
 
@@ -249,18 +248,26 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+class GPT(PretrainedMixin, nn.Module):
     """Decoder-only transformer over ``(B, h, w)`` token grids; see the module docstring for the layout.
 
     ``forward(ids, labels, prefix)`` takes the first ``t < seq_len`` target ids ``(B, t)`` and returns
     ``(B, t + 1, n_codes)`` logits: ``logits[:, i]`` predicts target id ``i``. Labels are ``(B,)`` class
     indices in ``[0, n_classes)`` or ``-1`` for the null class; ``None`` means all null. Prefix ids are
-    ``(B, prefix_len)`` (or ``(B, ph, pw)``) in ``[0, prefix_vocab)``.
+    ``(B, prefix_len)`` (or ``(B, ph, pw)``) in ``[0, prefix_vocab)``. ``provenance``: where the weights
+    came from (the training run; written to ``config.json``).
     """
 
-    def __init__(self, config: GPTConfig) -> None:
+    FORMAT: ClassVar[str] = GPT_FORMAT
+    FORMAT_VERSION: ClassVar[int] = GPT_FORMAT_VERSION
+    config_class: ClassVar[type[GPTConfig]] = GPTConfig
+    WHAT: ClassVar[str] = "GPT"
+    LOAD_HINT: ClassVar[str] = "train one with `vqgan-lc train-gpt`"
+
+    def __init__(self, config: GPTConfig, *, provenance: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
+        self.provenance = dict(provenance or {})
         c = config
         self.tok_emb = nn.Embedding(c.input_vocab, c.n_embd)
         self.pos_emb = nn.Parameter(torch.zeros(1, c.seq_len, c.n_embd))
@@ -446,29 +453,53 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(ids) + self.pos_emb[:, pos : pos + ids.shape[1]])
         return self.logits(self.run_blocks(x, cache=cache)[:, -1])
 
-    # ------------------------------------------------------------------ files
-    def save_pretrained(self, directory: str | os.PathLike, *, provenance: dict[str, Any] | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (float32 unless the model is in another dtype)."""
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {
-            "format": GPT_FORMAT,
-            "format_version": GPT_FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "provenance": provenance if provenance is not None else getattr(self, "provenance", {}),
-        }
-        return save_weights_dir(directory, meta, state)
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> GPT:
-        """Load a GPT directory written by ``save_pretrained`` / ``vqgan-lc train-gpt``."""
-        meta, config, state, w_path = load_weights_dir(
-            directory, GPT_FORMAT, GPT_FORMAT_VERSION, GPTConfig.from_dict, what="GPT",
-            hint="train one with `vqgan-lc train-gpt`",
-        )
-        model = cls(config)
-        problem = state_dict_mismatch(model.state_dict(), state)
-        if problem:
-            raise CheckpointError(f"{w_path} does not fit its {CONFIG_NAME} ({problem})")
-        model.load_state_dict(state)
-        model.provenance = meta.get("provenance", {})
-        return model.to(map_location).eval()
+def describe(path: Path) -> Description:
+    """``vqgan-lc info`` of a GPT directory, read without allocating the weights (a meta-device model
+    gives the expected keys and shapes)."""
+    from .._io import read_format_json
+
+    meta = read_format_json(path / CONFIG_NAME, GPT_FORMAT, GPT_FORMAT_VERSION, what="GPT config", error=CheckpointError)
+    try:
+        c = GPTConfig.from_dict(meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG_NAME} has an invalid GPT config: {e}") from e
+    if not (path / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{path} has a GPT config.json but no {WEIGHTS_NAME}; the directory is incomplete "
+                              "(rerun `vqgan-lc train-gpt --resume` to export it)")
+    _, tensors = safetensors_header(path / WEIGHTS_NAME)
+    with torch.device("meta"):
+        own = {k: list(v.shape) for k, v in GPT(c).state_dict().items()}
+    found = {k: shape for k, (shape, _) in tensors.items()}
+    if own != found:
+        bad = sorted(set(own) ^ set(found)) + [k for k in own if k in found and own[k] != found[k]]
+        raise CheckpointError(f"{path / WEIGHTS_NAME} does not fit its config.json (keys/shapes differ: "
+                              f"{', '.join(bad[:4])})")
+    if c.class_conditional:
+        cond = f"class-conditional, {c.n_classes} classes" + (", null class (CFG)" if c.null_class else ", no null class")
+    else:
+        cond = "unconditional"
+    if c.prefix_vocab:
+        cond += f"; prefix of {c.prefix_len} ids in [0, {c.prefix_vocab})"
+    prov = meta.get("provenance") or {}
+    fields: dict[str, Any] = {
+        "vocab_size": c.n_codes,
+        "input_vocab": c.input_vocab,
+        "grid": list(c.grid),
+        "sequence_length": c.seq_len,
+        "conditioning": cond,
+        "classes": c.n_classes,
+        "prefix_vocab": c.prefix_vocab,
+        "prefix_grid": list(c.prefix_grid) if c.prefix_grid else None,
+        "layers": c.n_layer,
+        "heads": c.n_head,
+        "width": c.n_embd,
+        "mlp_ratio": c.mlp_ratio,
+        "tied_head": c.tie_weights,
+        "parameters": millions(numel(tensors)),
+        "dtype": dtype_names(tensors),
+    }
+    if "steps" in prov:
+        fields["trained_steps"] = prov["steps"]
+        fields["final_loss"] = prov.get("final_loss")
+    return Description("GPT directory", GPT_FORMAT, GPT_FORMAT_VERSION, fields, {"config": c.to_dict(), "provenance": prov})

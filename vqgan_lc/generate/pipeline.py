@@ -17,6 +17,7 @@ import torch
 
 from ..data import to_uint8
 from ..errors import TokenRangeError
+from ..tokenizer import DecodingTokenizer
 from .gpt import GPT
 from .sampling import SamplingConfig, generate
 
@@ -46,9 +47,9 @@ def _labels(labels: int | Sequence[int] | torch.Tensor | None, n: int) -> torch.
     return t.expand(n).clone() if t.numel() == 1 else t
 
 
-def _check_decoder(gpt: GPT, decoder: torch.nn.Module) -> None:
-    size = getattr(decoder, "codebook_size", None)
-    if size is not None and gpt.config.n_codes > size:
+def _check_decoder(gpt: GPT, decoder: DecodingTokenizer) -> None:
+    size = decoder.codebook_size
+    if gpt.config.n_codes > size:
         raise TokenRangeError(f"the GPT samples ids in [0, {gpt.config.n_codes}) but the tokenizer has {size} codes; "
                               "use the tokenizer whose tokens trained the GPT")
 
@@ -64,7 +65,7 @@ def _gpt_labels(gpt: GPT, labels: torch.Tensor) -> torch.Tensor | None:
 @torch.no_grad()
 def sample_images(
     gpt: GPT,
-    decoder: torch.nn.Module,
+    decoder: DecodingTokenizer,
     *,
     n: int = 16,
     labels: int | Sequence[int] | torch.Tensor | None = None,
@@ -83,7 +84,7 @@ def sample_images(
     for s in range(0, n, batch_size):
         y = lab[s : s + batch_size]
         batch = generate(gpt, len(y), labels=_gpt_labels(gpt, y), sampling=sampling, generator=gen)
-        dev = next(decoder.parameters()).device
+        dev = next(decoder.parameters()).device  # type: ignore[attr-defined]
         images.append(decoder.decode(batch.to(dev)).clamp(-1, 1).cpu())
         ids.append(batch.cpu())
         log.info("sampled %d/%d", min(s + batch_size, n), n)
@@ -94,7 +95,7 @@ def sample_images(
 def sample_two_stage(
     stage1: GPT,
     stage2: GPT,
-    decoder: torch.nn.Module,
+    decoder: DecodingTokenizer,
     *,
     n: int = 16,
     labels: int | Sequence[int] | torch.Tensor | None = None,
@@ -123,7 +124,7 @@ def sample_two_stage(
         p = generate(stage1, len(y), labels=y if c1.class_conditional else None, sampling=stage1_sampling, generator=gen1)
         v = generate(stage2, len(y), labels=y if c2.class_conditional else None, prefix=p.to(stage2.device),
                      sampling=stage2_sampling, generator=gen2)
-        dev = next(decoder.parameters()).device
+        dev = next(decoder.parameters()).device  # type: ignore[attr-defined]
         images.append(decoder.decode(v.to(dev)).clamp(-1, 1).cpu())
         ids.append(v.cpu())
         prefixes.append(p.cpu())

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, read_format_json
+from ..errors import UnknownFormatError
+from ..formats import Description
 
 REPORT_FORMAT = "vqgan-lc-eval-report"
 REPORT_FORMAT_VERSION = 1
@@ -179,6 +181,33 @@ def write_report(
     return report
 
 
+# ----------------------------------------------------------------------------------------- reading
+def read_report(directory: str | os.PathLike) -> dict[str, Any]:
+    """The ``report.json`` of an evaluation output directory, after checking format and version."""
+    return read_format_json(Path(directory) / REPORT_JSON, REPORT_FORMAT, REPORT_FORMAT_VERSION,
+                            what="vqgan-lc evaluation report", error=UnknownFormatError,
+                            missing=f"{directory} has no {REPORT_JSON}: not an evaluation report (`vqgan-lc evaluate`)")
+
+
+def describe(path: Path) -> Description:
+    """``vqgan-lc info`` of an evaluation report: the model, the data and every computed metric's value."""
+    r = read_report(path)
+    m, d = r.get("model") or {}, r.get("data") or {}
+    fields: dict[str, Any] = {
+        "model": m.get("path"),
+        "codebook_size": m.get("codebook_size"),
+        "config_hash": m.get("config_hash"),
+        "mode": d.get("mode"),
+        "images": d.get("images"),
+        "image_size": d.get("image_size"),
+    }
+    for name, entry in (r.get("metrics") or {}).items():
+        if isinstance(entry, dict) and entry.get("computed"):
+            fields[name] = entry.get("value")
+    return Description("evaluation report", REPORT_FORMAT, REPORT_FORMAT_VERSION, fields,
+                       {k: r[k] for k in ("model", "data", "options") if k in r})
+
+
 __all__ = [
     "GRID_PNG",
     "PER_IMAGE_CSV",
@@ -188,7 +217,9 @@ __all__ = [
     "REPORT_MD",
     "USAGE_PNG",
     "computed",
+    "describe",
     "not_computed",
+    "read_report",
     "save_grid",
     "save_usage_plot",
     "write_report",

@@ -9,6 +9,7 @@ finished shards, redoes the rest and writes the manifest last.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -21,28 +22,27 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .._io import TMP_GLOB, atomic_write_json
 from ..data import Batch, ImageDataset, ImageList, Preprocessing, collate, draft_size, list_images
 from ..errors import VQGANLCError
-from ..model import VQGANLC
 from ..progress import Progress
+from ..tokenizer import Tokenizer, load_tokenizer, tokenizer_identity
 from .format import (
     MANIFEST,
+    RUN_FILE,
     TOKEN_DTYPE,
     TOKENS_FORMAT,
     TOKENS_FORMAT_VERSION,
     TokenFormatError,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_npy,
-    sha256_file,
-    shard_name,
+    clear_tokens,
+    shard_done,
+    shard_ranges,
+    write_manifest,
+    write_shard,
 )
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "encode.json"  # the run's identity, written first: a rerun must match it
-LABELS_FILE = "labels.npy"
-PATHS_FILE = "paths.txt"
 WORKER_MODEL_DIR = ".model-for-workers"
 
 
@@ -89,36 +89,7 @@ class EncodeOptions:
             raise ValueError("cpu_parallel_batches must be >= 0 (0: decoding processes feed the model)")
 
 
-def load_tokenizer(directory: str | os.PathLike) -> Any:
-    """A tokenizer directory -> ``VQGANLC`` (``format: vqgan-lc-model``) or the DiGIT
-    ``DiscriminativeTokenizer`` (``format: vqgan-lc-digit``), dispatched on ``config.json``'s format."""
-    import json
-
-    cfg = Path(directory) / "config.json"
-    fmt = None
-    if cfg.is_file():
-        try:
-            fmt = json.loads(cfg.read_text()).get("format")
-        except (ValueError, AttributeError):
-            fmt = None
-    if fmt == "vqgan-lc-digit":
-        from ..generate.digit import DiscriminativeTokenizer
-
-        return DiscriminativeTokenizer.from_pretrained(directory)
-    return VQGANLC.from_pretrained(directory)  # also raises the clear error for anything else
-
-
-def tokenizer_identity(model: VQGANLC) -> dict[str, Any]:
-    """What a token directory records about the model that made it (``kind``: vqgan-lc or digit)."""
-    return {
-        "kind": getattr(model, "tokenizer_kind", "vqgan-lc"),
-        "config_hash": model.config_hash(),
-        "codebook_size": model.codebook_size,
-        "downsample_factor": model.downsample_factor,
-    }
-
-
-def _run_descriptor(model: VQGANLC, images: ImageList, opts: EncodeOptions) -> dict[str, Any]:
+def _run_descriptor(model: Tokenizer, images: ImageList, opts: EncodeOptions) -> dict[str, Any]:
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     preprocessing: dict[str, Any] = {"image_size": opts.image_size, "resize": "short-side-bicubic", "crop": "center",
                                      "range": "[-1, 1]"}
@@ -139,23 +110,7 @@ def _run_descriptor(model: VQGANLC, images: ImageList, opts: EncodeOptions) -> d
     }
 
 
-def _shard_done(out: Path, index: int, start: int, stop: int) -> bool:
-    rec_path = out / shard_name(index).replace(".npy", ".json")
-    npy = out / shard_name(index)
-    if not rec_path.is_file() or not npy.is_file():
-        return False
-    try:
-        import json
-
-        rec = json.loads(rec_path.read_text())
-    except ValueError:
-        return False
-    return rec.get("source_range") == [start, stop] and sha256_file(npy) == rec.get("sha256")
-
-
 def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool) -> None:
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
     run_path = out / RUN_FILE
     if run_path.is_file():
@@ -170,32 +125,22 @@ def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool) -> N
                     f"{out} holds tokens made with another model, source list or options (differs in: "
                     f"{', '.join(diff)}); choose another --out or pass --overwrite to replace them"
                 )
-            _clear(out)
+            clear_tokens(out)
     elif any(out.glob("shard-*.npy")) or (out / MANIFEST).exists():
         if not overwrite:
             raise TokenFormatError(f"{out} has token files from an unknown run; pass --overwrite to replace them")
-        _clear(out)
+        clear_tokens(out)
     # Leftovers of a killed run: temporary files and the worker model copy are never part of the result.
-    for p in out.glob(".*.tmp-*"):
+    for p in out.glob(TMP_GLOB):
         p.unlink()
     shutil.rmtree(out / WORKER_MODEL_DIR, ignore_errors=True)
     atomic_write_json(run_path, descriptor)
 
 
-def _clear(out: Path) -> None:
-    """Remove only the files this format writes."""
-    for p in [*out.glob("shard-*.npy"), *out.glob("shard-*.json"), *out.glob(".*.tmp-*")]:
-        p.unlink()
-    for name in (MANIFEST, RUN_FILE, LABELS_FILE, PATHS_FILE):
-        (out / name).unlink(missing_ok=True)
-
-
-def _shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
 
 
 def _encode_shards(
-    model: VQGANLC,
+    model: Tokenizer,
     images: ImageList,
     out: Path,
     shards: list[tuple[int, int, int]],
@@ -240,7 +185,7 @@ def _encode_shards(
             bar.update(len(batch.indices) + len(batch.failed))
             while pending and all(j in by_source or j in failed for j in range(pending[0][1], pending[0][2])):
                 index, s, e = pending.pop(0)
-                _write_shard(out, images, index, s, e, by_source, failed, (h, w))
+                write_shard(out, images, index, s, e, by_source, failed, (h, w))
     finally:
         batches.close()  # stops the decoding processes or threads
         bar.close()
@@ -296,52 +241,6 @@ def _parallel_batches(dataset: ImageDataset, order: list[int], opts: EncodeOptio
         torch.set_num_threads(previous)
 
 
-def _write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
-                 by_source: dict[int, np.ndarray], failed: dict[int, str], grid: tuple[int, int]) -> None:
-    kept = [i for i in range(start, stop) if i in by_source]
-    arr = np.stack([by_source.pop(i) for i in kept]) if kept else np.empty((0, *grid), TOKEN_DTYPE)
-    digest = atomic_write_npy(out / shard_name(index), np.ascontiguousarray(arr, dtype=TOKEN_DTYPE))
-    record = {
-        "file": shard_name(index),
-        "source_range": [start, stop],
-        "rows": len(kept),
-        "kept": kept,
-        "skipped": [{"index": i, "path": images.paths[i], "reason": failed.pop(i)} for i in range(start, stop) if i in failed],
-        "sha256": digest,
-    }
-    atomic_write_json(out / shard_name(index).replace(".npy", ".json"), record)
-    log.debug("wrote shard %d (%d rows)", index, len(kept))
-
-
-def _finalize(out: Path, images: ImageList, descriptor: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    shards, labels, paths, skipped = [], [], [], []
-    row = 0
-    for index in range(len(_shard_ranges(len(images), descriptor["shard_size"]))):
-        rec = json.loads((out / shard_name(index).replace(".npy", ".json")).read_text())
-        shards.append({"file": rec["file"], "source_range": rec["source_range"], "rows": rec["rows"],
-                       "row_range": [row, row + rec["rows"]], "sha256": rec["sha256"]})
-        row += rec["rows"]
-        labels.extend(images.labels[i] for i in rec["kept"])
-        paths.extend(images.paths[i] for i in rec["kept"])
-        skipped.extend(rec["skipped"])
-    np_labels = np.asarray(labels, dtype=np.int64)
-    atomic_write_npy(out / LABELS_FILE, np_labels)
-    atomic_write_bytes(out / PATHS_FILE, "".join(p + "\n" for p in paths).encode())
-    manifest = {
-        **descriptor,
-        "num_rows": row,
-        "num_skipped": len(skipped),
-        "skipped": skipped,
-        "shards": shards,
-        "labels_file": LABELS_FILE,
-        "paths_file": PATHS_FILE,
-    }
-    atomic_write_json(out / MANIFEST, manifest)
-    return manifest
-
-
 def _worker(rank: int, model_dir: str, images: ImageList, out: str, shards: list, opts: EncodeOptions,
             threads: int) -> None:
     torch.set_num_threads(threads)
@@ -352,7 +251,7 @@ def _worker(rank: int, model_dir: str, images: ImageList, out: str, shards: list
 
 
 def encode_dataset(
-    model: VQGANLC | str | os.PathLike,
+    model: Tokenizer | str | os.PathLike,
     data: str | os.PathLike,
     out: str | os.PathLike,
     *,
@@ -371,21 +270,21 @@ def encode_dataset(
     """
     opts = options or EncodeOptions()
     model_dir = None
-    if not isinstance(model, torch.nn.Module):
+    if not isinstance(model, Tokenizer):
         model_dir = str(model)
         model = load_tokenizer(model_dir)
     out = Path(out)
     images = list_images(data, file_list)
     descriptor = _run_descriptor(model, images, opts)
     _prepare_output(out, descriptor, overwrite)
-    ranges = _shard_ranges(len(images), opts.shard_size)
-    todo = [(i, s, e) for i, (s, e) in enumerate(ranges) if not _shard_done(out, i, s, e)]
+    ranges = shard_ranges(len(images), opts.shard_size)
+    todo = [(i, s, e) for i, (s, e) in enumerate(ranges) if not shard_done(out, i, s, e)]
     if len(todo) < len(ranges):
         log.info("resuming: %d of %d shards already finished and verified", len(ranges) - len(todo), len(ranges))
     if opts.devices > 1 and todo:
         if model_dir is None:
             model_dir = str(out / WORKER_MODEL_DIR)
-            model.save_pretrained(model_dir, **({"inference_only": True} if getattr(model, "inference_only", False) else {}))
+            model.save_pretrained(model_dir)  # an inference-only model saves as one
         threads = max(1, (os.cpu_count() or 1) // opts.devices) if not torch.cuda.is_available() else 1
         torch.multiprocessing.spawn(_worker, args=(model_dir, images, str(out), todo, opts, threads),
                                     nprocs=opts.devices, join=True)
@@ -394,21 +293,10 @@ def encode_dataset(
     else:
         dev = torch.device(device) if device is not None else next(model.parameters()).device
         _encode_shards(model, images, out, todo, opts, dev, progress)
-    manifest = _finalize(out, images, descriptor)
+    manifest = write_manifest(out, images, descriptor)
     log.info("%s: %d images -> %d rows of %dx%d tokens in %d shards (%d skipped)", out, len(images),
              manifest["num_rows"], *manifest["grid"], len(ranges), manifest["num_skipped"])
     return manifest
 
 
-def check_compatible(manifest: dict[str, Any], model: VQGANLC) -> list[str]:
-    """Reasons why ``model`` should not decode these tokens (empty when it fits)."""
-    problems = []
-    tok = manifest["tokenizer"]
-    if tok.get("codebook_size") != model.codebook_size:
-        problems.append(f"codebook size {model.codebook_size} != {tok.get('codebook_size')} in the manifest")
-    if tok.get("config_hash") != model.config_hash():
-        problems.append(f"model config hash {model.config_hash()} != {tok.get('config_hash')} in the manifest")
-    return problems
-
-
-__all__ = ["EncodeError", "EncodeOptions", "check_compatible", "encode_dataset", "load_tokenizer", "tokenizer_identity"]
+__all__ = ["EncodeError", "EncodeOptions", "encode_dataset"]

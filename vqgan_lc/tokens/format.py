@@ -1,8 +1,12 @@
-"""Token directories: what a dataset becomes after ``vqgan-lc encode``.
+"""Token directories: what a dataset becomes after ``vqgan-lc encode``: the writer's pieces
+(``write_shard``, ``shard_done``, ``write_manifest``, ``clear_tokens``), the reader (``open_tokens``,
+``TokenDataset``), the manifest and ``check_compatible``. The pipeline that feeds the writer is
+``tokens/encode.py``.
 
 Layout (format version 1)::
 
     TOKENS/
+      encode.json          the run's identity, written first: a rerun must match it
       manifest.json        format, version, tokenizer, grid, dtype, counts, shards, options, skipped
       shard-00000.npy      (n, h, w) uint32 ids of the images of source range [start, stop)
       shard-00000.json     that shard's record: source range, kept source indices, skipped files, sha256
@@ -17,21 +21,40 @@ byte-identical.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .._io import atomic_write_bytes, atomic_write_json, atomic_write_npy, read_format_json, sha256_file
+from .._io import (
+    TMP_GLOB,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npy,
+    read_format_json,
+    sha256_file,
+)
 from ..errors import VQGANLCError
+from ..formats import Description
+
+if TYPE_CHECKING:
+    from ..data import ImageList
+    from ..tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
 
 TOKENS_FORMAT = "vqgan-lc-tokens"
 TOKENS_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+RUN_FILE = "encode.json"  # the run's identity, written first: a rerun must match it
+LABELS_FILE = "labels.npy"
+PATHS_FILE = "paths.txt"
 TOKEN_DTYPE = np.dtype("<u4")
 
 
@@ -41,6 +64,86 @@ class TokenFormatError(VQGANLCError, ValueError):
 
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.npy"
+
+
+def shard_record_name(index: int) -> str:
+    return f"shard-{index:05d}.json"
+
+
+# ----------------------------------------------------------------------------------------- writing
+def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
+    """Source ranges ``[start, stop)`` of the shards of ``n`` sources."""
+    return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+def shard_done(out: Path, index: int, start: int, stop: int) -> bool:
+    """Whether shard ``index`` of ``[start, stop)`` is finished: its ``.npy`` and record exist and the sha256 matches."""
+    rec_path = out / shard_record_name(index)
+    npy = out / shard_name(index)
+    if not rec_path.is_file() or not npy.is_file():
+        return False
+    try:
+        rec = json.loads(rec_path.read_text())
+    except ValueError:
+        return False
+    return rec.get("source_range") == [start, stop] and sha256_file(npy) == rec.get("sha256")
+
+
+def clear_tokens(out: Path) -> None:
+    """Remove only the files this format writes."""
+    for p in [*out.glob("shard-*.npy"), *out.glob("shard-*.json"), *out.glob(TMP_GLOB)]:
+        p.unlink()
+    for name in (MANIFEST, RUN_FILE, LABELS_FILE, PATHS_FILE):
+        (out / name).unlink(missing_ok=True)
+
+
+def write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
+                by_source: dict[int, np.ndarray], failed: dict[int, str], grid: tuple[int, int]) -> None:
+    """Write shard ``index`` (sources ``[start, stop)``) and its record; the rows and failures are popped
+    from ``by_source`` / ``failed``."""
+    kept = [i for i in range(start, stop) if i in by_source]
+    arr = np.stack([by_source.pop(i) for i in kept]) if kept else np.empty((0, *grid), TOKEN_DTYPE)
+    digest = atomic_write_npy(out / shard_name(index), np.ascontiguousarray(arr, dtype=TOKEN_DTYPE))
+    record = {
+        "file": shard_name(index),
+        "source_range": [start, stop],
+        "rows": len(kept),
+        "kept": kept,
+        "skipped": [{"index": i, "path": images.paths[i], "reason": failed.pop(i)} for i in range(start, stop) if i in failed],
+        "sha256": digest,
+    }
+    atomic_write_json(out / shard_record_name(index), record)
+    log.debug("wrote shard %d (%d rows)", index, len(kept))
+
+
+def write_manifest(out: Path, images: ImageList, descriptor: dict[str, Any]) -> dict[str, Any]:
+    """Write ``labels.npy``, ``paths.txt`` and, last, ``manifest.json`` from the finished shards' records."""
+    shards, labels, paths, skipped = [], [], [], []
+    row = 0
+    for index in range(len(shard_ranges(len(images), descriptor["shard_size"]))):
+        rec = json.loads((out / shard_record_name(index)).read_text())
+        shards.append({"file": rec["file"], "source_range": rec["source_range"], "rows": rec["rows"],
+                       "row_range": [row, row + rec["rows"]], "sha256": rec["sha256"]})
+        row += rec["rows"]
+        labels.extend(images.labels[i] for i in rec["kept"])
+        paths.extend(images.paths[i] for i in rec["kept"])
+        skipped.extend(rec["skipped"])
+    atomic_write_npy(out / LABELS_FILE, np.asarray(labels, dtype=np.int64))
+    atomic_write_bytes(out / PATHS_FILE, "".join(p + "\n" for p in paths).encode())
+    manifest = {
+        **descriptor,
+        "num_rows": row,
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "shards": shards,
+        "labels_file": LABELS_FILE,
+        "paths_file": PATHS_FILE,
+    }
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------- reading
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -144,19 +247,57 @@ class TokenDataset(torch.utils.data.Dataset):
         return ids, int(self.tokens.labels[i])
 
 
+def check_compatible(manifest: dict[str, Any], tokenizer: Tokenizer) -> list[str]:
+    """Reasons why ``tokenizer`` should not decode these tokens (empty when it fits)."""
+    problems = []
+    tok = manifest["tokenizer"]
+    if tok.get("codebook_size") != tokenizer.codebook_size:
+        problems.append(f"codebook size {tokenizer.codebook_size} != {tok.get('codebook_size')} in the manifest")
+    if tok.get("config_hash") != tokenizer.config_hash():
+        problems.append(f"model config hash {tokenizer.config_hash()} != {tok.get('config_hash')} in the manifest")
+    return problems
+
+
+def describe(path: Path) -> Description:
+    """``vqgan-lc info`` of a token directory: tokenizer, grid, rows, shards (read from the manifest)."""
+    m = read_manifest(path)
+    tok = m.get("tokenizer") or {}
+    fields = {
+        "tokenizer": tok.get("kind"),
+        "codebook_size": tok.get("codebook_size"),
+        "config_hash": tok.get("config_hash"),
+        "grid": m.get("grid"),
+        "dtype": m.get("dtype"),
+        "rows": m.get("num_rows"),
+        "skipped": m.get("num_skipped"),
+        "shards": len(m.get("shards", [])),
+        "classes": len(m.get("classes") or []),
+        "image_size": (m.get("preprocessing") or {}).get("image_size"),
+    }
+    details = {k: m[k] for k in ("tokenizer", "grid", "dtype", "num_rows", "num_skipped", "preprocessing") if k in m}
+    return Description("token directory", TOKENS_FORMAT, TOKENS_FORMAT_VERSION, fields, details)
+
+
 __all__ = [
+    "LABELS_FILE",
     "MANIFEST",
+    "PATHS_FILE",
+    "RUN_FILE",
     "TOKENS_FORMAT",
     "TOKENS_FORMAT_VERSION",
     "TOKEN_DTYPE",
     "TokenDataset",
     "TokenFile",
     "TokenFormatError",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_npy",
+    "check_compatible",
+    "clear_tokens",
+    "describe",
     "open_tokens",
     "read_manifest",
-    "sha256_file",
+    "shard_done",
     "shard_name",
+    "shard_ranges",
+    "shard_record_name",
+    "write_manifest",
+    "write_shard",
 ]

@@ -8,16 +8,18 @@ each of the 16 x 16 patch features is assigned to the nearest of K = 8192 centro
 Euclidean distance. The ids are not decodable by themselves; a second-stage GPT maps them to a
 pixel tokenizer's ids (``vqgan_lc.generate.pipeline``).
 
-``DiscriminativeTokenizer`` offers the tokenizer interface of ``VQGANLC`` that ``vqgan-lc encode``
-uses (``encode``, ``latent_shape``, ``codebook_size``, ``config_hash``, ``downsample_factor``,
-``save_pretrained`` / ``from_pretrained``), so ``vqgan-lc encode --tokenizer digit`` writes the usual
-token directory.
+``DiscriminativeTokenizer`` is a ``vqgan_lc.tokenizer.Tokenizer`` (not a ``DecodingTokenizer``), so
+``vqgan-lc encode --tokenizer digit`` writes the usual token directory and ``load_tokenizer`` opens
+its directory.
 
 Directory (``format: vqgan-lc-digit``, version 1)::
 
     config.json            format, format_version, extractor spec (timm model name or torch.hub entry,
                            model overrides, layer, load/input size, weights file path + sha256,
-                           state-dict sha256), codebook size/dim/sha256, grid, provenance
+                           state-dict sha256), codebook size/dim/sha256, grid, config hash,
+                           preprocessing (the 256 px centre crop fed to ``encode``; the 224 px resize and
+                           ImageNet normalisation happen inside), provenance (directories written before
+                           the last two existed get the defaults)
     codebook.safetensors   the (K, d) centroids (the codebook file format, with its provenance)
     extractor.safetensors  the extractor's weights, only when they were embedded (no source file given)
 """
@@ -30,37 +32,40 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from .._io import (
+from ._io import (
+    CONFIG_NAME,
     atomic_save_safetensors,
     atomic_write_json,
     load_weights_file,
     read_format_json,
+    sha256_file,
     state_dict_sha256,
 )
-from .._io import load_state_dict_strict as _load_strict
-from .._io import sha256_file as file_sha256
-from ..codebook.io import Codebook, load_codebook, save_codebook
-from ..data import IMAGENET_MEAN, IMAGENET_STD
-from ..errors import CheckpointError, CodebookError, ExtractorError, ImageShapeError, MissingWeightsError
-from ..extractors.dinov2 import (
+from ._io import load_state_dict_strict as _load_strict
+from .codebook.io import Codebook, load_codebook, save_codebook
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .errors import CheckpointError, CodebookError, ExtractorError, ImageShapeError, MissingWeightsError
+from .extractors.dinov2 import (
     DEFAULT_DINOV2_LAYER,
     DEFAULT_DINOV2_MODEL,
     DINOV2_HUB_TO_TIMM,
     DINOv2Extractor,
     convert_dinov2_state_dict,
 )
-from ..quantize.search import nearest_code
+from .formats import Description, millions, numel, safetensors_header
+from .pretrained import PretrainedMixin
+from .quantize.search import nearest_code
+from .tokenizer import check_preprocessing, default_preprocessing
 
 log = logging.getLogger(__name__)
 
 DIGIT_FORMAT = "vqgan-lc-digit"
 DIGIT_FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
 CODEBOOK_NAME = "codebook.safetensors"
 EXTRACTOR_WEIGHTS_NAME = "extractor.safetensors"
 DEFAULT_DIGIT_K = 8192  # DiGIT base (km_8k); 16384 for ViT-L
@@ -123,7 +128,7 @@ def build_dinov2(spec: ExtractorSpec, state: dict[str, torch.Tensor] | None = No
                            model_name=spec.model)
 
 
-class DiscriminativeTokenizer(nn.Module):
+class DiscriminativeTokenizer(PretrainedMixin, nn.Module):
     """DiGIT tokenizer: ``(B, 3, H, W)`` images in [-1, 1] -> ``(B, 16, 16)`` int64 ids in ``[0, K)``.
 
     Images (any square size; DiGIT feeds 256 px) are mapped from [-1, 1] to ImageNet mean/std, resized
@@ -137,14 +142,22 @@ class DiscriminativeTokenizer(nn.Module):
         spec: how to rebuild the extractor when loading a saved directory; needed to save a non-default
             architecture (e.g. ``model_kwargs`` of a custom timm ViT). ``from_files`` sets it.
         check_provenance: refuse centroids whose recorded extractor, block, pooling or weights differ.
+        provenance: where this tokenizer came from (written to ``config.json``).
+        preprocessing: how images are prepared for ``encode`` (``vqgan_lc.tokenizer``); default: the
+            shorter side resized bicubically to ``spec.load_size`` (256), centre crop, [-1, 1].
     """
 
-    tokenizer_kind = "digit"
-    inference_only = False
+    kind: ClassVar[Literal["digit"]] = "digit"
+    FORMAT: ClassVar[str] = DIGIT_FORMAT
+    FORMAT_VERSION: ClassVar[int] = DIGIT_FORMAT_VERSION
+    config_class: ClassVar[type[ExtractorSpec]] = ExtractorSpec
+    WHAT: ClassVar[str] = "DiGIT tokenizer"
 
     def __init__(self, extractor: DINOv2Extractor, centroids: torch.Tensor | Codebook, *,
-                 spec: ExtractorSpec | None = None, check_provenance: bool = True) -> None:
+                 spec: ExtractorSpec | None = None, check_provenance: bool = True,
+                 provenance: dict[str, Any] | None = None, preprocessing: dict[str, Any] | None = None) -> None:
         super().__init__()
+        self.provenance = dict(provenance or {})
         if not isinstance(extractor, DINOv2Extractor):
             raise ExtractorError(f"the DiGIT tokenizer needs a DINOv2Extractor, got {type(extractor).__name__}")
         codebook = centroids if isinstance(centroids, Codebook) else Codebook(torch.as_tensor(centroids).float())
@@ -159,6 +172,8 @@ class DiscriminativeTokenizer(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.spec = spec or ExtractorSpec(model=extractor.model_name, layer=extractor.layer,
                                           load_size=extractor.preprocess.resize_to, image_size=extractor.resize_to)
+        self._preprocessing = (check_preprocessing(preprocessing) if preprocessing is not None
+                               else default_preprocessing(self.spec.load_size))
         self._weights_identity = state_dict_sha256(extractor.model)
         dim = self._feature_dim()
         if dim != vectors.shape[1]:
@@ -179,7 +194,7 @@ class DiscriminativeTokenizer(nn.Module):
             raise MissingWeightsError(f"weights file {weights} does not exist; pass an existing local file with --weights")
         spec = ExtractorSpec(model=model, model_kwargs=dict(model_kwargs or {}),
                              hub_dir=str(hub_dir) if hub_dir else None, layer=layer, load_size=load_size,
-                             image_size=image_size, weights=str(weights), weights_sha256=file_sha256(weights))
+                             image_size=image_size, weights=str(weights), weights_sha256=sha256_file(weights))
         return cls(build_dinov2(spec), load_codebook(codebook), spec=spec, check_provenance=check_provenance)
 
     def _feature_dim(self) -> int:
@@ -221,10 +236,11 @@ class DiscriminativeTokenizer(nn.Module):
         return self.spec.load_size // self.grid_size
 
     @property
-    def default_image_size(self) -> int:
-        return self.spec.load_size
+    def preprocessing(self) -> dict[str, Any]:
+        """How images are prepared for ``encode`` (a copy; ``image_size`` is the 256 px load size)."""
+        return dict(self._preprocessing)
 
-    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+    def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
         """Token grid for a ``height x width`` input: always ``(224 / 14, 224 / 14) = (16, 16)``."""
         return self.grid_size, self.grid_size
 
@@ -238,10 +254,6 @@ class DiscriminativeTokenizer(nn.Module):
             "codebook": {"size": self.codebook_size, "dim": int(self.centroids.shape[1]),
                          "sha256": _tensor_sha256(self.centroids)},
         }
-
-    def config_hash(self) -> str:
-        """Short hash of ``config_dict()``; token directories record it."""
-        return hashlib.sha256(json.dumps(self.config_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -274,11 +286,12 @@ class DiscriminativeTokenizer(nn.Module):
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | os.PathLike, *, embed_weights: bool | None = None,
-                        **_: Any) -> Path:
+                        provenance: dict[str, Any] | None = None) -> Path:
         """Write the tokenizer directory (see the module docstring).
 
         The DINOv2 weights are referenced by path + sha256 when the tokenizer was built from a file;
         ``embed_weights=True`` (or no source file) copies them into ``extractor.safetensors``.
+        ``provenance`` replaces ``self.provenance`` in the written file.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -288,7 +301,7 @@ class DiscriminativeTokenizer(nn.Module):
             state = {k: v.detach().cpu().contiguous() for k, v in self.extractor.model.state_dict().items()}
             atomic_save_safetensors(directory / EXTRACTOR_WEIGHTS_NAME, state, {"format": DIGIT_FORMAT})
             spec_d = {**asdict(spec), "weights": EXTRACTOR_WEIGHTS_NAME,
-                      "weights_sha256": file_sha256(directory / EXTRACTOR_WEIGHTS_NAME), "embedded": True}
+                      "weights_sha256": sha256_file(directory / EXTRACTOR_WEIGHTS_NAME), "embedded": True}
         else:
             spec_d = {**asdict(spec), "embedded": False}
             (directory / EXTRACTOR_WEIGHTS_NAME).unlink(missing_ok=True)
@@ -300,17 +313,23 @@ class DiscriminativeTokenizer(nn.Module):
             "codebook": {"file": CODEBOOK_NAME, **self.config_dict()["codebook"]},
             "grid": [self.grid_size, self.grid_size],
             "config_hash": self.config_hash(),
+            "preprocessing": self.preprocessing,
+            "provenance": dict(self.provenance if provenance is None else provenance),
         }
         atomic_write_json(directory / CONFIG_NAME, meta)
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
-                        verify_weights: bool = True) -> DiscriminativeTokenizer:
-        """Load a directory written by ``save_pretrained``. A referenced weights file must exist and
-        (with ``verify_weights``) have the recorded sha256."""
-        directory = Path(directory)
+    def _load_pretrained(cls, directory: Path) -> DiscriminativeTokenizer:
+        """Read a directory written by ``save_pretrained`` (``from_pretrained`` calls it). A referenced
+        weights file must exist and have the recorded sha256."""
         meta = read_digit_config(directory)
+        pre = meta.get("preprocessing")
+        if pre is not None:
+            try:
+                pre = check_preprocessing(pre)
+            except ValueError as e:
+                raise CheckpointError(f"{directory / CONFIG_NAME} has an invalid preprocessing block: {e}") from e
         spec_d = dict(meta["extractor"])
         embedded = bool(spec_d.pop("embedded", False))
         try:
@@ -337,16 +356,17 @@ class DiscriminativeTokenizer(nn.Module):
                     f"{directory} refers to the DINOv2 weights file {spec.weights}, which does not exist here; "
                     f"put it there or re-save the tokenizer with embed_weights=True"
                 )
-            if verify_weights and spec.weights_sha256 and file_sha256(spec.weights) != spec.weights_sha256:
+            if spec.weights_sha256 and sha256_file(spec.weights) != spec.weights_sha256:
                 raise CheckpointError(f"{spec.weights} is not the weights file this tokenizer was saved with "
                                       "(sha256 differs)")
             ext = build_dinov2(spec)
         codebook = load_codebook(directory / CODEBOOK_NAME)
-        tok = cls(ext, codebook, spec=spec, check_provenance=False)
+        tok = cls(ext, codebook, spec=spec, check_provenance=False, provenance=meta.get("provenance") or {},
+                  preprocessing=pre)
         if meta.get("config_hash") and tok.config_hash() != meta["config_hash"]:
             raise CheckpointError(f"{directory}: the rebuilt tokenizer's config hash {tok.config_hash()} differs from "
                                   f"the recorded {meta['config_hash']} (weights or centroids changed)")
-        return tok.to(map_location).eval()
+        return tok
 
 
 def read_digit_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -355,6 +375,53 @@ def read_digit_config(directory: str | os.PathLike) -> dict[str, Any]:
                             what="DiGIT tokenizer config", error=CheckpointError,
                             missing=f"{directory} is not a DiGIT tokenizer directory (no {CONFIG_NAME})",
                             upgrade="Upgrade vqgan-lc to load it.")
+
+
+def describe(path: Path) -> Description:
+    """``vqgan-lc info`` of a DiGIT tokenizer directory: backbone, layer, k, grid, sizes, weights; read
+    without building the extractor (the codebook's shape is checked against ``config.json``)."""
+    meta = read_digit_config(path)
+    ext = meta.get("extractor") or {}
+    cb_meta = meta.get("codebook") or {}
+    cb_file = path / cb_meta.get("file", CODEBOOK_NAME)
+    if not cb_file.is_file():
+        raise CheckpointError(f"{cb_file} is missing; the DiGIT tokenizer directory is incomplete")
+    cb_header, cb_tensors = safetensors_header(cb_file)
+    shape = cb_tensors.get("codebook", ([0, 0], ""))[0]
+    if [cb_meta.get("size"), cb_meta.get("dim")] != shape:
+        raise CheckpointError(f"{cb_file} holds a {shape} codebook but config.json records "
+                              f"{cb_meta.get('size')} x {cb_meta.get('dim')}; the directory is damaged")
+    try:
+        cb_prov = json.loads(cb_header.get("provenance", "{}"))
+    except json.JSONDecodeError:
+        cb_prov = {}
+    info = cb_prov.get("extractor_info") or {}
+    layer = ext.get("layer")
+    block = f" (block {info['block_index']} of {info['depth']})" if "block_index" in info and "depth" in info else ""
+    if ext.get("embedded"):
+        weights = f"embedded ({EXTRACTOR_WEIGHTS_NAME}"
+        w = path / EXTRACTOR_WEIGHTS_NAME
+        weights += f", {millions(numel(safetensors_header(w)[1]))} parameters)" if w.is_file() else " is missing)"
+    else:
+        src = ext.get("weights")
+        weights = f"{src} ({'present' if src and Path(src).is_file() else 'missing here'})"
+    preprocessing = meta.get("preprocessing") or default_preprocessing(int(ext.get("load_size") or 256))
+    fields = {
+        "backbone": ext.get("model"),
+        "layer": f"{layer}{block}",
+        "k": cb_meta.get("size"),
+        "dim": cb_meta.get("dim"),
+        "grid": meta.get("grid"),
+        "load_size": ext.get("load_size"),
+        "image_size": ext.get("image_size"),
+        "weights": weights,
+        "config_hash": meta.get("config_hash"),
+    }
+    if ext.get("model_kwargs"):
+        fields["model_kwargs"] = ext["model_kwargs"]
+    return Description("DiGIT tokenizer directory", DIGIT_FORMAT, DIGIT_FORMAT_VERSION, fields,
+                       {"extractor": ext, "codebook": cb_meta, "codebook_provenance": cb_prov,
+                        "preprocessing": preprocessing, "provenance": meta.get("provenance") or {}})
 
 
 def _tensor_sha256(t: torch.Tensor) -> str:
@@ -369,5 +436,6 @@ __all__ = [
     "DiscriminativeTokenizer",
     "ExtractorSpec",
     "build_dinov2",
+    "describe",
     "read_digit_config",
 ]

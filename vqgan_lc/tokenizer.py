@@ -1,0 +1,154 @@
+"""One front door for tokenizers: the ``Tokenizer`` protocol and ``load_tokenizer``.
+
+Every image tokenizer of vqgan-lc (``VQGANLC``, the DiGIT ``DiscriminativeTokenizer``) offers
+
+* ``kind``: ``"vqgan-lc"`` or ``"digit"`` (what token directories record);
+* ``codebook_size``, ``downsample_factor`` (pixels per token at the default image size);
+* ``latent_shape(height, width=None) -> (h, w)``: the token grid of a ``height x width`` image
+  (``width`` defaults to ``height``; DiGIT's grid is fixed by its extractor, whatever the size);
+* ``preprocessing``: how an image file becomes the ``(3, S, S)`` input of ``encode`` that
+  ``vqgan-lc encode`` uses (the dict below); its ``image_size`` is the default image size;
+* ``config_hash()``: the short hash token directories record to refuse a mismatched tokenizer;
+* ``encode(images (B, 3, H, W) in [-1, 1]) -> ids (B, h, w) int64``;
+* ``save_pretrained(directory)``: a directory ``load_tokenizer`` opens again.
+
+A ``DecodingTokenizer`` is a tokenizer whose ids map back to pixels: ``decode(ids (B, h, w)) -> (B, 3, H, W)``
+in [-1, 1] (``VQGANLC``; DiGIT's ids are not decodable by themselves).
+
+The preprocessing dict (``config.json``'s ``"preprocessing"`` block)::
+
+    {"image_size": 256, "resize": "shorter-side", "interpolation": "bicubic", "crop": "center", "range": [-1, 1]}
+
+the shorter side resized to ``image_size`` with bicubic interpolation, a centred ``image_size`` square
+crop, pixel values mapped to ``range``. ``load_tokenizer(path)`` opens any tokenizer directory through
+the format table of ``vqgan_lc.formats``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+from .errors import CheckpointError
+
+TokenizerKind = Literal["vqgan-lc", "digit"]
+
+PREPROCESSING_DEFAULTS: dict[str, Any] = {
+    "resize": "shorter-side",
+    "interpolation": "bicubic",
+    "crop": "center",
+    "range": [-1, 1],
+}
+"""Every field of the preprocessing block except ``image_size``, at the values ``vqgan-lc encode`` uses."""
+
+
+def default_preprocessing(image_size: int) -> dict[str, Any]:
+    """The preprocessing of ``vqgan-lc encode`` at ``image_size`` (a fresh dict)."""
+    return {"image_size": int(image_size), **PREPROCESSING_DEFAULTS, "range": list(PREPROCESSING_DEFAULTS["range"])}
+
+
+def check_preprocessing(block: Any) -> dict[str, Any]:
+    """A validated copy of a preprocessing block; ``ValueError`` with one sentence when it is not one.
+
+    Missing fields other than ``image_size`` take the defaults; unknown fields are refused.
+    """
+    if not isinstance(block, dict):
+        raise ValueError(f"preprocessing must be a JSON object, got {type(block).__name__}")
+    unknown = sorted(set(block) - {"image_size", *PREPROCESSING_DEFAULTS})
+    if unknown:
+        raise ValueError(f"unknown preprocessing fields {unknown}; is the file from a newer vqgan-lc?")
+    size = block.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"preprocessing image_size must be a positive integer, got {size!r}")
+    out = {**default_preprocessing(size), **block}
+    for key in ("resize", "interpolation", "crop"):
+        if not isinstance(out[key], str):
+            raise ValueError(f"preprocessing {key} must be a string, got {out[key]!r}")
+    rng = out["range"]
+    if not (isinstance(rng, (list, tuple)) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)
+            and rng[0] < rng[1]):
+        raise ValueError(f"preprocessing range must be [low, high], got {rng!r}")
+    out["range"] = list(rng)
+    return out
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """An image tokenizer: ``encode`` images in [-1, 1] to ``(B, h, w)`` int64 ids (see the module docstring)."""
+
+    @property
+    def kind(self) -> TokenizerKind: ...
+
+    @property
+    def codebook_size(self) -> int: ...
+
+    @property
+    def downsample_factor(self) -> int: ...
+
+    @property
+    def preprocessing(self) -> dict[str, Any]: ...
+
+    def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]: ...
+
+    def config_hash(self) -> str: ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path: ...
+
+
+@runtime_checkable
+class DecodingTokenizer(Tokenizer, Protocol):
+    """A tokenizer whose ids decode back to images."""
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+
+def load_tokenizer(path: str | os.PathLike, *, map_location: str | torch.device | None = None) -> Tokenizer:
+    """Open a tokenizer directory (a VQGAN-LC model or a DiGIT tokenizer), recognised by the format its
+    ``config.json`` records, on ``map_location`` (default CPU).
+
+    Raises ``CheckpointError`` for a directory of another kind (a GPT, a token directory, ...) or of no
+    known format, ``FormatVersionError`` for an unknown format version.
+    """
+    from .errors import UnknownFormatError
+    from .formats import detect
+
+    path = Path(path)
+    try:
+        spec = detect(path)
+    except UnknownFormatError as e:
+        raise CheckpointError(f"{e} A tokenizer directory is written by save_pretrained, `vqgan-lc convert` or "
+                              "`vqgan-lc encode --save-tokenizer`.") from e
+    if spec.kind != "tokenizer":
+        raise CheckpointError(f"{path} is a {spec.title}, not a tokenizer directory; pass a VQGAN-LC model or a "
+                              "DiGIT tokenizer directory.")
+    tok = spec.open(path.parent if path.is_file() else path)
+    if not isinstance(tok, Tokenizer):  # pragma: no cover - the table only lists tokenizer classes here
+        raise CheckpointError(f"{path} did not open as a tokenizer")
+    return tok.to(map_location or "cpu").eval()  # type: ignore[attr-defined,no-any-return]
+
+
+def tokenizer_identity(tok: Tokenizer) -> dict[str, Any]:
+    """What a token directory records about the tokenizer that made it."""
+    return {
+        "kind": tok.kind,
+        "config_hash": tok.config_hash(),
+        "codebook_size": tok.codebook_size,
+        "downsample_factor": tok.downsample_factor,
+    }
+
+
+__all__ = [
+    "PREPROCESSING_DEFAULTS",
+    "DecodingTokenizer",
+    "Tokenizer",
+    "TokenizerKind",
+    "check_preprocessing",
+    "default_preprocessing",
+    "load_tokenizer",
+    "tokenizer_identity",
+]
