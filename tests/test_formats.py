@@ -11,10 +11,11 @@ import torch
 from conftest import tiny_digit_tokenizer, tiny_model, write_photo_folder
 
 from vqgan_lc import VQGANLC, FormatVersionError, UnknownFormatError
-from vqgan_lc.codebook import Codebook, PixelExtractor, extract_features, save_codebook
+from vqgan_lc.codebook import Codebook, extract_features, save_codebook
 from vqgan_lc.codebook.io import CODEBOOK_FORMAT, CODEBOOK_FORMAT_VERSION
 from vqgan_lc.codebook.store import STORE_FORMAT, STORE_FORMAT_VERSION, FeatureStore
 from vqgan_lc.digit import DIGIT_FORMAT, DIGIT_FORMAT_VERSION, DiscriminativeTokenizer
+from vqgan_lc.extractors import PixelExtractor
 from vqgan_lc.formats import FORMATS, describe, detect, open_path
 from vqgan_lc.generate.gpt import GPT, GPT_FORMAT, GPT_FORMAT_VERSION, GPTConfig
 from vqgan_lc.metrics import EvaluateOptions, evaluate
