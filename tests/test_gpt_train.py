@@ -14,8 +14,8 @@ from PIL import Image
 
 from vqgan_lc.cli.main import main
 from vqgan_lc.generate import GPT, GPTConfig, linear_probe, sample_images
-from vqgan_lc.generate.module import GPTTokenDataset, GPTTrainConfig, lr_at, model_config_from_data
 from vqgan_lc.tokens import EncodeOptions, TokenFormatError, encode_dataset, open_tokens
+from vqgan_lc.train.gpt import GPTTokenDataset, GPTTrainConfig, lr_at, model_config_from_data
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OPTS = EncodeOptions(image_size=64, batch_size=8, num_workers=0, shard_size=8)
@@ -57,7 +57,7 @@ def test_model_config_comes_from_the_token_directory(tokens: dict[str, Path]) ->
 
 
 def test_pkeep_corrupts_a_fifth_of_the_inputs_from_the_whole_vocabulary() -> None:
-    from vqgan_lc.generate import GPTLightningModule
+    from vqgan_lc.train.gpt import GPTLightningModule
 
     mc = GPTConfig(n_codes=100, grid=(16, 16), n_classes=20, n_layer=1, n_head=2, n_embd=16)
     m = GPTLightningModule(mc, GPTTrainConfig(pkeep=0.8))

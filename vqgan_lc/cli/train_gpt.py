@@ -67,7 +67,7 @@ def load_config(path: str, sets: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from ..errors import VQGANLCError
     from ..generate.gpt import GPT
-    from ..generate.module import fit_gpt
+    from ..train.gpt import fit_gpt
 
     cfg = load_config(args.config, args.set)
     train = cfg["train"]

@@ -1,12 +1,10 @@
 """Generation: the DiGIT discriminative tokenizer and the autoregressive GPT prior over token files.
 
-Inference (``GPT``, ``generate``, the pipelines, ``DiscriminativeTokenizer``) needs no Lightning;
-the training pieces (``fit_gpt``, ``GPTLightningModule``, ...) import it on first use.
+Inference only (``GPT``, ``generate``, the pipelines, ``DiscriminativeTokenizer``): no Lightning. The
+GPT's training (``fit_gpt``, ``GPTLightningModule``, ``GPTTokenDataset``, ...) is ``vqgan_lc.train.gpt``.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from .digit import DiscriminativeTokenizer, ExtractorSpec, build_dinov2
 from .gpt import GPT, GPT_PRESETS, GPTConfig, KVCache, gpt_config, list_gpt_presets
@@ -23,25 +21,9 @@ from .sampling import (
     top_p_filter,
 )
 
-_TRAINING = {"GPTLightningModule", "GPTTokenData", "GPTTokenDataset", "GPTTrainConfig", "fit_gpt",
-             "model_config_from_data", "check_paired"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _TRAINING:
-        from . import module
-
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "GPT",
     "GPTConfig",
-    "GPTLightningModule",
-    "GPTTokenData",
-    "GPTTokenDataset",
-    "GPTTrainConfig",
     "GPT_PRESETS",
     "DiscriminativeTokenizer",
     "ExtractorSpec",
@@ -51,14 +33,11 @@ __all__ = [
     "SamplingConfig",
     "apply_cfg",
     "build_dinov2",
-    "check_paired",
     "filter_logits",
-    "fit_gpt",
     "generate",
     "gpt_config",
     "linear_probe",
     "list_gpt_presets",
-    "model_config_from_data",
     "probe_features",
     "resolve_top_k",
     "sample_images",
