@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import sys
 
-import pytorch_lightning as pl
+import lightning.pytorch as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from lightning.pytorch.callbacks import Callback
 
 from vqgan_lc.train import ImageDataModule, VQGANLCModule
 

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from lightning.pytorch.callbacks import Callback
 from train_helpers import (  # noqa: F401 - single_thread is an autouse fixture
     adam_steps,
     center_crops,
@@ -26,8 +26,9 @@ from train_helpers import (  # noqa: F401 - single_thread is an autouse fixture
 )
 
 from vqgan_lc import VQGANLC, CheckpointError, CodebookError, MissingWeightsError
+from vqgan_lc.export import export_checkpoint
 from vqgan_lc.quantize import CodebookUsage
-from vqgan_lc.train import ExportModel, ReconstructionGrid, export_checkpoint
+from vqgan_lc.train import ExportModel, ReconstructionGrid
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +152,8 @@ def test_validation_reports_usage_over_the_whole_split(files: dict[str, Path], t
 
 
 def test_logging_grid_checkpoint_and_export(files: dict[str, Path], tmp_path: Path) -> None:
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
 
     pl.seed_everything(0, verbose=False)
     module = tiny_module(files["codebook"], max_steps=4, warmup_steps=2)
@@ -210,11 +211,11 @@ def test_configuration_errors_are_one_clear_sentence(files: dict[str, Path], cap
     with pytest.raises(MissingWeightsError) as e:
         tiny_module(files["codebook"], perceptual_weight=1.0)
     msg = str(e.value)
-    assert "--model.lpips_weights" in msg and "--model.perceptual_weight 0" in msg and msg.count(". ") == 0
+    assert "--model.loss.lpips_weights" in msg and "--model.loss.perceptual_weight 0" in msg and msg.count(". ") == 0
     with caplog.at_level(logging.INFO, logger="vqgan_lc.train.module"):
         tiny_module(files["codebook"], perceptual_weight=0.0)
     assert any("perceptual (LPIPS) loss is off" in r.message for r in caplog.records)
-    with pytest.raises(CodebookError, match="--model.codebook FILE"):
+    with pytest.raises(CodebookError, match="--model.model.codebook FILE"):
         tiny_module(None)
     with pytest.raises(CodebookError, match="only used by the 'lc' quantizer"):
         tiny_module(files["codebook"], quantizer="vq")
@@ -299,10 +300,11 @@ def test_schedule_from_epochs(files: dict[str, Path], tmp_path: Path) -> None:
     trainer(tmp_path, max_epochs=2, callbacks=[rec], limit_val_batches=0).fit(
         module, datamodule=data_module(files["photos"]))  # 4 batches per epoch
     assert module.schedule_steps() == (2, 8) and module.gen_step == 8
-    # the learning rate set for the next step after each batch: warm-up 0 (first step), 0.5, 1, then cosine
+    # the learning rate each batch used, set from gen_step: warm-up 0 (first step), 0.5, 1, then cosine
     lrs = [r["lr"] / 5e-4 for r in rec.rows]
-    assert lrs[:2] == [0.5, 1.0] and lrs[2] == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
-    assert lrs[-1] == 0.0
+    assert lrs[:3] == [0.0, 0.5, 1.0] and lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 6)))
+    assert module.optimizers()[1].param_groups[0]["lr"] == rec.rows[-1]["lr"]  # both players, one schedule
 
 
 @pytest.mark.gpu

@@ -46,3 +46,7 @@ class InsufficientMemoryError(VQGANLCError, MemoryError):
 
 class ImageSourceError(VQGANLCError, ValueError):
     """An image folder or file list that cannot be used (missing, empty, malformed)."""
+
+
+class ConfigError(VQGANLCError, ValueError):
+    """Settings that contradict each other or name something that does not exist (preset, option value)."""
