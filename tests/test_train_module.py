@@ -323,3 +323,42 @@ def test_bf16_mixed_on_gpu_keeps_the_search_in_float32(files: dict[str, Path], t
     assert z.dtype == torch.bfloat16 and out.z_q.dtype == torch.float32
     with torch.no_grad():
         assert torch.equal(out.ids, model.quantize(z.float()).ids)  # the search saw float32 latents
+
+
+def test_the_lightning_package_trains_the_module(files: dict[str, Path], tmp_path: Path) -> None:
+    """`lightning.pytorch.Trainer(...).fit(VQGANLCModule(...))`: the module is a lightning.pytorch module
+    (with pytorch_lightning's it raised TypeError), and two generator steps run with the GAN from step 1."""
+    import lightning
+
+    pl.seed_everything(0, verbose=False)
+    module = tiny_module(files["codebook"], disc_start=1, max_steps=2)
+    assert isinstance(module, lightning.pytorch.LightningModule)
+    t = lightning.pytorch.Trainer(accelerator="cpu", devices=1, max_epochs=-1, logger=False,
+                                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                  limit_val_batches=0, default_root_dir=str(tmp_path))
+    t.fit(module, datamodule=data_module(files["photos"]))
+    assert module.gen_step == 2 and t.global_step == 3  # G, then G + D
+    assert adam_steps(t.optimizers[0]) == 2 and adam_steps(t.optimizers[1]) == 1
+
+
+def test_module_takes_typed_groups_and_builds_the_model_framework_free(files: dict[str, Path]) -> None:
+    from vqgan_lc.build import ModelSpec, build_model
+    from vqgan_lc.errors import ConfigError
+    from vqgan_lc.train import LossConfig, OptimConfig, VQGANLCModule
+
+    spec = ModelSpec(preset="tiny", codebook=str(files["codebook"]), codebook_std=0.5)
+    module = VQGANLCModule(model=spec, loss=LossConfig(perceptual_weight=0.0, disc_start=7),
+                           optim=OptimConfig(lr=1e-4, warmup_steps=3, max_steps=9))
+    assert module.hparams["model"]["codebook_std"] == 0.5 and module.hparams["loss"]["disc_start"] == 7
+    assert module.hparams["optim"]["betas"] == (0.5, 0.9)  # plain values: checkpoints load with weights_only
+    assert torch.equal(build_model(spec).quantize.codebook, module.model.quantize.codebook)
+    assert module.schedule_steps() == (3, 9) and module.lr_factor(3) == 1.0 and module.lr_factor(0) == 0.0
+    assert module.lr_factor(6) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        build_model(ModelSpec(preset="nope"))
+    with pytest.raises(ConfigError, match="min_lr"):
+        OptimConfig(lr=1e-4, min_lr=1e-3)
+    with pytest.raises(ConfigError, match="disc_start"):
+        LossConfig(disc_start=-1)
+    with pytest.raises(ConfigError, match="codebook_size"):
+        build_model(ModelSpec(preset="tiny", codebook=str(files["codebook"]), codebook_size=10))
