@@ -17,7 +17,7 @@ from vqgan_lc.generate import GPT, GPTConfig, linear_probe, sample_images
 from vqgan_lc.tokens import EncodeOptions, TokenFormatError, encode_dataset, open_tokens
 from vqgan_lc.train.gpt import GPTTokenDataset, GPTTrainConfig, lr_at, model_config_from_data
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "vqgan_lc" / "configs"
 OPTS = EncodeOptions(image_size=64, batch_size=8, num_workers=0, shard_size=8)
 
 
@@ -71,9 +71,15 @@ def test_pkeep_corrupts_a_fifth_of_the_inputs_from_the_whole_vocabulary() -> Non
 
 def test_train_gpt_cli_exports_a_gpt_and_sample_cli_writes_pngs(tokens: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
     out = tmp_path / "gpt"
-    rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"),
+    rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", "gpt_tiny_cpu",  # a shipped config, by name
                "--out", str(out), "--max-steps", "6", "--no-progress", "--set", "train.log_every_n_steps=1"])
     assert rc == 0
+    # the learning rate of each step comes from the step counter (no scheduler): warm-up over 10 steps
+    import csv
+
+    rows = list(csv.DictReader(open(out / "lightning" / "logs" / "version_0" / "metrics.csv")))
+    tc = GPTTrainConfig(lr=1e-3, warmup_steps=10, max_steps=6, min_lr=1e-4)
+    assert [float(r["lr"]) for r in rows if r.get("lr")] == pytest.approx([lr_at(s, tc) for s in range(6)])
     gpt = GPT.from_pretrained(out)
     assert (gpt.config.n_codes, gpt.config.grid, gpt.config.n_classes) == (512, (8, 8), 3)
     prov = gpt.provenance

@@ -4,13 +4,13 @@ The YAML has two sections, ``model`` (a ``preset`` and/or ``GPTConfig`` fields; 
 classes and prefix come from the token directories) and ``train`` (``GPTTrainConfig`` fields)::
 
     # VQGAN-LC + GPT: class-conditional GPT over VQGAN-LC ids
-    vqgan-lc train-gpt --tokens tokens-vqgan/ --config configs/gpt_vqgan_lc_404m.yaml --out gpt/
+    vqgan-lc train-gpt --tokens tokens-vqgan/ --config gpt_vqgan_lc_404m --out gpt/
     # DiGIT stage 1 (DiGIT ids) and stage 2 (DiGIT ids as prefix -> VQGAN-LC ids); same image folder
-    vqgan-lc train-gpt --tokens tokens-digit/ --config configs/gpt_digit_stage1_base.yaml --out stage1/
+    vqgan-lc train-gpt --tokens tokens-digit/ --config gpt_digit_stage1_base --out stage1/
     vqgan-lc train-gpt --tokens tokens-vqgan/ --prefix-tokens tokens-digit/ \\
-        --config configs/gpt_digit_stage2_base.yaml --out stage2/
+        --config gpt_digit_stage2_base --out stage2/
     # CPU smoke run
-    vqgan-lc train-gpt --tokens tokens/ --config configs/gpt_tiny_cpu.yaml --out gpt-tiny/ --max-steps 50
+    vqgan-lc train-gpt --tokens tokens/ --config gpt_tiny_cpu --out gpt-tiny/ --max-steps 50
 
 ``--set train.lr=1e-4`` (repeatable) overrides any YAML value; ``--resume`` continues from
 ``OUT/lightning/checkpoints/last.ckpt``.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("vqgan_lc.cli.train_gpt")
@@ -29,7 +28,9 @@ log = logging.getLogger("vqgan_lc.cli.train_gpt")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", required=True, help="token directory of the ids to model (vqgan-lc encode output)")
     p.add_argument("--prefix-tokens", help="token directory of the same images used as prefix (DiGIT stage 2)")
-    p.add_argument("--config", required=True, help="YAML with `model:` and `train:` sections (configs/gpt_*.yaml)")
+    p.add_argument("--config", required=True, metavar="NAME_OR_PATH",
+                   help="YAML with `model:` and `train:` sections: a file or a shipped config (gpt_tiny_cpu, "
+                        "gpt_vqgan_lc_404m, gpt_digit_stage1_base, gpt_digit_stage2_base)")
     p.add_argument("--out", required=True, help="output GPT directory (config.json + model.safetensors)")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
     p.add_argument("--batch-size", type=int, help="override train.batch_size")
@@ -47,14 +48,14 @@ def load_config(path: str, sets: list[str]) -> dict[str, Any]:
     """The YAML file with ``--set`` overrides applied; only ``model`` and ``train`` sections."""
     import yaml
 
+    from ..configs import config_path
     from ..errors import VQGANLCError
 
-    if not Path(path).is_file():
-        raise VQGANLCError(f"config file {path} does not exist")
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    file = config_path(path)
+    cfg = yaml.safe_load(file.read_text()) or {}
     unknown = sorted(set(cfg) - {"model", "train"})
     if unknown:
-        raise VQGANLCError(f"{path}: unknown sections {', '.join(unknown)} (expected model and train)")
+        raise VQGANLCError(f"{file}: unknown sections {', '.join(unknown)} (expected model and train)")
     for item in sets:
         key, eq, value = item.partition("=")
         section, dot, name = key.partition(".")
