@@ -72,7 +72,7 @@ def test_pkeep_corrupts_a_fifth_of_the_inputs_from_the_whole_vocabulary() -> Non
 def test_train_gpt_cli_exports_a_gpt_and_sample_cli_writes_pngs(tokens: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
     out = tmp_path / "gpt"
     rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", "gpt_tiny_cpu",  # a shipped config, by name
-               "--out", str(out), "--max-steps", "6", "--no-progress", "--set", "train.log_every_n_steps=1"])
+               "--out", str(out), "--max-steps", "6", "--no-progress", "--train.log_every_n_steps", "1"])
     assert rc == 0
     # the learning rate of each step comes from the step counter (no scheduler): warm-up over 10 steps
     import csv
@@ -102,8 +102,19 @@ def test_train_gpt_cli_exports_a_gpt_and_sample_cli_writes_pngs(tokens: dict[str
     assert main(["sample", "--gpt", str(out), "--tokenizer", str(other), "--n", "1", "--out", str(tmp_path / "x")]) == 1
     # resume continues from last.ckpt to the new max_steps
     rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"),
-               "--out", str(out), "--max-steps", "8", "--no-progress", "--resume"])
+               "--out", str(out), "--train.max_steps=8", "--no-progress", "--resume", "--set", "train.seed=0"])
     assert rc == 0 and GPT.from_pretrained(out).provenance["steps"] == 8
+
+
+def test_train_gpt_takes_section_field_overrides_like_train() -> None:
+    from vqgan_lc.cli.train_gpt import load_config, split_overrides
+
+    sets, unknown = split_overrides(["--train.lr", "1e-4", "--model.n_layer=4", "--bogus", "--train"])
+    assert sets == ["train.lr=1e-4", "model.n_layer=4"] and unknown == ["--bogus", "--train"]
+    cfg = load_config("gpt_tiny_cpu", sets)
+    assert cfg["train"]["lr"] == 1e-4 and cfg["model"]["n_layer"] == 4 and cfg["model"]["preset"] == "gpt-tiny"
+    with pytest.raises(SystemExit):  # argparse's error: a flag that is neither an option nor an override
+        main(["train-gpt", "--tokens", "t", "--config", "gpt_tiny_cpu", "--out", "o", "--bogus", "1"])
 
 
 def test_prefix_tokens_must_list_the_same_images(tokens: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001

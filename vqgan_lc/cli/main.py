@@ -28,9 +28,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "linear-probe": ("linear_probe", "linear-probe accuracy of a GPT's hidden states on a labelled token directory"),
     "demo": ("demo", "the end-to-end CPU demo: codebook, training, encode, decode, evaluate, report"),
 }
-# Subcommands that parse their own arguments (LightningCLI): everything after the name reaches them
-# untouched as ``args.rest``.
-OWN_PARSER = {"train"}
+# Subcommands that parse their own arguments (LightningCLI; train-gpt's --SECTION.FIELD overrides):
+# everything after the name reaches them untouched as ``args.rest``.
+OWN_PARSER = {"train", "train-gpt"}
 
 
 def build_parser() -> argparse.ArgumentParser:

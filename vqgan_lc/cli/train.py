@@ -5,7 +5,9 @@ CLI style of the training commands. ``train`` and ``train-gpt`` read one YAML re
 (``tiny_cpu``, ``vqgan_lc_f16_100k``, ...; ``gpt_tiny_cpu``, ... for ``train-gpt``); every value of it
 can then be overridden on the command line. ``train`` hands its arguments to LightningCLI, so
 overrides are ``--SECTION.FIELD VALUE`` (``--model.optim.max_steps 50``, ``--data.batch_size 4``,
-``--trainer.devices 2``) and ``--print_config`` shows the full resolved recipe::
+``--trainer.devices 2``) and ``--print_config`` shows the full resolved recipe. ``train-gpt`` takes the
+same ``--SECTION.FIELD VALUE`` overrides of its two sections (``--train.lr 1e-4``), parsed by plain
+argparse (its model is sized from the token directories; see ``cli/train_gpt.py``)::
 
     vqgan-lc train --config tiny_cpu --data.data photos/ --codebook codebook.safetensors
     vqgan-lc train --config vqgan_lc_f16_100k --data.data imagenet/ \\
