@@ -23,7 +23,7 @@ test-all: install
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m vqgan_lc.demo --out runs/demo
+	$(VENV)/bin/vqgan-lc demo --out runs/demo
 
 bench: install
 	$(PY) benchmarks/quantize.py

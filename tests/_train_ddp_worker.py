@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import sys
 
-import pytorch_lightning as pl
+import lightning.pytorch as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import DDPStrategy
 
-from vqgan_lc.train import ImageDataModule, VQGANLCModule
+from vqgan_lc.build import ModelSpec
+from vqgan_lc.train import ImageDataModule, LossConfig, OptimConfig, VQGANLCModule
 
 
 class BufferSync(Callback):
-    """Records whether DDP still broadcasts buffers before each forward (the module turns it off)."""
+    """Records whether DDP still broadcasts buffers before each forward (DDPStrategy(broadcast_buffers=False))."""
 
     value: bool | None = None
 
@@ -32,10 +34,13 @@ def main() -> None:
     mode, devices, photos, model_dir, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    module = VQGANLCModule(init_from=model_dir, perceptual_weight=0.0, disc_start=1, warmup_steps=0, max_steps=3)
+    module = VQGANLCModule(model=ModelSpec(init_from=model_dir), loss=LossConfig(perceptual_weight=0.0, disc_start=1),
+                           optim=OptimConfig(warmup_steps=0, max_steps=3))
     dm = ImageDataModule(photos, image_size=32, batch_size=2, val_batch_size=3, num_workers=0, samples_per_epoch=8)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp_find_unused_parameters_true" if devices > 1 else "auto",
+        accelerator="cpu", devices=devices,
+        # as the shipped multi-GPU configs: the frozen codebook is not re-broadcast before every forward
+        strategy=DDPStrategy(find_unused_parameters=True, broadcast_buffers=False) if devices > 1 else "auto",
         max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0 if mode == "fit" else None,
         default_root_dir=out + ".run", callbacks=[BufferSync()],

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("skimage")
 pytest.importorskip("faiss")
-pytest.importorskip("pytorch_lightning")
+pytest.importorskip("lightning")
 
 from vqgan_lc import VQGANLC  # noqa: E402
 from vqgan_lc.codebook import load_codebook  # noqa: E402
@@ -75,7 +75,8 @@ def test_pictures_are_written_and_load(demo) -> None:  # noqa: ANN001
 
 
 def test_files_are_the_real_formats(demo) -> None:  # noqa: ANN001
-    from vqgan_lc.train import VQGANLCModule
+    from vqgan_lc.build import ModelSpec
+    from vqgan_lc.train import LossConfig, VQGANLCModule
 
     out, metrics = demo
     cb = load_codebook(out / "codebook.safetensors")
@@ -98,7 +99,7 @@ def test_files_are_the_real_formats(demo) -> None:  # noqa: ANN001
     assert np.abs(np.asarray(Image.open(first).convert("RGB")).astype(int) - expected.astype(int)).max() <= 1
 
     # `vqgan-lc train --init-from <demo>/model` starts from exactly these weights.
-    module = VQGANLCModule(init_from=str(out / "model"), perceptual_weight=0.0)
+    module = VQGANLCModule(model=ModelSpec(init_from=str(out / "model")), loss=LossConfig(perceptual_weight=0.0))
     a, b = module.model.state_dict(), model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -115,9 +116,13 @@ def test_same_seed_same_numbers(demo, tmp_path) -> None:  # noqa: ANN001
 def test_step_progress_reports_step_total_and_time_left() -> None:
     from types import SimpleNamespace
 
-    from vqgan_lc.train import StepProgress
+    from lightning.pytorch import LightningModule
 
-    module = SimpleNamespace(gen_step=0, schedule_steps=lambda: (2, 10))
+    from vqgan_lc.build import ModelSpec
+    from vqgan_lc.train import LossConfig, OptimConfig, StepProgress, VQGANLCModule
+
+    module = VQGANLCModule(model=ModelSpec(preset="tiny", quantizer="vq", codebook_size=16),
+                           loss=LossConfig(perceptual_weight=0.0), optim=OptimConfig(warmup_steps=2, max_steps=10))
     trainer = SimpleNamespace(is_global_zero=True)
     cb = StepProgress(every_n_steps=5, label="train")
     cb.on_train_start(trainer, module)
@@ -129,3 +134,5 @@ def test_step_progress_reports_step_total_and_time_left() -> None:
     assert "step 10/10" in cb.lines[1] and "about 0 s left" in cb.lines[1]
     with pytest.raises(ValueError):
         StepProgress(every_n_steps=0)
+    with pytest.raises(TypeError, match="VQGANLCModule"):  # typed against the module, no duck typing
+        cb.on_train_start(trainer, LightningModule())

@@ -209,7 +209,7 @@ def test_two_stage_trained_from_token_directories(digit: dict[str, Path], tmp_pa
     encode_dataset(vq_dir, photos, tmp_path / "tok-vq", options=opts, progress=False)
     encode_dataset(digit["tokenizer"], photos, tmp_path / "tok-digit",
                    options=EncodeOptions(image_size=256, batch_size=8, num_workers=0, shard_size=8), progress=False)
-    cfg = str(Path(__file__).resolve().parents[1] / "configs" / "gpt_tiny_cpu.yaml")
+    cfg = "gpt_tiny_cpu"  # a config shipped in vqgan_lc/configs, by name
     common = ["--config", cfg, "--max-steps", "20", "--no-progress"]
     assert main(["train-gpt", "--tokens", str(tmp_path / "tok-digit"), "--out", str(tmp_path / "s1"), *common]) == 0
     assert main(["train-gpt", "--tokens", str(tmp_path / "tok-vq"), "--prefix-tokens", str(tmp_path / "tok-digit"),

@@ -195,9 +195,9 @@ def test_save_and_load_round_trip_and_version_check(tmp_path: Path) -> None:
 def test_tiny_gpt_overfits_eight_sequences_then_reproduces_them() -> None:
     """2 layers x 64 wide, 8 classes each with one 16-token sequence: loss < 0.05 after 200 Lightning
     steps, then greedy and low-temperature samples of class c are sequence c."""
-    import pytorch_lightning as pl
+    import lightning.pytorch as pl
 
-    from vqgan_lc.generate import GPTLightningModule, GPTTrainConfig
+    from vqgan_lc.train.gpt import GPTLightningModule, GPTTrainConfig
 
     torch.manual_seed(0)
     seqs, labels = torch.randint(0, 32, (8, 16)), torch.arange(8)

@@ -14,10 +14,10 @@ from PIL import Image
 
 from vqgan_lc.cli.main import main
 from vqgan_lc.generate import GPT, GPTConfig, linear_probe, sample_images
-from vqgan_lc.generate.module import GPTTokenDataset, GPTTrainConfig, lr_at, model_config_from_data
 from vqgan_lc.tokens import EncodeOptions, TokenFormatError, encode_dataset, open_tokens
+from vqgan_lc.train.gpt import GPTTokenDataset, GPTTrainConfig, lr_at, model_config_from_data
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "vqgan_lc" / "configs"
 OPTS = EncodeOptions(image_size=64, batch_size=8, num_workers=0, shard_size=8)
 
 
@@ -57,7 +57,7 @@ def test_model_config_comes_from_the_token_directory(tokens: dict[str, Path]) ->
 
 
 def test_pkeep_corrupts_a_fifth_of_the_inputs_from_the_whole_vocabulary() -> None:
-    from vqgan_lc.generate import GPTLightningModule
+    from vqgan_lc.train.gpt import GPTLightningModule
 
     mc = GPTConfig(n_codes=100, grid=(16, 16), n_classes=20, n_layer=1, n_head=2, n_embd=16)
     m = GPTLightningModule(mc, GPTTrainConfig(pkeep=0.8))
@@ -71,9 +71,15 @@ def test_pkeep_corrupts_a_fifth_of_the_inputs_from_the_whole_vocabulary() -> Non
 
 def test_train_gpt_cli_exports_a_gpt_and_sample_cli_writes_pngs(tokens: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
     out = tmp_path / "gpt"
-    rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"),
-               "--out", str(out), "--max-steps", "6", "--no-progress", "--set", "train.log_every_n_steps=1"])
+    rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", "gpt_tiny_cpu",  # a shipped config, by name
+               "--out", str(out), "--max-steps", "6", "--no-progress", "--train.log_every_n_steps", "1"])
     assert rc == 0
+    # the learning rate of each step comes from the step counter (no scheduler): warm-up over 10 steps
+    import csv
+
+    rows = list(csv.DictReader(open(out / "lightning" / "logs" / "version_0" / "metrics.csv")))
+    tc = GPTTrainConfig(lr=1e-3, warmup_steps=10, max_steps=6, min_lr=1e-4)
+    assert [float(r["lr"]) for r in rows if r.get("lr")] == pytest.approx([lr_at(s, tc) for s in range(6)])
     gpt = GPT.from_pretrained(out)
     assert (gpt.config.n_codes, gpt.config.grid, gpt.config.n_classes) == (512, (8, 8), 3)
     prov = gpt.provenance
@@ -96,8 +102,19 @@ def test_train_gpt_cli_exports_a_gpt_and_sample_cli_writes_pngs(tokens: dict[str
     assert main(["sample", "--gpt", str(out), "--tokenizer", str(other), "--n", "1", "--out", str(tmp_path / "x")]) == 1
     # resume continues from last.ckpt to the new max_steps
     rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"),
-               "--out", str(out), "--max-steps", "8", "--no-progress", "--resume"])
+               "--out", str(out), "--train.max_steps=8", "--no-progress", "--resume", "--set", "train.seed=0"])
     assert rc == 0 and GPT.from_pretrained(out).provenance["steps"] == 8
+
+
+def test_train_gpt_takes_section_field_overrides_like_train() -> None:
+    from vqgan_lc.cli.train_gpt import load_config, split_overrides
+
+    sets, unknown = split_overrides(["--train.lr", "1e-4", "--model.n_layer=4", "--bogus", "--train"])
+    assert sets == ["train.lr=1e-4", "model.n_layer=4"] and unknown == ["--bogus", "--train"]
+    cfg = load_config("gpt_tiny_cpu", sets)
+    assert cfg["train"]["lr"] == 1e-4 and cfg["model"]["n_layer"] == 4 and cfg["model"]["preset"] == "gpt-tiny"
+    with pytest.raises(SystemExit):  # argparse's error: a flag that is neither an option nor an override
+        main(["train-gpt", "--tokens", "t", "--config", "gpt_tiny_cpu", "--out", "o", "--bogus", "1"])
 
 
 def test_prefix_tokens_must_list_the_same_images(tokens: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from lightning.pytorch.callbacks import Callback
 from train_helpers import (  # noqa: F401 - single_thread is an autouse fixture
     adam_steps,
     center_crops,
@@ -26,8 +26,9 @@ from train_helpers import (  # noqa: F401 - single_thread is an autouse fixture
 )
 
 from vqgan_lc import VQGANLC, CheckpointError, CodebookError, MissingWeightsError
+from vqgan_lc.export import export_checkpoint
 from vqgan_lc.quantize import CodebookUsage
-from vqgan_lc.train import ExportModel, ReconstructionGrid, export_checkpoint
+from vqgan_lc.train import ExportModel, ReconstructionGrid
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +152,8 @@ def test_validation_reports_usage_over_the_whole_split(files: dict[str, Path], t
 
 
 def test_logging_grid_checkpoint_and_export(files: dict[str, Path], tmp_path: Path) -> None:
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
 
     pl.seed_everything(0, verbose=False)
     module = tiny_module(files["codebook"], max_steps=4, warmup_steps=2)
@@ -210,11 +211,11 @@ def test_configuration_errors_are_one_clear_sentence(files: dict[str, Path], cap
     with pytest.raises(MissingWeightsError) as e:
         tiny_module(files["codebook"], perceptual_weight=1.0)
     msg = str(e.value)
-    assert "--model.lpips_weights" in msg and "--model.perceptual_weight 0" in msg and msg.count(". ") == 0
+    assert "--model.loss.lpips_weights" in msg and "--model.loss.perceptual_weight 0" in msg and msg.count(". ") == 0
     with caplog.at_level(logging.INFO, logger="vqgan_lc.train.module"):
         tiny_module(files["codebook"], perceptual_weight=0.0)
     assert any("perceptual (LPIPS) loss is off" in r.message for r in caplog.records)
-    with pytest.raises(CodebookError, match="--model.codebook FILE"):
+    with pytest.raises(CodebookError, match="--model.model.codebook FILE"):
         tiny_module(None)
     with pytest.raises(CodebookError, match="only used by the 'lc' quantizer"):
         tiny_module(files["codebook"], quantizer="vq")
@@ -299,10 +300,11 @@ def test_schedule_from_epochs(files: dict[str, Path], tmp_path: Path) -> None:
     trainer(tmp_path, max_epochs=2, callbacks=[rec], limit_val_batches=0).fit(
         module, datamodule=data_module(files["photos"]))  # 4 batches per epoch
     assert module.schedule_steps() == (2, 8) and module.gen_step == 8
-    # the learning rate set for the next step after each batch: warm-up 0 (first step), 0.5, 1, then cosine
+    # the learning rate each batch used, set from gen_step: warm-up 0 (first step), 0.5, 1, then cosine
     lrs = [r["lr"] / 5e-4 for r in rec.rows]
-    assert lrs[:2] == [0.5, 1.0] and lrs[2] == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
-    assert lrs[-1] == 0.0
+    assert lrs[:3] == [0.0, 0.5, 1.0] and lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 6)))
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 6)))
+    assert module.optimizers()[1].param_groups[0]["lr"] == rec.rows[-1]["lr"]  # both players, one schedule
 
 
 @pytest.mark.gpu
@@ -321,3 +323,42 @@ def test_bf16_mixed_on_gpu_keeps_the_search_in_float32(files: dict[str, Path], t
     assert z.dtype == torch.bfloat16 and out.z_q.dtype == torch.float32
     with torch.no_grad():
         assert torch.equal(out.ids, model.quantize(z.float()).ids)  # the search saw float32 latents
+
+
+def test_the_lightning_package_trains_the_module(files: dict[str, Path], tmp_path: Path) -> None:
+    """`lightning.pytorch.Trainer(...).fit(VQGANLCModule(...))`: the module is a lightning.pytorch module
+    (with pytorch_lightning's it raised TypeError), and two generator steps run with the GAN from step 1."""
+    import lightning
+
+    pl.seed_everything(0, verbose=False)
+    module = tiny_module(files["codebook"], disc_start=1, max_steps=2)
+    assert isinstance(module, lightning.pytorch.LightningModule)
+    t = lightning.pytorch.Trainer(accelerator="cpu", devices=1, max_epochs=-1, logger=False,
+                                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                  limit_val_batches=0, default_root_dir=str(tmp_path))
+    t.fit(module, datamodule=data_module(files["photos"]))
+    assert module.gen_step == 2 and t.global_step == 3  # G, then G + D
+    assert adam_steps(t.optimizers[0]) == 2 and adam_steps(t.optimizers[1]) == 1
+
+
+def test_module_takes_typed_groups_and_builds_the_model_framework_free(files: dict[str, Path]) -> None:
+    from vqgan_lc.build import ModelSpec, build_model
+    from vqgan_lc.errors import ConfigError
+    from vqgan_lc.train import LossConfig, OptimConfig, VQGANLCModule
+
+    spec = ModelSpec(preset="tiny", codebook=str(files["codebook"]), codebook_std=0.5)
+    module = VQGANLCModule(model=spec, loss=LossConfig(perceptual_weight=0.0, disc_start=7),
+                           optim=OptimConfig(lr=1e-4, warmup_steps=3, max_steps=9))
+    assert module.hparams["model"]["codebook_std"] == 0.5 and module.hparams["loss"]["disc_start"] == 7
+    assert module.hparams["optim"]["betas"] == (0.5, 0.9)  # plain values: checkpoints load with weights_only
+    assert torch.equal(build_model(spec).quantize.codebook, module.model.quantize.codebook)
+    assert module.schedule_steps() == (3, 9) and module.lr_factor(3) == 1.0 and module.lr_factor(0) == 0.0
+    assert module.lr_factor(6) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        build_model(ModelSpec(preset="nope"))
+    with pytest.raises(ConfigError, match="min_lr"):
+        OptimConfig(lr=1e-4, min_lr=1e-3)
+    with pytest.raises(ConfigError, match="disc_start"):
+        LossConfig(disc_start=-1)
+    with pytest.raises(ConfigError, match="codebook_size"):
+        build_model(ModelSpec(preset="tiny", codebook=str(files["codebook"]), codebook_size=10))

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from conftest import PHOTO_NAMES, photo
 from PIL import Image
 
+from vqgan_lc.build import ModelSpec
 from vqgan_lc.codebook import save_codebook
-from vqgan_lc.train import ImageDataModule, VQGANLCModule
+from vqgan_lc.train import ImageDataModule, LossConfig, OptimConfig, VQGANLCModule
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,11 +56,27 @@ def write_codebook(path: Path, n: int = 1024, seed: int = 0) -> Path:
     return save_codebook(path, torch.randn(n, 768, generator=g) * 0.03, {"extractor": "random", "seed": seed})
 
 
+def module_groups(**kw: Any) -> dict[str, Any]:
+    """Flat settings (``codebook=..., disc_start=..., max_steps=...``) sorted into VQGANLCModule's typed groups."""
+    names = {group: {f.name for f in dataclasses.fields(cls)}
+             for group, cls in (("model", ModelSpec), ("loss", LossConfig), ("optim", OptimConfig))}
+    groups: dict[str, dict[str, Any]] = {"model": {}, "loss": {}, "optim": {}}
+    out: dict[str, Any] = {}
+    for key, value in kw.items():
+        group = next((g for g, fields in names.items() if key in fields), None)
+        if group is None:
+            out[key] = value  # num_grid_images
+        else:
+            groups[group][key] = value
+    return {"model": ModelSpec(**groups["model"]), "loss": LossConfig(**groups["loss"]),
+            "optim": OptimConfig(**groups["optim"]), **out}
+
+
 def tiny_module(codebook: Path | None, **kw: Any) -> VQGANLCModule:
     args: dict[str, Any] = dict(preset="tiny", codebook=str(codebook) if codebook else None, perceptual_weight=0.0,
                                 disc_start=3, warmup_steps=0, max_steps=4, num_grid_images=4)
     args.update(kw)
-    return VQGANLCModule(**args)
+    return VQGANLCModule(**module_groups(**args))
 
 
 def data_module(folder: Path, **kw: Any) -> ImageDataModule:

@@ -1,4 +1,4 @@
-"""The offline demo (``make demo``): the whole pipeline on scikit-image's bundled photographs.
+"""The offline demo (``vqgan-lc demo``, ``make demo``): the whole pipeline on scikit-image's bundled photographs.
 
 Every stage after the first is one ``vqgan-lc`` command, run in this process exactly as a user would
 type it, on the real file formats:
@@ -18,11 +18,9 @@ and rFID are off and reported as not computed.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -67,14 +65,15 @@ def write_tiles(out: Path, size: int = TILE) -> tuple[Path, Path]:
 
 
 def train_config(out: Path, train_dir: Path, val_dir: Path, steps: int, seed: int) -> dict:
-    """The ``vqgan-lc train`` config of the demo: configs/tiny_cpu.yaml with this run's paths and length."""
+    """The ``vqgan-lc train`` config of the demo: the shipped tiny_cpu recipe with this run's paths and length."""
     per_epoch = max(steps // 3, 1)  # three validation passes
     batch = 8
     return {
         "seed_everything": seed,
-        "model": {"preset": "tiny", "codebook": str(out / "codebook.safetensors"), "codebook_std": 0.03,
-                  "perceptual_weight": 0.0, "disc_start": max(steps // 2, 1), "warmup_steps": max(steps // 15, 1),
-                  "max_steps": steps, "lr": 5.0e-4, "num_grid_images": 8},
+        "model": {"model": {"preset": "tiny", "codebook": str(out / "codebook.safetensors"), "codebook_std": 0.03},
+                  "loss": {"perceptual_weight": 0.0, "disc_start": max(steps // 2, 1)},
+                  "optim": {"warmup_steps": max(steps // 15, 1), "max_steps": steps, "lr": 5.0e-4},
+                  "num_grid_images": 8},
         "data": {"data": str(train_dir), "val_data": str(val_dir), "image_size": IMAGE_SIZE, "batch_size": batch,
                  "num_workers": 0, "samples_per_epoch": per_epoch * batch, "seed": seed},
         "trainer": {"accelerator": "cpu", "devices": 1, "precision": "32-true", "max_epochs": -1,
@@ -332,7 +331,7 @@ Every file is in the package's real formats: `codebook.safetensors` (codebook fi
 directory, full weights: `vqgan-lc train --config {out / 'train.yaml'} --init-from {out / 'model'}`
 fine-tunes it), `tokens/` (token
 directory), `eval/` (`report.json`, `report.md`, `per_image.csv`), `checkpoints/last.ckpt`
-(`vqgan-lc train --config {out / 'train.yaml'} --ckpt-path last` resumes), `csv/` and `tensorboard/` logs.
+(`vqgan-lc train --config {out / 'train.yaml'} --ckpt-path last` resumes), `csv/` logs.
 Perceptual loss, LPIPS and rFID need pretrained weights that this offline demo does not have.
 
 ## Time per stage
@@ -343,25 +342,3 @@ Perceptual loss, LPIPS and rFID need pretrained weights that this offline demo d
 | total | {_fmt(total)} |
 """
     (out / "report.md").write_text(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/demo", help="output folder (the demo's own files in it are replaced)")
-    ap.add_argument("--steps", type=int, default=300, help="generator steps of training")
-    ap.add_argument("--k", type=int, default=512, help="codebook size (k-means centres)")
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    if a.steps < 1 or a.k < 2:
-        ap.error("--steps must be >= 1 and --k >= 2")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    metrics = run_demo(a.out, a.steps, a.k, a.seed)
-    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
-    if bad:
-        log.error("non-finite metrics: %s", ", ".join(bad))
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

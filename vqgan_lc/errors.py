@@ -53,7 +53,7 @@ class ImageSourceError(VQGANLCError, ValueError):
 
 
 class ConfigError(VQGANLCError, ValueError):
-    """A model or quantizer config whose values contradict each other (e.g. a baseline's fixed setting)."""
+    """Settings that contradict each other or name something that does not exist (preset, option value)."""
 
 
 class PreprocessingError(VQGANLCError, ValueError):

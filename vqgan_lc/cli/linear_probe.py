@@ -32,8 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import VQGANLCError
     from ..generate.gpt import GPT
-    from ..generate.module import GPTTokenDataset
     from ..generate.probe import linear_probe
+    from ..train.gpt import GPTTokenDataset
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpt = GPT.from_pretrained(args.gpt, map_location=device)

@@ -21,11 +21,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "describe a model, GPT or DiGIT directory, token directory, feature store or codebook file"),
     "build-codebook": ("build_codebook", "extract frozen features and cluster them into a codebook"),
     "evaluate": ("evaluate", "reconstruction metrics, codebook utilization and throughput over a split"),
-    "train": ("train", "train or fine-tune a tokenizer with PyTorch Lightning"),
+    "train": ("train", "train or fine-tune a tokenizer with Lightning (--config tiny_cpu, ...)"),
+    "export": ("export", "turn a training checkpoint (.ckpt of vqgan-lc train) into a model directory"),
     "train-gpt": ("train_gpt", "train the autoregressive GPT prior on token directories (Lightning)"),
     "sample": ("sample", "sample images: GPT (+ DiGIT stage 2) -> VQGAN-LC decoder -> PNGs"),
     "linear-probe": ("linear_probe", "linear-probe accuracy of a GPT's hidden states on a labelled token directory"),
+    "demo": ("demo", "the end-to-end CPU demo: codebook, training, encode, decode, evaluate, report"),
 }
+# Subcommands that parse their own arguments (LightningCLI; train-gpt's --SECTION.FIELD overrides):
+# everything after the name reaches them untouched as ``args.rest``.
+OWN_PARSER = {"train", "train-gpt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +49,15 @@ def _load(module: str):  # noqa: ANN202
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    rest: list[str] | None = None
+    i = next((k for k, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if i < len(argv) and argv[i] in OWN_PARSER:
+        argv, rest = argv[: i + 1], argv[i + 1 :]
     args = parser.parse_args(argv)
+    if rest is not None:
+        args.rest = rest
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

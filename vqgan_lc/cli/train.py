@@ -1,79 +1,80 @@
-"""``vqgan-lc train``: train or fine-tune a tokenizer with PyTorch Lightning (LightningCLI).
+"""``vqgan-lc train``: train or fine-tune a tokenizer with Lightning (LightningCLI).
 
-Everything after ``train`` goes to LightningCLI, so any field of the YAML can be overridden::
+CLI style of the training commands. ``train`` and ``train-gpt`` read one YAML recipe named by
+``--config NAME_OR_PATH``: a file, or the name of a config shipped in ``vqgan_lc/configs``
+(``tiny_cpu``, ``vqgan_lc_f16_100k``, ...; ``gpt_tiny_cpu``, ... for ``train-gpt``); every value of it
+can then be overridden on the command line. ``train`` hands its arguments to LightningCLI, so
+overrides are ``--SECTION.FIELD VALUE`` (``--model.optim.max_steps 50``, ``--data.batch_size 4``,
+``--trainer.devices 2``) and ``--print_config`` shows the full resolved recipe. ``train-gpt`` takes the
+same ``--SECTION.FIELD VALUE`` overrides of its two sections (``--train.lr 1e-4``), parsed by plain
+argparse (its model is sized from the token directories; see ``cli/train_gpt.py``)::
 
-    vqgan-lc train --config configs/tiny_cpu.yaml --data.data photos/ --model.codebook codebook.safetensors
-    vqgan-lc train --config configs/vqgan_lc_f16_100k.yaml --data.data imagenet/ \\
-        --data.file_list train.txt --model.codebook codebook-100K.pth --model.lpips_weights vgg16-397923af.pth
-    vqgan-lc train --config configs/tiny_cpu.yaml --data.data my_photos/ --init-from converted_model/   # fine-tune
-    vqgan-lc train --config configs/tiny_cpu.yaml ... --ckpt-path last                             # resume
-    vqgan-lc train --export-checkpoint runs/tiny_cpu/checkpoints/last.ckpt --out my_model [--inference-only]
-    vqgan-lc train --config configs/tiny_cpu.yaml --print_config                                   # full config
+    vqgan-lc train --config tiny_cpu --data.data photos/ --codebook codebook.safetensors
+    vqgan-lc train --config vqgan_lc_f16_100k --data.data imagenet/ \\
+        --data.file_list train.txt --codebook codebook-100K.pth --model.loss.lpips_weights vgg16-397923af.pth
+    vqgan-lc train --config tiny_cpu --data.data my_photos/ --init-from converted_model/   # fine-tune
+    vqgan-lc train --config tiny_cpu ... --ckpt-path last                                  # resume
+    vqgan-lc train --config tiny_cpu --print_config                                        # full config
+    vqgan-lc export runs/tiny_cpu/checkpoints/last.ckpt --out my_model [--inference-only]  # .ckpt -> model dir
 
-Shortcuts: ``--init-from DIR`` = ``--model.init_from DIR``; ``--ckpt-path P`` = ``--ckpt_path P`` (``last``
-resumes from ``<trainer.default_root_dir>/checkpoints/last.ckpt``). Checkpoints go to
-``<default_root_dir>/checkpoints``, TensorBoard and CSV logs to ``<default_root_dir>/{tensorboard,csv}``,
-reconstruction grids to ``<default_root_dir>/reconstructions`` and the exported model directory to
-``<default_root_dir>/model``.
+Shortcuts: ``--codebook FILE`` = ``--model.model.codebook FILE``; ``--init-from DIR`` =
+``--model.model.init_from DIR``; ``--ckpt-path P`` = ``--ckpt_path P`` (``last`` resumes from
+``<trainer.default_root_dir>/checkpoints/last.ckpt``). Checkpoints go to ``<default_root_dir>/checkpoints``,
+CSV logs to ``<default_root_dir>/csv`` (and TensorBoard logs to ``<default_root_dir>/tensorboard`` with
+``--tensorboard true``, which needs the ``tensorboard`` package), reconstruction grids to
+``<default_root_dir>/reconstructions`` and the exported model directory to ``<default_root_dir>/model``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import warnings
 from typing import Any
 
+from ..configs import config_path
+from ..errors import ConfigError
+
 log = logging.getLogger("vqgan_lc.cli.train")
 
-_SHORTCUTS = {"--init-from": "--model.init_from", "--ckpt-path": "--ckpt_path"}
+_SHORTCUTS = {"--codebook": "--model.model.codebook", "--init-from": "--model.model.init_from",
+              "--ckpt-path": "--ckpt_path"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rest", nargs=argparse.REMAINDER,
-                   help="LightningCLI arguments: --config FILE, --model.*, --data.*, --trainer.*, ... "
-                        "(`vqgan-lc train --help` lists them all)")
-    # LightningCLI parses the options itself: hand every argument after `train` over untouched
-    # (argparse's REMAINDER would refuse arguments that start with "--").
-    defaults = p._defaults  # set_defaults(...) of main.build_parser, e.g. the module name
-
-    def parse_known_args(args: list[str] | None = None, namespace: argparse.Namespace | None = None):  # noqa: ANN202
-        ns = namespace if namespace is not None else argparse.Namespace()
-        for k, v in defaults.items():
-            setattr(ns, k, v)
-        ns.rest = list(args or [])
-        return ns, []
-
-    p.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    # Nothing to declare: `vqgan-lc` hands every argument after `train` to LightningCLI untouched
+    # (cli/main.py, OWN_PARSER); `vqgan-lc train --help` lists them all.
+    p.usage = "vqgan-lc train --config NAME_OR_PATH [--SECTION.FIELD VALUE ...] (see `vqgan-lc train --help`)"
 
 
-def _translate(rest: list[str]) -> list[str]:
-    out = []
+def translate(rest: list[str]) -> list[str]:
+    """The command line with the shortcuts expanded and ``--config NAME`` resolved to a file."""
+    out: list[str] = []
+    config_next = False
     for a in rest:
+        if config_next:
+            out.append(str(config_path(a)))
+            config_next = False
+            continue
         name, eq, value = a.partition("=")
+        if name == "--config":
+            if eq:
+                out.append(f"--config={config_path(value)}")
+            else:
+                out.append(a)
+                config_next = True
+            continue
         out.append(_SHORTCUTS[name] + eq + value if name in _SHORTCUTS else a)
     return out
 
 
-def _export(rest: list[str]) -> int:
-    from ..train import export_checkpoint
-
-    p = argparse.ArgumentParser(prog="vqgan-lc train --export-checkpoint")
-    p.add_argument("--export-checkpoint", required=True, metavar="CKPT", help="a .ckpt written by vqgan-lc train")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--inference-only", action="store_true", help="keep only the projected N x D' codes")
-    a = p.parse_args(rest)
-    path = export_checkpoint(a.export_checkpoint, a.out, inference_only=a.inference_only)
-    log.info("wrote %s", path)
-    return 0
-
-
 def build_cli(args: list[str], *, run: bool = True) -> Any:
     """The LightningCLI of ``vqgan-lc train`` on ``args``; fits when ``run`` (returns the CLI object)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
     from ..train import ExportModel, ImageDataModule, ReconstructionGrid, VQGANLCModule
 
@@ -84,6 +85,8 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_argument("--ckpt_path", type=str | None, default=None,
                                 help="resume from this .ckpt, or 'last' (<default_root_dir>/checkpoints/last.ckpt)")
+            parser.add_argument("--tensorboard", type=bool, default=False,
+                                help="also log to <default_root_dir>/tensorboard (needs the tensorboard package)")
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
             parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
@@ -94,7 +97,13 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
             cfg = self._get(self.config_init, "trainer", default={})
             if cfg.get("logger") in (None, True):
                 root = cfg.get("default_root_dir") or os.getcwd()
-                kwargs["logger"] = [TensorBoardLogger(root, name="tensorboard"), CSVLogger(root, name="csv")]
+                loggers: list[Logger] = [CSVLogger(root, name="csv")]
+                if self._get(self.config_init, "tensorboard", default=False):
+                    if importlib.util.find_spec("tensorboard") is None:
+                        raise ConfigError("--tensorboard true needs the tensorboard package: pip install tensorboard "
+                                          "(or the vqgan-lc[tensorboard] extra), or drop the flag")
+                    loggers.insert(0, TensorBoardLogger(root, name="tensorboard"))
+                kwargs["logger"] = loggers
             return super().instantiate_trainer(**kwargs)
 
     with warnings.catch_warnings():  # `vqgan-lc train` hands LightningCLI its own arguments on purpose
@@ -105,8 +114,9 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
             args=args,
             run=False,
             save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,  # the module's own two Adams and schedules
-            parser_kwargs={"description": "Train or fine-tune a VQGAN-LC tokenizer (see configs/*.yaml)."},
+            auto_configure_optimizers=False,  # the module's own two Adams; it sets their learning rates
+            parser_kwargs={"description": "Train or fine-tune a VQGAN-LC tokenizer (--config NAME_OR_PATH: "
+                                          "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file)."},
         )
     if run:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
@@ -114,8 +124,5 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    rest = list(args.rest)
-    if any(a == "--export-checkpoint" or a.startswith("--export-checkpoint=") for a in rest):
-        return _export(rest)
-    build_cli(_translate(rest))
+    build_cli(translate(list(args.rest)))
     return 0

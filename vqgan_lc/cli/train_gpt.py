@@ -4,32 +4,54 @@ The YAML has two sections, ``model`` (a ``preset`` and/or ``GPTConfig`` fields; 
 classes and prefix come from the token directories) and ``train`` (``GPTTrainConfig`` fields)::
 
     # VQGAN-LC + GPT: class-conditional GPT over VQGAN-LC ids
-    vqgan-lc train-gpt --tokens tokens-vqgan/ --config configs/gpt_vqgan_lc_404m.yaml --out gpt/
+    vqgan-lc train-gpt --tokens tokens-vqgan/ --config gpt_vqgan_lc_404m --out gpt/
     # DiGIT stage 1 (DiGIT ids) and stage 2 (DiGIT ids as prefix -> VQGAN-LC ids); same image folder
-    vqgan-lc train-gpt --tokens tokens-digit/ --config configs/gpt_digit_stage1_base.yaml --out stage1/
+    vqgan-lc train-gpt --tokens tokens-digit/ --config gpt_digit_stage1_base --out stage1/
     vqgan-lc train-gpt --tokens tokens-vqgan/ --prefix-tokens tokens-digit/ \\
-        --config configs/gpt_digit_stage2_base.yaml --out stage2/
+        --config gpt_digit_stage2_base --out stage2/
     # CPU smoke run
-    vqgan-lc train-gpt --tokens tokens/ --config configs/gpt_tiny_cpu.yaml --out gpt-tiny/ --max-steps 50
+    vqgan-lc train-gpt --tokens tokens/ --config gpt_tiny_cpu --out gpt-tiny/ --max-steps 50
 
-``--set train.lr=1e-4`` (repeatable) overrides any YAML value; ``--resume`` continues from
-``OUT/lightning/checkpoints/last.ckpt``.
+CLI style: the one of ``vqgan-lc train`` (see ``vqgan_lc/cli/train.py``): ``--config NAME_OR_PATH``
+names a YAML file or a config shipped in ``vqgan_lc/configs``, and ``--SECTION.FIELD VALUE`` overrides
+any value of it (``--train.lr 1e-4``, ``--model.n_layer 4``; the value is read as YAML). ``train``
+hands its arguments to LightningCLI; ``train-gpt`` parses them itself (plain argparse) because its
+model is sized from the token directories before anything is built. ``--set train.lr=1e-4`` is the
+older spelling of the same override; ``--resume`` continues from ``OUT/lightning/checkpoints/last.ckpt``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("vqgan_lc.cli.train_gpt")
 
 
+SECTIONS = ("model", "train")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # `vqgan-lc` hands every argument after `train-gpt` to run() untouched (cli/main.py, OWN_PARSER),
+    # which parses them with build_parser() plus the --SECTION.FIELD overrides.
+    p.usage = "vqgan-lc train-gpt --tokens DIR --config NAME_OR_PATH --out DIR [--SECTION.FIELD VALUE ...]"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options of ``vqgan-lc train-gpt`` (``--SECTION.FIELD VALUE`` overrides come on top)."""
+    p = argparse.ArgumentParser(prog="vqgan-lc train-gpt", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(p)
+    return p
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", required=True, help="token directory of the ids to model (vqgan-lc encode output)")
     p.add_argument("--prefix-tokens", help="token directory of the same images used as prefix (DiGIT stage 2)")
-    p.add_argument("--config", required=True, help="YAML with `model:` and `train:` sections (configs/gpt_*.yaml)")
+    p.add_argument("--config", required=True, metavar="NAME_OR_PATH",
+                   help="YAML with `model:` and `train:` sections: a file or a shipped config (gpt_tiny_cpu, "
+                        "gpt_vqgan_lc_404m, gpt_digit_stage1_base, gpt_digit_stage2_base)")
     p.add_argument("--out", required=True, help="output GPT directory (config.json + model.safetensors)")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")
     p.add_argument("--batch-size", type=int, help="override train.batch_size")
@@ -43,33 +65,74 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def load_config(path: str, sets: list[str]) -> dict[str, Any]:
-    """The YAML file with ``--set`` overrides applied; only ``model`` and ``train`` sections."""
+def split_overrides(extra: list[str]) -> tuple[list[str], list[str]]:
+    """``--SECTION.FIELD VALUE`` / ``--SECTION.FIELD=VALUE`` pairs as ``SECTION.FIELD=VALUE`` items, and the
+    arguments that are not such overrides."""
+    sets: list[str] = []
+    unknown: list[str] = []
+    i = 0
+    while i < len(extra):
+        a = extra[i]
+        key, eq, value = a[2:].partition("=")
+        if a.startswith("--") and key.partition(".")[0] in SECTIONS and "." in key:
+            if not eq:
+                if i + 1 >= len(extra):
+                    unknown.append(a)
+                    break
+                value, i = extra[i + 1], i + 1
+            sets.append(f"{key}={value}")
+        else:
+            unknown.append(a)
+        i += 1
+    return sets, unknown
+
+
+def _yaml_value(text: str) -> Any:
+    """``text`` read as YAML, except that ``1e-4`` is a number (YAML 1.1 wants ``1.0e-4``)."""
     import yaml
 
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if value.lower() not in ("inf", "-inf", "nan", "infinity") else value
+        except ValueError:
+            return value
+    return value
+
+
+def load_config(path: str, sets: list[str]) -> dict[str, Any]:
+    """The YAML file with ``SECTION.KEY=VALUE`` overrides applied; only ``model`` and ``train`` sections."""
+    import yaml
+
+    from ..configs import config_path
     from ..errors import VQGANLCError
 
-    if not Path(path).is_file():
-        raise VQGANLCError(f"config file {path} does not exist")
-    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    file = config_path(path)
+    cfg = yaml.safe_load(file.read_text()) or {}
     unknown = sorted(set(cfg) - {"model", "train"})
     if unknown:
-        raise VQGANLCError(f"{path}: unknown sections {', '.join(unknown)} (expected model and train)")
+        raise VQGANLCError(f"{file}: unknown sections {', '.join(unknown)} (expected model and train)")
     for item in sets:
         key, eq, value = item.partition("=")
         section, dot, name = key.partition(".")
         if not eq or not dot or section not in ("model", "train"):
             raise VQGANLCError(f"--set {item!r}: expected model.KEY=VALUE or train.KEY=VALUE")
-        cfg.setdefault(section, {})[name] = yaml.safe_load(value)
+        cfg.setdefault(section, {})[name] = _yaml_value(value)
     return {"model": dict(cfg.get("model") or {}), "train": dict(cfg.get("train") or {})}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(ns: argparse.Namespace) -> int:
     from ..errors import VQGANLCError
     from ..generate.gpt import GPT
-    from ..generate.module import fit_gpt
+    from ..train.gpt import fit_gpt
 
-    cfg = load_config(args.config, args.set)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(list(ns.rest))
+    sets, unknown = split_overrides(extra)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides are --model.FIELD VALUE or "
+                     "--train.FIELD VALUE)")
+    cfg = load_config(args.config, [*args.set, *sets])
     train = cfg["train"]
     for key in ("max_steps", "batch_size", "lr", "accelerator", "seed"):
         if getattr(args, key) is not None:

@@ -10,16 +10,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
+import lightning.pytorch as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from .module import VQGANLCModule
 
 log = logging.getLogger(__name__)
 
 
-def _gen_step(pl_module: pl.LightningModule) -> int:
-    step = getattr(pl_module, "gen_step", None)  # our counter; Lightning's counts both optimizers' steps
-    return int(pl_module.global_step if step is None else step)
+def _vqgan(pl_module: pl.LightningModule) -> VQGANLCModule:
+    """The module these callbacks serve; anything else is a usage error."""
+    if not isinstance(pl_module, VQGANLCModule):
+        raise TypeError(f"this callback works with VQGANLCModule, not {type(pl_module).__name__}")
+    return pl_module
 
 
 def reconstruction_grid(images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
@@ -61,7 +66,7 @@ class ReconstructionGrid(Callback):
         if self.every_n_epochs > 1 and trainer.current_epoch % self.every_n_epochs:
             return
         grid = reconstruction_grid(*pending)
-        step = _gen_step(pl_module)
+        step = _vqgan(pl_module).gen_step  # our counter; Lightning's global_step counts both optimizers' steps
         if self.save_png:
             from PIL import Image
 
@@ -70,9 +75,8 @@ class ReconstructionGrid(Callback):
             Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out)
             self.last_path = out
         for logger in trainer.loggers:
-            exp = getattr(logger, "experiment", None)
-            if hasattr(exp, "add_image"):  # TensorBoard's SummaryWriter
-                exp.add_image("val/reconstructions", grid, global_step=step)
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/reconstructions", grid, global_step=step)
 
 
 class ExportModel(Callback):
@@ -96,16 +100,17 @@ class ExportModel(Callback):
     def _export(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
         if not trainer.is_global_zero:
             return
+        module = _vqgan(pl_module)
         root = Path(trainer.default_root_dir)
-        path = pl_module.export(root / name)
+        path = module.export(root / name)
         self.exported.append(path)
-        if self.inference_only and pl_module.model.config.quantizer.kind == "lc":
-            self.exported.append(pl_module.export(root / f"{name}-inference", inference_only=True))
-        log.info("exported the model directory %s (generator step %d)", path, _gen_step(pl_module))
+        if self.inference_only and module.model.config.quantizer.kind == "lc":
+            self.exported.append(module.export(root / f"{name}-inference", inference_only=True))
+        log.info("exported the model directory %s (generator step %d)", path, module.gen_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        step = _gen_step(pl_module)
+        step = _vqgan(pl_module).gen_step
         if self.every_n_steps and step and step % self.every_n_steps == 0 and outputs is not None:
             self._export(trainer, pl_module, f"{self.dirname}-step-{step:07d}")
 
@@ -134,16 +139,17 @@ class StepProgress(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import time
 
-        self._t0, self._step0 = time.perf_counter(), _gen_step(pl_module)
+        self._t0, self._step0 = time.perf_counter(), _vqgan(pl_module).gen_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         import time
 
-        step = _gen_step(pl_module)
+        module = _vqgan(pl_module)
+        step = module.gen_step
         if not trainer.is_global_zero or self._t0 is None or step % self.every_n_steps or outputs is None:
             return
-        total = pl_module.schedule_steps()[1] if hasattr(pl_module, "schedule_steps") else trainer.max_steps
+        total = module.schedule_steps()[1]
         elapsed = time.perf_counter() - self._t0
         rate = (step - self._step0) / max(elapsed, 1e-9)
         left = max(total - step, 0) / rate if rate > 0 else float("nan")

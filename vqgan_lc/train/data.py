@@ -27,8 +27,8 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler

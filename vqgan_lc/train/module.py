@@ -2,7 +2,9 @@
 
 One batch = one generator step, then one discriminator step on the same batch (manual
 optimisation). Both optimizers are ``Adam(betas=(0.5, 0.9), eps=1e-7)`` with the same schedule:
-linear warm-up from 0, then a half-cycle cosine to ``min_lr`` (official ``util/lr_sched.py``).
+linear warm-up from 0, then a half-cycle cosine to ``min_lr`` (official ``util/lr_sched.py``). The
+learning rates are set from ``gen_step`` at the start of every step (``lr = base * lr_factor(gen_step)``),
+so no scheduler state exists and a resumed run continues exactly.
 
 Step counting. ``gen_step`` is the number of generator steps taken so far; it is saved in every
 checkpoint and restored on resume. It drives the schedule, ``disc_start`` and ``max_steps``.
@@ -16,129 +18,79 @@ alone and the discriminator first steps on batch ``k + 1`` (0-based batch ``k``)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import pytorch_lightning as pl
+import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.lr_scheduler import LambdaLR
 
-from ..codebook import load_codebook
-from ..config import ModelConfig, QuantizerKind
-from ..errors import CheckpointError, CodebookError, MissingWeightsError
+from ..build import ModelSpec, build_model
+from ..errors import CheckpointError, ConfigError, MissingWeightsError
+from ..export import CHECKPOINT_KEY, CHECKPOINT_VERSION
 from ..losses import PerceptualLoss, VQGANLoss, per_image_reconstruction_loss
-from ..model import VQGANLC
 from ..quantize import CodebookUsage
-from ..registry import get_config
-from .schedule import lr_factor
+from .config import LossConfig, OptimConfig
+from .data import ImageDataModule
+from .schedule import lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_KEY = "vqgan_lc"
 _PERCEPTUAL_PREFIX = "objective.perceptual."
+# Frozen dataclasses: safe to share as defaults.
+_DEFAULT_MODEL, _DEFAULT_LOSS, _DEFAULT_OPTIM = ModelSpec(), LossConfig(), OptimConfig()
 
 
 class VQGANLCModule(pl.LightningModule):
     """The tokenizer, its PatchGAN and losses, and the two-player training step.
 
-    Model (one of):
-        preset: a registry name (``tiny``, ``vqgan-lc-f16-100k``, ``vqgan-lc-f8-100k``, ...).
-        config: a full ``ModelConfig`` dict instead of a preset.
-        overrides: fields changed on the preset/config (``quantizer`` may be a dict of its fields).
-        quantizer: ``lc`` (VQGAN-LC), ``vq`` (taming), ``fc`` (factorised codes), ``ema``; default the
-            preset's (``lc``).
-        codebook_size: codebook size of the ``vq``/``fc``/``ema`` baselines (``lc`` takes it from the file).
-        codebook: the frozen codebook file of the ``lc`` quantizer (ours ``.safetensors`` or the official
-            ``codebook-100K.pth``); required for ``lc`` unless ``init_from`` is given.
-        codebook_std: None (official): the codebook as in the file. A number: centre the codebook and
-            scale it to this standard deviation before training (the model keeps the rescaled
-            codebook; ignored with ``init_from``). Since the projector is linear this only changes its effective initialisation;
-            it rescues codebooks whose features are far larger than the encoder's initial latents
-            (pixel patches: with the official init every latent then picks the same code).
-        init_from: a model directory (``save_pretrained`` / ``vqgan-lc convert``, full export) to
-            fine-tune; its architecture and codebook are kept.
-
-    Losses (official defaults): ``rec_loss`` ``l1`` (``l2`` is the paper's text) x ``rec_weight`` 1,
-    LPIPS x ``perceptual_weight`` 1 (needs ``lpips_weights``: a local torchvision VGG16 file;
-    ``lpips_lin_weights`` defaults to the file inside the lpips package), quantizer loss x
-    ``quantizer_weight`` 0.1, hinge GAN x ``gan_weight`` 0.1 x adaptive weight (clamped to
-    ``[0, adaptive_weight_max]``), on from ``disc_start`` generator steps. PatchGAN ``disc_layers`` 2,
-    ``disc_ndf`` 64.
-
-    Optimisation: ``lr`` 5e-4 (the paper and README; ``runTrainVQ.sh`` uses 1e-4), ``min_lr`` 0,
-    warm-up ``warmup_steps`` generator steps, or ``warmup_epochs`` (official 5) x batches per epoch when
-    ``warmup_steps`` is None; ``max_steps`` generator steps in all (None: ``trainer.max_epochs`` x
-    batches per epoch). ``betas`` (0.5, 0.9), ``eps`` 1e-7, ``weight_decay`` 0.
-
-    ``num_grid_images``: images per reconstruction grid (first validation batch).
+    Three typed groups: ``model`` (``vqgan_lc.build.ModelSpec``: preset or config, overrides,
+    quantizer, codebook file, ``codebook_std``, ``init_from``; built by ``vqgan_lc.build.build_model``),
+    ``loss`` (``LossConfig``) and ``optim`` (``OptimConfig``); plus ``num_grid_images``, the images of
+    the reconstruction grid (first validation batch). In a YAML they are ``model: {model: {...},
+    loss: {...}, optim: {...}}``; on the command line ``--model.loss.disc_start 150``.
     """
 
     def __init__(
         self,
-        preset: str = "vqgan-lc-f16-100k",
-        config: dict[str, Any] | None = None,
-        overrides: dict[str, Any] | None = None,
-        quantizer: QuantizerKind | None = None,
-        codebook_size: int | None = None,
-        codebook: str | None = None,
-        codebook_std: float | None = None,
-        init_from: str | None = None,
-        rec_loss: Literal["l1", "l2"] = "l1",
-        rec_weight: float = 1.0,
-        perceptual_weight: float = 1.0,
-        quantizer_weight: float = 0.1,
-        gan_weight: float = 0.1,
-        disc_start: int = 50_000,
-        adaptive_weight_max: float = 1e4,
-        disc_loss: Literal["hinge", "vanilla"] = "hinge",
-        disc_layers: int = 2,
-        disc_ndf: int = 64,
-        lr: float = 5e-4,
-        min_lr: float = 0.0,
-        warmup_steps: int | None = None,
-        warmup_epochs: float = 5.0,
-        max_steps: int | None = None,
-        betas: tuple[float, float] = (0.5, 0.9),
-        eps: float = 1e-7,
-        weight_decay: float = 0.0,
-        lpips_weights: str | None = None,
-        lpips_lin_weights: str | None = None,
+        model: ModelSpec = _DEFAULT_MODEL,
+        loss: LossConfig = _DEFAULT_LOSS,
+        optim: OptimConfig = _DEFAULT_OPTIM,
         num_grid_images: int = 8,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Plain dicts, so that checkpoints stay loadable with torch.load(weights_only=True).
+        self.save_hyperparameters({"model": dataclasses.asdict(model), "loss": dataclasses.asdict(loss),
+                                   "optim": dataclasses.asdict(optim), "num_grid_images": num_grid_images})
         self.automatic_optimization = False
-        if lr <= 0 or min_lr < 0 or min_lr > lr:
-            raise ValueError(f"need 0 <= min_lr <= lr and lr > 0; got lr={lr}, min_lr={min_lr}")
-        if disc_start < 0:
-            raise ValueError(f"disc_start must be >= 0, got {disc_start}")
-        self.model = self._build_model()
+        self.spec, self.loss_config, self.optim_config = model, loss, optim
+        self.num_grid_images = num_grid_images
+        self.model = build_model(model)
         perceptual = None
-        if perceptual_weight > 0:
-            if lpips_weights is None:
+        if loss.perceptual_weight > 0:
+            if loss.lpips_weights is None:
                 raise MissingWeightsError(
-                    "the perceptual loss needs local VGG16 ImageNet weights: pass --model.lpips_weights "
-                    "PATH/vgg16-397923af.pth, or turn the loss off with --model.perceptual_weight 0"
+                    "the perceptual loss needs local VGG16 ImageNet weights: pass --model.loss.lpips_weights "
+                    "PATH/vgg16-397923af.pth, or turn the loss off with --model.loss.perceptual_weight 0"
                 )
-            perceptual = PerceptualLoss(lpips_weights, lpips_lin_weights)
+            perceptual = PerceptualLoss(loss.lpips_weights, loss.lpips_lin_weights)
         else:
             log.info("perceptual (LPIPS) loss is off (perceptual_weight=0)")
         self.objective = VQGANLoss(
             perceptual=perceptual,
-            rec_loss=rec_loss,
-            rec_weight=rec_weight,
-            perceptual_weight=perceptual_weight,
-            quantizer_weight=quantizer_weight,
-            gan_weight=gan_weight,
-            adaptive_weight_max=adaptive_weight_max,
-            disc_loss=disc_loss,
-            disc_layers=disc_layers,
-            disc_ndf=disc_ndf,
+            rec_loss=loss.rec_loss,
+            rec_weight=loss.rec_weight,
+            perceptual_weight=loss.perceptual_weight,
+            quantizer_weight=loss.quantizer_weight,
+            gan_weight=loss.gan_weight,
+            adaptive_weight_max=loss.adaptive_weight_max,
+            disc_loss=loss.disc_loss,
+            disc_layers=loss.disc_layers,
+            disc_ndf=loss.disc_ndf,
         )
         self.gen_step = 0  # generator steps taken; persisted in checkpoints
         self._schedule: tuple[int, int] | None = None  # (warmup_steps, max_steps), resolved lazily
@@ -147,135 +99,57 @@ class VQGANLCModule(pl.LightningModule):
         self._train_usage: CodebookUsage | None = None
         self.val_metrics: dict[str, float] = {}  # the last validation epoch's numbers
 
-    # ------------------------------------------------------------------ the model
-    def _build_model(self) -> VQGANLC:
-        hp = self.hparams
-        if hp.init_from is not None:
-            if hp.codebook is not None:
-                raise CodebookError(
-                    "give either --model.init_from (a model directory, which keeps its own codebook) "
-                    "or --model.codebook, not both"
-                )
-            if hp.config is not None or hp.overrides or hp.codebook_size is not None:
-                raise ValueError("--model.init_from fixes the architecture; drop config/overrides/codebook_size")
-            if hp.codebook_std is not None:
-                log.warning("codebook_std=%g ignored: %s keeps the codebook it was trained with",
-                            hp.codebook_std, hp.init_from)
-            model = VQGANLC.from_pretrained(hp.init_from)
-            if model.inference_only:
-                raise CheckpointError(
-                    f"{hp.init_from} is an inference-only export (projected codes only); fine-tuning needs the "
-                    "full export with the raw codebook and projector (save_pretrained without inference_only, "
-                    "or `vqgan-lc convert` without --inference-only)"
-                )
-            if hp.quantizer is not None and hp.quantizer != model.config.quantizer.kind:
-                raise ValueError(
-                    f"{hp.init_from} has a {model.config.quantizer.kind!r} quantizer, not {hp.quantizer!r}"
-                )
-            model.provenance = {**getattr(model, "provenance", {}), "fine_tuned_from": str(hp.init_from)}
-            log.info("fine-tuning %s (%s quantizer, %d codes)", hp.init_from, model.config.quantizer.kind,
-                     model.codebook_size)
-            return model.train()
-        cfg = ModelConfig.from_dict(dict(hp.config)) if hp.config is not None else get_config(hp.preset)
-        if hp.overrides:
-            cfg = cfg.replace(**dict(hp.overrides))
-        if hp.quantizer is not None:
-            cfg = cfg.replace(quantizer={"kind": hp.quantizer})
-        if hp.codebook_size is not None:
-            if cfg.quantizer.kind == "lc":
-                raise ValueError("the 'lc' codebook size comes from the codebook file; drop --model.codebook_size")
-            cfg = cfg.replace(quantizer={"codebook_size": hp.codebook_size})
-        if cfg.quantizer.kind == "lc":
-            if hp.codebook is None:
-                raise CodebookError(
-                    "the 'lc' quantizer needs its frozen codebook: pass --model.codebook FILE (made by "
-                    "`vqgan-lc build-codebook`, or the official codebook-100K.pth), or fine-tune a model "
-                    "directory with --init-from DIR"
-                )
-            cb = load_codebook(hp.codebook)
-            vectors, prov = cb.vectors, {"file": Path(hp.codebook).name, **cb.provenance}
-            if hp.codebook_std is not None:
-                if hp.codebook_std <= 0:
-                    raise ValueError(f"codebook_std must be > 0, got {hp.codebook_std}")
-                centred = vectors - vectors.mean(0, keepdim=True)
-                vectors = centred * (hp.codebook_std / centred.std().clamp_min(1e-12))
-                prov["rescaled"] = {"centred": True, "std": hp.codebook_std}
-                log.info("codebook centred and scaled to std %g (--model.codebook_std)", hp.codebook_std)
-            model = VQGANLC.from_config(cfg, codebook=vectors)
-            model.provenance = {"codebook": prov}
-            return model
-        if hp.codebook is not None:
-            raise CodebookError(
-                f"--model.codebook is only used by the 'lc' quantizer; the {cfg.quantizer.kind!r} baseline "
-                "learns its codebook"
-            )
-        return VQGANLC(cfg)
-
     @property
     def gan_active(self) -> bool:
         """Whether this batch trains the discriminator and adds the adversarial term (``gen_step >= disc_start``)."""
-        return self.hparams.gan_weight > 0 and self.gen_step >= self.hparams.disc_start
+        return self.loss_config.gan_weight > 0 and self.gen_step >= self.loss_config.disc_start
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        kw = dict(lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay)
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        o = self.optim_config
+        kw: dict[str, Any] = dict(lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         gen_params = [p for p in self.model.parameters() if p.requires_grad]
         opt_g = torch.optim.Adam(gen_params, **kw)
         opt_d = torch.optim.Adam(self.objective.discriminator.parameters(), **kw)
-        sched_g = LambdaLR(opt_g, lambda s: self.lr_factor(s))
-        sched_d = LambdaLR(opt_d, lambda s: self.lr_factor(s))
-        return [opt_g, opt_d], [sched_g, sched_d]
+        # No scheduler: training_step sets both learning rates from gen_step before each step.
+        return [opt_g, opt_d]
 
     def schedule_steps(self) -> tuple[int, int]:
-        """``(warmup_steps, max_steps)`` in generator steps, resolved from epochs when needed."""
+        """``(warmup_steps, max_steps)`` in generator steps, resolved from epochs when needed (during fit)."""
         if self._schedule is None:
-            hp = self.hparams
-            per_epoch: int | None = None
-
-            def batches_per_epoch() -> int:
-                trainer = self.trainer
-                if trainer.train_dataloader is None:
-                    trainer.fit_loop.setup_data()
-                n = trainer.num_training_batches
-                if not math.isfinite(n) or n <= 0:
-                    raise ValueError("cannot count the batches of an epoch; set --model.max_steps and "
-                                     "--model.warmup_steps in generator steps")
-                return int(n)
-
-            max_steps = hp.max_steps
+            o = self.optim_config
+            max_steps = o.max_steps
             if max_steps is None:
-                epochs = self.trainer.max_epochs
-                if epochs is None or epochs < 0:
-                    raise ValueError("set --model.max_steps (generator steps) or --trainer.max_epochs")
-                per_epoch = batches_per_epoch()
-                max_steps = epochs * per_epoch
-            warmup = hp.warmup_steps
+                # One batch = one generator step, so Lightning's estimate (max_epochs x batches) is ours.
+                total = self.trainer.estimated_stepping_batches
+                if not math.isfinite(total) or total <= 0:
+                    raise ConfigError("set --model.optim.max_steps (generator steps) or --trainer.max_epochs")
+                max_steps = int(total)
+            warmup = o.warmup_steps
             if warmup is None:
-                per_epoch = per_epoch or batches_per_epoch()
-                warmup = round(hp.warmup_epochs * per_epoch)
+                per_epoch = self.trainer.num_training_batches
+                if not math.isfinite(per_epoch) or per_epoch <= 0:
+                    raise ConfigError("cannot count the batches of an epoch; set --model.optim.warmup_steps "
+                                      "in generator steps")
+                warmup = round(o.warmup_epochs * per_epoch)
             self._schedule = (int(warmup), int(max_steps))
             log.info("schedule: %d warm-up + cosine to %d generator steps; GAN from step %d",
-                     warmup, max_steps, hp.disc_start)
+                     warmup, max_steps, self.loss_config.disc_start)
         return self._schedule
 
     def lr_factor(self, step: int) -> float:
+        """The learning-rate multiplier of generator step ``step`` (``vqgan_lc.train.schedule.lr_factor``)."""
         warmup, max_steps = self.schedule_steps()
         return lr_factor(step, warmup_steps=warmup, max_steps=max_steps,
-                         min_lr_ratio=self.hparams.min_lr / self.hparams.lr)
+                         min_lr_ratio=self.optim_config.min_lr / self.optim_config.lr)
 
     def on_fit_start(self) -> None:
-        wrapped = self.trainer.strategy.model
-        if isinstance(wrapped, DistributedDataParallel):
-            # The only buffers are the frozen codebook (307 MB at 100k, identical on every rank), the
-            # EMA codebook (updated from all-reduced statistics) and the PatchGAN's BatchNorm running
-            # statistics (never used: D always runs in training mode). Broadcasting them before every
-            # forward, DDP's default, would only cost bandwidth.
-            for attr in ("forward_sync_buffers", "broadcast_buffers"):
-                if hasattr(wrapped, attr):
-                    setattr(wrapped, attr, False)
+        # DDP: configs pass DDPStrategy(broadcast_buffers=False). The only buffers are the frozen
+        # codebook (307 MB at 100k, identical on every rank), the EMA codebook (updated from
+        # all-reduced statistics) and the PatchGAN's BatchNorm running statistics (never used: D
+        # always runs in training mode); broadcasting them before every forward would only cost bandwidth.
         if self.trainer.max_steps not in (-1, None):
-            log.warning("trainer.max_steps=%d counts the steps of both optimizers; set model.max_steps "
+            log.warning("trainer.max_steps=%d counts the steps of both optimizers; set model.optim.max_steps "
                         "(generator steps) instead", self.trainer.max_steps)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> int | None:
@@ -295,7 +169,10 @@ class VQGANLCModule(pl.LightningModule):
         """Backward without DDP's reducer, then average ``params``' gradients over ranks.
 
         Used for the discriminator: through the reducer (``find_unused_parameters``) every step
-        would also all-reduce the whole generator's (unused) gradient buckets.
+        would also all-reduce the whole generator's (unused) gradient buckets. ``no_sync`` (public DDP
+        API) skips the reducer for this backward; the discriminator's own gradients (a few MB) are
+        then averaged here with one all-reduce. Checked by tests/test_train_slow.py (2-process DDP:
+        both ranks end with identical discriminator weights).
         """
         wrapped = self.trainer.strategy.model
         if not isinstance(wrapped, DistributedDataParallel) or not (dist.is_available() and dist.is_initialized()):
@@ -304,12 +181,12 @@ class VQGANLCModule(pl.LightningModule):
         with wrapped.no_sync():
             self.manual_backward(loss)
         grads = [p.grad for p in params if p.grad is not None]
-        if grads:
-            flat = torch._utils._flatten_dense_tensors(grads)
+        if grads:  # one all-reduce of all the gradients, flattened into one buffer
+            flat = torch.cat([g.reshape(-1) for g in grads])
             dist.all_reduce(flat)
             flat /= dist.get_world_size()
-            for g, r in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-                g.copy_(r)
+            for g, r in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(r.view_as(g))
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor] | None:
         images = self._images(batch)
@@ -321,7 +198,9 @@ class VQGANLCModule(pl.LightningModule):
             # Other ranks step: take part in the collectives with a zero-weighted dummy batch.
             images, scale = images.new_zeros(1, *images.shape[1:]), 0.0
         opt_g, opt_d = self.optimizers()
-        sched_g, sched_d = self.lr_schedulers()
+        lr_g = lr_d = self.optim_config.lr * self.lr_factor(self.gen_step)  # nanoGPT's way: no scheduler state
+        set_lr(opt_g, lr_g)
+        set_lr(opt_d, lr_d)
         gan = self.gan_active
 
         # Generator. (No toggle_optimizer: switching requires_grad off on the discriminator's
@@ -342,11 +221,6 @@ class VQGANLCModule(pl.LightningModule):
             opt_d.step()
             terms.update(d.terms)
 
-        lr_g, lr_d = opt_g.param_groups[0]["lr"], opt_d.param_groups[0]["lr"]
-        sched_g.step()
-        with warnings.catch_warnings():  # the discriminator's scheduler runs before its first step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)`")
-            sched_d.step()
         self.gen_step += 1
         if self._train_usage is not None and scale:
             self._train_usage.add_counts(out.quantizer.counts)
@@ -368,8 +242,8 @@ class VQGANLCModule(pl.LightningModule):
             return
         self._train_usage.sync()
         logs = {"train/utilization": self._train_usage.utilization, "train/perplexity": self._train_usage.perplexity}
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "skipped"):
+        dm = self.trainer.datamodule
+        if isinstance(dm, ImageDataModule):
             n = torch.tensor(float(len(dm.skipped)), device=self.device)
             logs["train/skipped_images"] = float(self.trainer.strategy.reduce(n, reduce_op="sum"))
         # Already summed over ranks: sync_dist only averages identical values (and silences Lightning).
@@ -387,7 +261,7 @@ class VQGANLCModule(pl.LightningModule):
             return None
         out = self.model(images)
         n = images.shape[0]
-        rec = per_image_reconstruction_loss(images, out.reconstruction, self.hparams.rec_loss).sum()
+        rec = per_image_reconstruction_loss(images, out.reconstruction, self.loss_config.rec_loss).sum()
         p = torch.zeros((), device=images.device)
         if self.objective.perceptual is not None:
             p = self.objective.perceptual(images, out.reconstruction).float().sum()
@@ -395,8 +269,8 @@ class VQGANLCModule(pl.LightningModule):
         self._val_usage.add_counts(out.quantizer.counts)
         self._val_sums += torch.stack([rec.double(), p.double(), out.quantizer.loss.double() * n,
                                        torch.tensor(float(n), dtype=torch.float64, device=images.device)])
-        if batch_idx == 0 and self.hparams.num_grid_images > 0:
-            k = self.hparams.num_grid_images
+        if batch_idx == 0 and self.num_grid_images > 0:
+            k = self.num_grid_images
             return {"images": images[:k].detach(), "reconstruction": out.reconstruction[:k].detach()}
         return None
 
@@ -421,7 +295,7 @@ class VQGANLCModule(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
-            "format_version": 1,
+            "format_version": CHECKPOINT_VERSION,
             "gen_step": self.gen_step,
             "model_config": self.model.config.to_dict(),
             "provenance": getattr(self.model, "provenance", {}),
@@ -447,25 +321,3 @@ class VQGANLCModule(pl.LightningModule):
         prov = {**getattr(self.model, "provenance", {}), "training": {"generator_steps": self.gen_step}}
         return self.model.save_pretrained(directory, inference_only=inference_only, provenance=prov)
 
-
-def export_checkpoint(checkpoint: str | Path, directory: str | Path, *, inference_only: bool = False) -> Path:
-    """Turn a training checkpoint (``.ckpt`` of ``vqgan-lc train``) into a model directory.
-
-    The checkpoint is read with ``torch.load(weights_only=True)``; only the tokenizer's weights
-    (``model.*``) are kept.
-    """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad pickle
-        raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e})") from e
-    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if meta is None or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path} was not written by vqgan-lc train (no '{CHECKPOINT_KEY}' entry)")
-    model = VQGANLC(ModelConfig.from_dict(meta["model_config"]))
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict_checked(state, source=str(path))
-    prov = {**meta.get("provenance", {}), "training": {"generator_steps": int(meta["gen_step"]), "checkpoint": path.name}}
-    return model.save_pretrained(directory, inference_only=inference_only, provenance=prov)

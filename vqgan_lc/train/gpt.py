@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
-import pytorch_lightning as pl
 import torch
 
 from ..config import check_fields
+from ..generate.gpt import GPT, GPT_PRESETS, GPTConfig
 from ..tokens.format import TokenFile, TokenFormatError, open_tokens
-from .gpt import GPT, GPT_PRESETS, GPTConfig
+from .schedule import lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,10 @@ class GPTTrainConfig:
 
 
 def lr_at(step: int, cfg: GPTTrainConfig) -> float:
-    """Learning rate at optimizer step ``step`` (0-based): warmup -> hold -> cosine to ``min_lr``."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    start = max(cfg.decay_start if cfg.decay_start is not None else cfg.warmup_steps, cfg.warmup_steps)
-    if step < start:
-        return cfg.lr
-    span = max(cfg.max_steps - start, 1)
-    t = min((step - start) / span, 1.0)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
+    """Learning rate at optimizer step ``step`` (0-based): warmup -> hold -> cosine to ``min_lr``
+    (``vqgan_lc.train.schedule.lr_factor`` with the minGPT warm-up, which starts at ``lr / warmup_steps``)."""
+    return cfg.lr * lr_factor(step, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                              min_lr_ratio=cfg.min_lr / cfg.lr if cfg.lr else 0.0, hold_until=cfg.decay_start, warmup_start="one_step")
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -231,22 +226,24 @@ class GPTLightningModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         ids, labels, prefix = batch
+        # nanoGPT's way: the learning rate of this step from the step counter (optimizer steps so far).
+        lr = lr_at(self.global_step, self.train_config)
+        set_lr(self.optimizers(), lr)  # type: ignore[arg-type]
         loss = self.gpt.loss(ids, self._labels(labels), prefix if prefix.numel() else None,
                              inputs=self.corrupt(ids), label_smoothing=self.train_config.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=ids.shape[0])
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, batch_size=ids.shape[0])  # type: ignore[union-attr]
+        self.log("lr", lr, on_step=True, batch_size=ids.shape[0])
         return loss
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         tc = self.train_config
         decay, no_decay = [], []
         for name, p in self.gpt.named_parameters():
             # minGPT: decay Linear weights only; biases, LayerNorms, embeddings and positions are not decayed.
             (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tc) / tc.lr)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # No scheduler: training_step sets the learning rate from global_step before each step.
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
 
 
 # ----------------------------------------------------------------------------------------- the run

@@ -1,0 +1,24 @@
+"""``vqgan-lc export``: a training checkpoint (``.ckpt`` of ``vqgan-lc train``) -> a model directory.
+
+    vqgan-lc export runs/tiny_cpu/checkpoints/last.ckpt --out my_model [--inference-only]
+
+Needs no Lightning (``vqgan_lc.export.export_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CKPT", help="a .ckpt written by vqgan-lc train")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--inference-only", action="store_true", help="keep only the projected N x D' codes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, inference_only=args.inference_only)
+    print(path)
+    return 0
