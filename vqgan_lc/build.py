@@ -94,8 +94,7 @@ def build_model(spec: ModelSpec) -> VQGANLC:
         vectors = centred * (spec.codebook_std / centred.std().clamp_min(1e-12))
         prov["rescaled"] = {"centred": True, "std": spec.codebook_std}
         log.info("codebook centred and scaled to std %g (--model.model.codebook_std)", spec.codebook_std)
-    model = VQGANLC.from_config(cfg, codebook=vectors)
-    model.provenance = {"codebook": prov}
+    model = VQGANLC.from_config(cfg, codebook=vectors, provenance={"codebook": prov})
     return model
 
 
@@ -121,7 +120,7 @@ def _fine_tune(spec: ModelSpec) -> VQGANLC:
     if spec.quantizer is not None and spec.quantizer != model.config.quantizer.kind:
         raise ConfigError(f"{spec.init_from} has a {model.config.quantizer.kind!r} quantizer, not {spec.quantizer!r}; "
                           "drop --model.model.quantizer")
-    model.provenance = {**model.provenance, "fine_tuned_from": str(spec.init_from)}
+    model.record_provenance(fine_tuned_from=str(spec.init_from))
     log.info("fine-tuning %s (%s quantizer, %d codes)", spec.init_from, model.config.quantizer.kind,
              model.codebook_size)
     return model.train()

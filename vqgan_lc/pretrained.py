@@ -87,6 +87,10 @@ class PretrainedMixin:
     provenance: dict[str, Any]
     """Where the weights came from (conversion, training run, codebook, ...); written to ``config.json``."""
 
+    def record_provenance(self, **entries: Any) -> None:
+        """Add entries to ``provenance`` (e.g. ``fine_tuned_from=...``) as a new dict; nothing else changes."""
+        self.provenance = {**self.provenance, **entries}
+
     # ------------------------------------------------------------------ identity
     def config_dict(self) -> dict[str, Any]:
         """What determines the outputs; ``config_hash`` hashes it (default: the config dataclass)."""

@@ -298,7 +298,7 @@ class VQGANLCModule(pl.LightningModule):
             "format_version": CHECKPOINT_VERSION,
             "gen_step": self.gen_step,
             "model_config": self.model.config.to_dict(),
-            "provenance": getattr(self.model, "provenance", {}),
+            "provenance": self.model.provenance,
         }
         # The frozen LPIPS network comes from its own files; keep 59 MB of VGG out of every checkpoint.
         state = checkpoint.get("state_dict", {})
@@ -318,6 +318,6 @@ class VQGANLCModule(pl.LightningModule):
 
     def export(self, directory: str | Path, *, inference_only: bool = False) -> Path:
         """Write the tokenizer as a model directory (``config.json`` + ``model.safetensors``)."""
-        prov = {**getattr(self.model, "provenance", {}), "training": {"generator_steps": self.gen_step}}
+        prov = {**self.model.provenance, "training": {"generator_steps": self.gen_step}}
         return self.model.save_pretrained(directory, inference_only=inference_only, provenance=prov)
 
