@@ -28,11 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import read_json_object
-from ..errors import CheckpointError, FormatVersionError, VQGANLCError
-
-
-class UnknownFormatError(VQGANLCError, ValueError):
-    """A path that is none of the formats ``vqgan-lc info`` knows."""
+from ..errors import CheckpointError, FormatVersionError, UnknownFormatError
 
 
 @dataclass

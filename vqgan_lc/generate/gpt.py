@@ -41,7 +41,7 @@ from .._io import CONFIG_NAME as CONFIG_NAME
 from .._io import WEIGHTS_NAME as WEIGHTS_NAME
 from .._io import load_weights_dir, save_weights_dir, state_dict_mismatch
 from ..config import check_fields
-from ..errors import CheckpointError, TokenRangeError
+from ..errors import CheckpointError, TokenRangeError, UnknownPresetError
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def list_gpt_presets() -> list[str]:
 def gpt_config(name: str, **overrides: Any) -> GPTConfig:
     """The named preset (see ``GPT_PRESETS``) with ``overrides`` applied."""
     if name not in GPT_PRESETS:
-        raise ValueError(f"unknown GPT preset {name!r}; choose one of {', '.join(list_gpt_presets())}")
+        raise UnknownPresetError("GPT preset", name, list_gpt_presets())
     return GPTConfig(**{**GPT_PRESETS[name], **overrides})
 
 

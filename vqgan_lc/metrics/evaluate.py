@@ -29,7 +29,7 @@ import torch
 
 from ..codebook.features import Preprocess
 from ..data import ImageDataset, ImageList, ImageSourceError, collate, list_images
-from ..errors import ImageShapeError, MissingWeightsError, VQGANLCError
+from ..errors import EvaluateError, ImageShapeError, MissingWeightsError
 from ..model import VQGANLC
 from ..quantize import CodebookUsage
 from .fid import FID_IMPLEMENTATION, build_fid
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 EvaluateMode = Literal["images", "tokens"]
 GRID_IMAGES = 8
 
-
-class EvaluateError(VQGANLCError, ValueError):
-    """An evaluation that cannot run as asked (no images, mismatched image size, ...)."""
 
 
 @dataclass(frozen=True)

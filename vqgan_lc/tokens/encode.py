@@ -24,7 +24,7 @@ import torch
 
 from ..codebook.features import Preprocess
 from ..data import Batch, ImageDataset, ImageList, collate, draft_size, list_images
-from ..errors import VQGANLCError
+from ..errors import EncodeError
 from ..model import VQGANLC
 from .format import (
     MANIFEST,
@@ -46,9 +46,6 @@ LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
 WORKER_MODEL_DIR = ".model-for-workers"
 
-
-class EncodeError(VQGANLCError, RuntimeError):
-    """An image could not be encoded under ``on_error="fail"`` (finished shards are kept)."""
 
 
 @dataclass(frozen=True)

@@ -27,16 +27,13 @@ import numpy as np
 import torch
 
 from .._io import atomic_write_bytes, atomic_write_json, atomic_write_npy, read_format_json, sha256_file
-from ..errors import VQGANLCError
+from ..errors import TokenFormatError
 
 TOKENS_FORMAT = "vqgan-lc-tokens"
 TOKENS_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKEN_DTYPE = np.dtype("<u4")
 
-
-class TokenFormatError(VQGANLCError, ValueError):
-    """A token directory that is incomplete, corrupt, or made with other settings."""
 
 
 def shard_name(index: int) -> str:
