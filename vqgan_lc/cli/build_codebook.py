@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..errors import CodebookError
 
-log = logging.getLogger("vqgan_lc.cli.build_codebook")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-
-log = logging.getLogger("vqgan_lc.cli.convert")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     )
     model.save_pretrained(args.out, inference_only=args.inference_only)
     c = model.config
-    log.info("wrote %s: f%d, D'=%d, codebook %d x %d%s", args.out, c.downsample_factor, c.embed_dim,
-             c.quantizer.codebook_size, c.quantizer.codebook_dim, " (inference-only)" if args.inference_only else "")
+    print(f"wrote {args.out}: f{c.downsample_factor}, D'={c.embed_dim}, codebook {c.quantizer.codebook_size} x "
+          f"{c.quantizer.codebook_dim}{' (inference-only)' if args.inference_only else ''}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-log = logging.getLogger("vqgan_lc.cli.decode")
+log = logging.getLogger(__name__)
 
 
 def parse_indices(spec: str | None, n: int) -> range:

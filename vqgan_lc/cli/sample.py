@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-log = logging.getLogger("vqgan_lc.cli.sample")
+log = logging.getLogger(__name__)
 
 
 def parse_top_k(value: str) -> int | float:

@@ -25,7 +25,7 @@ import os
 import warnings
 from typing import Any
 
-log = logging.getLogger("vqgan_lc.cli.train")
+log = logging.getLogger(__name__)
 
 _SHORTCUTS = {"--init-from": "--model.init_from", "--ckpt-path": "--ckpt_path"}
 
@@ -65,7 +65,7 @@ def _export(rest: list[str]) -> int:
     p.add_argument("--inference-only", action="store_true", help="keep only the projected N x D' codes")
     a = p.parse_args(rest)
     path = export_checkpoint(a.export_checkpoint, a.out, inference_only=a.inference_only)
-    log.info("wrote %s", path)
+    print(f"wrote {path}")
     return 0
 
 

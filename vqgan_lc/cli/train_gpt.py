@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("vqgan_lc.cli.train_gpt")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
