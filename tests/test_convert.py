@@ -16,7 +16,6 @@ from vqgan_lc.cli.main import main
 from vqgan_lc.codebook import load_codebook
 from vqgan_lc.convert import convert_official
 
-
 IN_REPO_FIXTURE = Path(__file__).parent / "fixtures" / "official_tiny"
 
 

@@ -103,9 +103,7 @@ def configure_logging(verbose: bool = False) -> None:
     """
     fmt = logging.Formatter(_LOG_FORMAT, datefmt="%H:%M:%S")
     pkg, root = logging.getLogger(PACKAGE_LOGGER), logging.getLogger()
-    for lg in (pkg, root):
-        for h in [h for h in lg.handlers if getattr(h, "_vqgan_lc_cli", False)]:
-            lg.removeHandler(h)
+    unconfigure_logging()
     ours = _StderrHandler()
     ours.setFormatter(fmt)
     ours._vqgan_lc_cli = True  # type: ignore[attr-defined]
@@ -131,15 +129,24 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    configure_logging(args.verbose)
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
+    configure_logging(args.verbose)
     try:
         return int(_load(args._module).run(args) or 0)
     except VQGANLCError as e:
         print(f"vqgan-lc {args.command}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        unconfigure_logging()  # main() called from Python (tests, the demo) leaves logging as it found it
+
+
+def unconfigure_logging() -> None:
+    """Remove the handlers :func:`configure_logging` added."""
+    for lg in (logging.getLogger(PACKAGE_LOGGER), logging.getLogger()):
+        for h in [h for h in lg.handlers if getattr(h, "_vqgan_lc_cli", False)]:
+            lg.removeHandler(h)
 
 
 if __name__ == "__main__":  # pragma: no cover

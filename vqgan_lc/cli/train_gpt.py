@@ -23,6 +23,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ._args import positive_float, positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -31,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix-tokens", help="token directory of the same images used as prefix (DiGIT stage 2)")
     p.add_argument("--config", required=True, help="YAML with `model:` and `train:` sections (configs/gpt_*.yaml)")
     p.add_argument("--out", required=True, help="output GPT directory (config.json + model.safetensors)")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps")
-    p.add_argument("--batch-size", type=int, help="override train.batch_size")
-    p.add_argument("--lr", type=float, help="override train.lr")
+    p.add_argument("--max-steps", type=positive_int, help="override train.max_steps")
+    p.add_argument("--batch-size", type=positive_int, help="override train.batch_size")
+    p.add_argument("--lr", type=positive_float, help="override train.lr")
     p.add_argument("--accelerator", help="override train.accelerator (cpu, gpu, auto)")
     p.add_argument("--devices", help="override train.devices")
     p.add_argument("--seed", type=int, help="override train.seed")
