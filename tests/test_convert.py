@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +16,34 @@ from vqgan_lc.cli.main import main
 from vqgan_lc.codebook import load_codebook
 from vqgan_lc.convert import convert_official
 
+IN_REPO_FIXTURE = Path(__file__).parent / "fixtures" / "official_tiny"
+
 
 def _load(fx, name: str) -> torch.Tensor:  # noqa: ANN001
     return torch.from_numpy(np.load(fx / name))
+
+
+def test_in_repo_official_fixture_converts_to_the_official_ids_and_reconstructions(tmp_path) -> None:  # noqa: ANN001
+    """Runs in every clone: tests/fixtures/official_tiny was made by running the official model code."""
+    fx = IN_REPO_FIXTURE
+    expected = json.loads((fx / "expected.json").read_text())
+    out = tmp_path / "converted"
+    rc = main(["convert", "--checkpoint", str(fx / "vqgan_lc_official_format.pth"),
+               "--config", str(fx / "vq_config.yaml"), "--out", str(out)])
+    assert rc == 0
+    m = VQGANLC.from_pretrained(out)
+    assert m.codebook_size == expected["n_codes"] == 256 and m.config.embed_dim == expected["embed_dim"] == 8
+    x = _load(fx, "input.npy")
+    official_ids = _load(fx, "indices.npy")
+    assert int(official_ids.unique().numel()) == expected["distinct_ids"] > 50  # a fair test: many codes in use
+    with torch.no_grad():
+        ids = m.encode(x)
+        fwd = m(x)
+        recon_from_ids = m.decode(ids)
+    assert ids.dtype == torch.int64 and torch.equal(ids, official_ids)
+    assert torch.allclose(fwd.reconstruction, _load(fx, "reconstruction.npy"), rtol=0, atol=1e-4)
+    assert torch.allclose(recon_from_ids, _load(fx, "reconstruction_from_indices.npy"), rtol=0, atol=1e-4)
+    assert abs(float(fwd.quantizer.loss) - expected["quantizer_loss_eval"]) < 1e-5
 
 
 @pytest.fixture(scope="module")

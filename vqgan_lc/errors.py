@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class VQGANLCError(Exception):
     """Base class of every error raised on purpose by vqgan_lc."""
@@ -58,3 +60,45 @@ class ConfigError(VQGANLCError, ValueError):
 
 class PreprocessingError(VQGANLCError, ValueError):
     """An image preprocessing that cannot be built or applied (unknown rule, a crop larger than the image)."""
+
+
+# ----------------------------------------------------------------------------------------- tokens, evaluation
+class TokenFormatError(VQGANLCError, ValueError):
+    """A token directory that is incomplete, corrupt, or made with other settings."""
+
+
+class EncodeError(VQGANLCError, RuntimeError):
+    """An image could not be encoded under ``on_error="fail"`` (finished shards are kept)."""
+
+
+class EvaluateError(VQGANLCError, ValueError):
+    """An evaluation that cannot run as asked (no images, mismatched image size, ...)."""
+
+
+# ----------------------------------------------------------------------------------------- names, extras
+class UnknownPresetError(VQGANLCError, KeyError):
+    """A preset, model or extractor name that is not registered; the message lists the valid names.
+
+    A ``KeyError`` subclass so ``except KeyError`` callers keep working; ``str()`` is the plain
+    sentence (``KeyError`` would wrap it in quotes).
+    """
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.valid = tuple(valid)
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.valid)}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MissingDependencyError(VQGANLCError, ImportError):
+    """An optional dependency that is not installed; the message names the pip extra that brings it."""
+
+    def __init__(self, module: str, extra: str, purpose: str | None = None) -> None:
+        self.module = module
+        self.extra = extra
+        why = f" (needed for {purpose})" if purpose else ""
+        super().__init__(f"the optional dependency {module!r} is not installed{why}; "
+                         f'install it with: pip install "vqgan-lc[{extra}]"', name=module)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import ModelConfig, QuantizerConfig
+from .errors import UnknownPresetError
 
 if TYPE_CHECKING:
     from .model import VQGANLC
@@ -41,7 +42,7 @@ def list_models() -> list[str]:
 def get_config(name: str, **overrides: Any) -> ModelConfig:
     """The preset's config with ``overrides`` applied (``quantizer`` may be a dict of its fields)."""
     if name not in _PRESETS:
-        raise KeyError(f"unknown preset {name!r}; available: {', '.join(list_models())}")
+        raise UnknownPresetError("preset", name, list_models())
     return _PRESETS[name].replace(**overrides) if overrides else _PRESETS[name]
 
 

@@ -22,8 +22,9 @@ import logging
 from pathlib import Path
 
 from ..errors import CodebookError
+from ._args import device, nonnegative_int, positive_int
 
-log = logging.getLogger("vqgan_lc.cli.build_codebook")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,10 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--layer", type=int, help="dinov2: block index, negative from the end (default -3, DiGIT)")
     src.add_argument("--quick-gelu", action="store_true", default=None,
                      help="clip: force QuickGELU (OpenAI weights; implied by the -quickgelu names)")
-    src.add_argument("--image-size", type=int, help="pixels: crop size (default 256); dinov2: load size (default 256)")
-    src.add_argument("--patch-size", type=int, default=16, help="pixels: patch size (default 16 -> 768-d)")
-    src.add_argument("--pool", type=int, default=1, help="k x k average pooling of the feature grid (paper: 4)")
-    src.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    src.add_argument("--image-size", type=positive_int, help="pixels: crop size (default 256); dinov2: load size (default 256)")
+    src.add_argument("--patch-size", type=positive_int, default=16, help="pixels: patch size (default 16 -> 768-d)")
+    src.add_argument("--pool", type=positive_int, default=1, help="k x k average pooling of the feature grid (paper: 4)")
+    src.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
 
     st = p.add_argument_group("feature store")
     stage = st.add_mutually_exclusive_group()
@@ -49,23 +50,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     stage.add_argument("--from-features", metavar="DIR", help="only cluster the features in DIR")
     st.add_argument("--features-dir", metavar="DIR", help="where to keep features (default: <out>.features)")
     st.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype")
-    st.add_argument("--shard-size", type=int, default=1024, help="images per shard")
-    st.add_argument("--batch-size", type=int, default=32)
-    st.add_argument("--workers", type=int, default=4, help="DataLoader worker processes")
+    st.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard")
+    st.add_argument("--batch-size", type=positive_int, default=32)
+    st.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader worker processes")
     st.add_argument("--overwrite", action="store_true", help="rebuild a store made with other options")
 
     km = p.add_argument_group("k-means")
-    km.add_argument("--k", type=int, help="codebook size N (global k-means; with --per-class it must equal K x classes)")
-    km.add_argument("--per-class", type=int, metavar="K", help="K centres per class (the paper: 100)")
-    km.add_argument("--niter", type=int, default=20, help="k-means iterations (default 20)")
+    km.add_argument("--k", type=positive_int, help="codebook size N (global k-means; with --per-class it must equal K x classes)")
+    km.add_argument("--per-class", type=positive_int, metavar="K", help="K centres per class (the paper: 100)")
+    km.add_argument("--niter", type=positive_int, default=20, help="k-means iterations (default 20)")
     km.add_argument("--seed", type=int, default=0)
-    km.add_argument("--max-points-per-centroid", type=int, default=256,
+    km.add_argument("--max-points-per-centroid", type=positive_int, default=256,
                     help="subsample cap: at most K x this many vectors are clustered (faiss default 256)")
     km.add_argument("--small-class", choices=("error", "take-all"), default="error",
                     help="a class with fewer vectors than --per-class: stop, or keep all its vectors as centres")
     km.add_argument("--gpu", choices=("auto", "yes", "no"), default="auto", help="faiss on the GPU")
     p.add_argument("--out", help="output codebook file (codebook.safetensors)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _check_dependencies(args: argparse.Namespace) -> None:
+    """Fail before any feature is extracted when an optional package this run needs is missing."""
+    from .._deps import is_available, require
+
+    if args.from_features is None and args.extractor == "clip":
+        require("open_clip", extra="codebook", purpose="--extractor clip")
+    if args.from_features is None and args.extractor == "dinov2" and not args.hub_dir:
+        require("timm", extra="codebook", purpose="--extractor dinov2")
+    if args.features_only is None and not is_available("faiss"):
+        require("faiss", extra="codebook", purpose="k-means clustering")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         if args.k is None and args.per_class is None:
             raise CodebookError("give the codebook size with --k N (or --per-class K for per-class k-means)")
 
+    _check_dependencies(args)
     store_dir = args.features_only or args.from_features or args.features_dir or build.default_features_dir(args.out)
     if args.from_features is None:
         from ..extractors import create_extractor

@@ -8,9 +8,8 @@ is MAGE's ``vqgan.yaml`` and optional (the architecture is otherwise inferred fr
 from __future__ import annotations
 
 import argparse
-import logging
 
-log = logging.getLogger("vqgan_lc.cli.convert")
+from ._args import positive_int, preset
 
 _VQGAN_LC_ONLY = ("codebook", "preset", "embed_dim", "inference_only")
 
@@ -24,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", help="official vq_config.yaml (model.params.ddconfig); MAGE's vqgan.yaml with "
                                     "--format mage (optional there)")
-    g.add_argument("--preset", help="a preset name, e.g. vqgan-lc-f16-100k (see `vqgan-lc info --presets`)")
-    p.add_argument("--embed-dim", type=int, help="D' (default: the checkpoint's args.embed_dim)")
+    g.add_argument("--preset", type=preset, help="a preset name, e.g. vqgan-lc-f16-100k (see `vqgan-lc info --presets`)")
+    p.add_argument("--embed-dim", type=positive_int, help="D' (default: the checkpoint's args.embed_dim)")
     p.add_argument("--inference-only", action="store_true",
                    help="store only the projected N x D' codes (3.2 MB at 100k) instead of the raw codebook")
     p.add_argument("--out", required=True, help="output model directory")
@@ -49,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     )
     model.save_pretrained(args.out, inference_only=args.inference_only)
     c = model.config
-    log.info("wrote %s: f%d, D'=%d, codebook %d x %d%s", args.out, c.downsample_factor, c.embed_dim,
-             c.quantizer.codebook_size, c.quantizer.codebook_dim, " (inference-only)" if args.inference_only else "")
+    print(f"wrote {args.out}: f{c.downsample_factor}, D'={c.embed_dim}, codebook {c.quantizer.codebook_size} x "
+          f"{c.quantizer.codebook_dim}{' (inference-only)' if args.inference_only else ''}")
     return 0
 
 
@@ -60,6 +59,6 @@ def _run_mage(args: argparse.Namespace) -> int:
     model = convert_mage(args.checkpoint, yaml_config=args.config)
     model.save_pretrained(args.out)
     c = model.config
-    log.info("wrote %s: MAGE VQGAN f%d, %d codes x %d dims, ch %d, ch_mult %s", args.out, c.downsample_factor,
-             c.n_embed, c.embed_dim, c.ch, list(c.ch_mult))
+    print(f"wrote {args.out}: MAGE VQGAN f{c.downsample_factor}, {c.n_embed} codes x {c.embed_dim} dims, "
+          f"ch {c.ch}, ch_mult {list(c.ch_mult)}")
     return 0

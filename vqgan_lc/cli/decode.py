@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-log = logging.getLogger("vqgan_lc.cli.decode")
+from ._args import positive_int
+
+log = logging.getLogger(__name__)
 
 
 def parse_indices(spec: str | None, n: int) -> range:
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", required=True, help="token directory written by `vqgan-lc encode`")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.add_argument("--indices", help="rows to decode, e.g. 0:100 (default: all)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--force", action="store_true", help="decode even if the model does not match the manifest")
 
 

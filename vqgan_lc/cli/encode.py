@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from ._args import device, nonnegative_int, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="tokenizer directory: a VQGAN-LC model (save_pretrained / convert output) or a "
@@ -32,24 +34,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="image folder (recursive; classes = first-level sub-folders)")
     p.add_argument("--file-list", help="text file of 'relative/path[,label]' lines under --data (instead of a walk)")
     p.add_argument("--out", required=True, help="token directory to write (resumable)")
-    p.add_argument("--image-size", type=int,
+    p.add_argument("--image-size", type=positive_int,
                    help="short side resized then center-cropped (default: the image_size of the tokenizer's "
                         "preprocessing; 256 for DiGIT)")
     p.add_argument("--jpeg-draft", action="store_true",
                    help="decode JPEGs at 1/2, 1/4 or 1/8 scale (short side kept >= 2x --image-size) before the resize: "
                         "much faster for large files, slightly different pixels and ids; recorded in the manifest")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
-    p.add_argument("--cpu-parallel-batches", type=int, default=0, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--num-workers", type=nonnegative_int, default=2, help="image decoding processes")
+    p.add_argument("--cpu-parallel-batches", type=nonnegative_int, default=0, metavar="N",
                    help="CPU only: N batches at once, each decoded and encoded by its own thread with 1/N of "
                         "torch's threads, instead of --num-workers processes (faster on few-core CPU machines; "
                         "N batches' memory; ids as with that thread count). Default 0: off")
-    p.add_argument("--devices", type=int, default=1, help="processes, one per GPU (or sharing the CPU cores)")
-    p.add_argument("--shard-size", type=int, default=4096, help="source images per shard")
+    p.add_argument("--devices", type=positive_int, default=1, help="processes, one per GPU (or sharing the CPU cores)")
+    p.add_argument("--shard-size", type=positive_int, default=4096, help="source images per shard")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="an unreadable image is skipped and recorded (skip) or stops the run (fail)")
     p.add_argument("--overwrite", action="store_true", help="replace tokens made with another model or options")
-    p.add_argument("--device", help="torch device for a single-process run (default: cuda if available)")
+    p.add_argument("--device", type=device, help="torch device for a single-process run (default: cuda if available)")
 
 
 if TYPE_CHECKING:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import device, nonnegative_int, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (save_pretrained / convert output)")
@@ -11,10 +13,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file-list", help="text file of 'relative/path[,label]' lines under --data (instead of a walk)")
     p.add_argument("--tokens", help="token directory from `vqgan-lc encode`: evaluate its stored ids (no re-encoding)")
     p.add_argument("--out", required=True, help="report folder (report.json, report.md, per_image.csv, PNGs)")
-    p.add_argument("--image-size", type=int,
+    p.add_argument("--image-size", type=positive_int,
                    help="short side resized then center-cropped (default: the model's; with --tokens, the manifest's)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per batch (also the throughput batch size)")
-    p.add_argument("--num-workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (also the throughput batch size)")
+    p.add_argument("--num-workers", type=nonnegative_int, default=2, help="image decoding processes")
     p.add_argument("--lpips-alex-weights", metavar="PATH",
                    help="torchvision AlexNet ImageNet state dict (alexnet-owt-7be5be79.pth); enables LPIPS-Alex")
     p.add_argument("--lpips-vgg-weights", metavar="PATH",
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(unclamped, 2x-1 applied to [-1, 1] inputs)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="FID Inception-v3 state dict (pt_inception-2015-12-05-6726825d.pth); enables rFID")
-    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--device", type=device, help="torch device (default: cuda if available)")
     p.add_argument("--force", action="store_true", help="evaluate --tokens even if the model does not match the manifest")
 
 

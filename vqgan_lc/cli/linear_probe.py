@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._args import nonnegative_float, open_fraction, positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpt", required=True, help="GPT directory (train-gpt output)")
@@ -21,10 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-tokens", help="labelled token directory of the test rows (default: split --tokens)")
     p.add_argument("--prefix-tokens", help="prefix token directory paired with --tokens (prefix GPTs)")
     p.add_argument("--layer", type=int, nargs="+", default=[-1], help="block(s) to probe (default -1)")
-    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--test-fraction", type=open_fraction, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--l2", type=float, default=1e-3, help="L2 weight of the linear head")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--l2", type=nonnegative_float, default=1e-3, help="L2 weight of the linear head")
+    p.add_argument("--batch-size", type=positive_int, default=64)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,14 @@
 """The ``vqgan-lc`` command: one entry point, one module per subcommand.
 
-Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules are
-imported only when their subcommand runs, so ``vqgan-lc convert`` needs no Lightning or faiss.
+Each subcommand module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Only the module of the
+subcommand named on the command line is imported (to add its arguments, then to run it), and this module
+imports nothing heavy, so ``vqgan-lc --help`` and ``vqgan-lc --version`` never import torch.
+
+Output: what a command produced (its result line, tables) goes to stdout; progress and diagnostics are
+log records on stderr. Only the ``vqgan_lc`` logger is set up here (INFO, DEBUG with ``-v``); other
+libraries' records (faiss's loader, Lightning's "GPU available" lines) are shown from WARNING up, or
+from INFO up with ``-v``. A :class:`~vqgan_lc.errors.VQGANLCError` becomes one line on stderr and exit
+status 1; a bad flag value is a usage error (one sentence, exit status 2) from argparse.
 """
 
 from __future__ import annotations
@@ -10,7 +17,10 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
+from types import ModuleType
 
+from .._version import __version__
 from ..errors import VQGANLCError
 
 # name -> (module, one-line help)
@@ -28,29 +38,102 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "linear-probe": ("linear_probe", "linear-probe accuracy of a GPT's hidden states on a labelled token directory"),
     "demo": ("demo", "the end-to-end CPU demo: codebook, training, encode, decode, evaluate, report"),
 }
+
 # Subcommands that parse their own arguments (LightningCLI; train-gpt's --SECTION.FIELD overrides):
 # everything after the name reaches them untouched as ``args.rest``.
 OWN_PARSER = {"train", "train-gpt"}
 
+PACKAGE_LOGGER = "vqgan_lc"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (global options come first and take no value), if any."""
+    for a in argv:
+        if not a.startswith("-"):
+            return a if a in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``vqgan-lc`` parser. With ``argv``, only the subcommand it names gets its arguments (the
+    others are listed by name and help only), so building it imports at most one subcommand module;
+    without, every subcommand is complete."""
+    selected = _command_in(argv) if argv is not None else None
     parser = argparse.ArgumentParser(prog="vqgan-lc", description="Large-codebook image tokenizers (VQGAN-LC).")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging from vqgan_lc, and INFO lines from other libraries (faiss, Lightning)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
-        _load(module).add_arguments(p)
+        if argv is None or name == selected:
+            _load(module).add_arguments(p)
     return parser
 
 
-def _load(module: str):  # noqa: ANN202
+def _load(module: str) -> ModuleType:
     return importlib.import_module(f"{__package__}.{module}")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (so a redirected or captured stderr works)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
+class _OtherLibraries(logging.Filter):
+    """Passes the records of loggers outside ``vqgan_lc`` (those have their own handler)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == PACKAGE_LOGGER or record.name.startswith(PACKAGE_LOGGER + "."))
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Set up the CLI's logging (idempotent: a second call replaces the first's handlers).
+
+    The ``vqgan_lc`` logger gets a stderr handler at INFO (DEBUG when ``verbose``). Other libraries keep
+    Python's default of WARNING and up: a root handler at WARNING (INFO when ``verbose``) that skips
+    ``vqgan_lc`` records, so none is printed twice. Lightning adds its own INFO handler only when the
+    root logger has none, so with this handler its "GPU available" lines are quiet by default too.
+    """
+    fmt = logging.Formatter(_LOG_FORMAT, datefmt="%H:%M:%S")
+    pkg, root = logging.getLogger(PACKAGE_LOGGER), logging.getLogger()
+    unconfigure_logging()
+    ours = _StderrHandler()
+    ours.setFormatter(fmt)
+    ours._vqgan_lc_cli = True  # type: ignore[attr-defined]
+    pkg.addHandler(ours)
+    pkg.setLevel(logging.DEBUG if verbose else logging.INFO)
+    others = _StderrHandler()
+    others.setFormatter(fmt)
+    others.setLevel(logging.INFO if verbose else logging.WARNING)
+    others.addFilter(_OtherLibraries())
+    others._vqgan_lc_cli = True  # type: ignore[attr-defined]
+    root.addHandler(others)
+    if verbose and root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
+        # already imported (by an earlier command in this process) with its own INFO handler: quiet it
+        lg = logging.getLogger(name)
+        if not verbose and lg.level == logging.INFO and any(not getattr(h, "_vqgan_lc_cli", False)
+                                                            for h in lg.handlers):
+            lg.setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     rest: list[str] | None = None
     i = next((k for k, a in enumerate(argv) if not a.startswith("-")), len(argv))
     if i < len(argv) and argv[i] in OWN_PARSER:
@@ -58,19 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if rest is not None:
         args.rest = rest
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
+    configure_logging(args.verbose)
     try:
         return int(_load(args._module).run(args) or 0)
     except VQGANLCError as e:
         print(f"vqgan-lc {args.command}: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        unconfigure_logging()  # main() called from Python (tests, the demo) leaves logging as it found it
+
+
+def unconfigure_logging() -> None:
+    """Remove the handlers :func:`configure_logging` added."""
+    for lg in (logging.getLogger(PACKAGE_LOGGER), logging.getLogger()):
+        for h in [h for h in lg.handlers if getattr(h, "_vqgan_lc_cli", False)]:
+            lg.removeHandler(h)
 
 
 if __name__ == "__main__":  # pragma: no cover

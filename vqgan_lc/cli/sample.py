@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-log = logging.getLogger("vqgan_lc.cli.sample")
+from ._args import device, nonnegative_float, positive_int
+
+log = logging.getLogger(__name__)
 
 
 def parse_top_k(value: str) -> int | float:
@@ -46,22 +48,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", required=True, help="VQGAN-LC model directory that decodes the sampled ids")
     p.add_argument("--class", dest="classes", nargs="+", metavar="C",
                    help="class indices or names; --n images of each (default: null class / unconditional)")
-    p.add_argument("--n", type=int, default=16, help="images per class (default 16)")
+    p.add_argument("--n", type=positive_int, default=16, help="images per class (default 16)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     s = p.add_argument_group("sampling (the last GPT: --gpt alone, or --stage2)")
     s.add_argument("--top-k", type=parse_top_k, default=None,
                    help="ids to keep: N, a fraction (0.1) or N%% (default 10%% of the vocabulary; DiGIT stage 2: off)")
     s.add_argument("--top-p", type=_top_p, default=None, help="nucleus mass (DiGIT stage 2 default 0.8)")
-    s.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    s.add_argument("--temperature", type=nonnegative_float, default=1.0, help="0 = greedy")
     s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (needs a null class)")
     g = p.add_argument_group("DiGIT stage 1 sampling (with --stage2)")
     g.add_argument("--stage1-top-k", type=parse_top_k, default=200, help="default 200 (DiGIT base)")
     g.add_argument("--stage1-top-p", type=_top_p, default=None)
-    g.add_argument("--stage1-temperature", type=float, default=1.0)
+    g.add_argument("--stage1-temperature", type=nonnegative_float, default=1.0)
     g.add_argument("--stage1-cfg", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--device", type=device, help="torch device (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="sample even if the tokenizer did not make the GPT's tokens")
 
 

@@ -37,7 +37,7 @@ from typing import Any
 from ..configs import config_path
 from ..errors import ConfigError
 
-log = logging.getLogger("vqgan_lc.cli.train")
+log = logging.getLogger(__name__)
 
 _SHORTCUTS = {"--codebook": "--model.model.codebook", "--init-from": "--model.model.init_from",
               "--ckpt-path": "--ckpt_path"}

@@ -26,7 +26,9 @@ import argparse
 import logging
 from typing import Any
 
-log = logging.getLogger("vqgan_lc.cli.train_gpt")
+from ._args import positive_float, positive_int
+
+log = logging.getLogger(__name__)
 
 
 SECTIONS = ("model", "train")
@@ -53,9 +55,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
                    help="YAML with `model:` and `train:` sections: a file or a shipped config (gpt_tiny_cpu, "
                         "gpt_vqgan_lc_404m, gpt_digit_stage1_base, gpt_digit_stage2_base)")
     p.add_argument("--out", required=True, help="output GPT directory (config.json + model.safetensors)")
-    p.add_argument("--max-steps", type=int, help="override train.max_steps")
-    p.add_argument("--batch-size", type=int, help="override train.batch_size")
-    p.add_argument("--lr", type=float, help="override train.lr")
+    p.add_argument("--max-steps", type=positive_int, help="override train.max_steps")
+    p.add_argument("--batch-size", type=positive_int, help="override train.batch_size")
+    p.add_argument("--lr", type=positive_float, help="override train.lr")
     p.add_argument("--accelerator", help="override train.accelerator (cpu, gpu, auto)")
     p.add_argument("--devices", help="override train.devices")
     p.add_argument("--seed", type=int, help="override train.seed")

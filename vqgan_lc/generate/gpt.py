@@ -38,7 +38,7 @@ from torch import nn
 
 from .._io import CONFIG_NAME, WEIGHTS_NAME
 from ..config import check_fields
-from ..errors import CheckpointError, TokenRangeError
+from ..errors import CheckpointError, TokenRangeError, UnknownPresetError
 from ..formats import Description, dtype_names, millions, numel, safetensors_header
 from ..pretrained import PretrainedMixin
 
@@ -166,7 +166,7 @@ def list_gpt_presets() -> list[str]:
 def gpt_config(name: str, **overrides: Any) -> GPTConfig:
     """The named preset (see ``GPT_PRESETS``) with ``overrides`` applied."""
     if name not in GPT_PRESETS:
-        raise ValueError(f"unknown GPT preset {name!r}; choose one of {', '.join(list_gpt_presets())}")
+        raise UnknownPresetError("GPT preset", name, list_gpt_presets())
     return GPTConfig(**{**GPT_PRESETS[name], **overrides})
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset, ImageList, ImageSourceError, Preprocessing, collate, list_images, to_uint8
-from ..errors import ImageShapeError, MissingWeightsError, VQGANLCError
+from ..errors import EvaluateError, ImageShapeError, MissingWeightsError
 from ..model import VQGANLC
 from ..progress import Progress
 from ..quantize import CodebookUsage
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 EvaluateMode = Literal["images", "tokens"]
 GRID_IMAGES = 8
 
-
-class EvaluateError(VQGANLCError, ValueError):
-    """An evaluation that cannot run as asked (no images, mismatched image size, ...)."""
 
 
 @dataclass(frozen=True)

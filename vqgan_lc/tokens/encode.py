@@ -24,7 +24,7 @@ import torch
 
 from .._io import TMP_GLOB, atomic_write_json
 from ..data import Batch, ImageDataset, ImageList, Preprocessing, collate, draft_size, list_images
-from ..errors import VQGANLCError
+from ..errors import EncodeError
 from ..progress import Progress
 from ..tokenizer import Tokenizer, load_tokenizer, tokenizer_identity
 from .format import (
@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 
 WORKER_MODEL_DIR = ".model-for-workers"
 
-
-class EncodeError(VQGANLCError, RuntimeError):
-    """An image could not be encoded under ``on_error="fail"`` (finished shards are kept)."""
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from .._io import (
     read_format_json,
     sha256_file,
 )
-from ..errors import VQGANLCError
+from ..errors import TokenFormatError
 from ..formats import Description
 
 if TYPE_CHECKING:
@@ -57,9 +57,6 @@ LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
 TOKEN_DTYPE = np.dtype("<u4")
 
-
-class TokenFormatError(VQGANLCError, ValueError):
-    """A token directory that is incomplete, corrupt, or made with other settings."""
 
 
 def shard_name(index: int) -> str:

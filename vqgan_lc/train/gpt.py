@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..config import check_fields
+from ..errors import UnknownPresetError
 from ..generate.gpt import GPT, GPT_PRESETS, GPTConfig
 from ..tokens.format import TokenFile, TokenFormatError, open_tokens
 from .schedule import lr_factor, set_lr
@@ -157,7 +158,7 @@ def model_config_from_data(spec: dict[str, Any], tokens: TokenFile, prefix: Toke
     base: dict[str, Any] = {}
     if preset is not None:
         if preset not in GPT_PRESETS:
-            raise ValueError(f"unknown GPT preset {preset!r}; choose one of {', '.join(sorted(GPT_PRESETS))}")
+            raise UnknownPresetError("GPT preset", preset, sorted(GPT_PRESETS))
         base = {k: v for k, v in GPT_PRESETS[preset].items() if k not in DATA_FIELDS}
     cfg = {**base, **spec}
     K = tokens.codebook_size
