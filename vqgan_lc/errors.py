@@ -46,3 +46,12 @@ class InsufficientMemoryError(VQGANLCError, MemoryError):
 
 class ImageSourceError(VQGANLCError, ValueError):
     """An image folder or file list that cannot be used (missing, empty, malformed)."""
+
+
+# ----------------------------------------------------------------------------------------- pretrained / Hub
+class PretrainedNotFoundError(VQGANLCError, FileNotFoundError):
+    """A named pretrained file that is neither in the local cache nor reachable (offline, no network, not on the Hub)."""
+
+
+class UnsupportedReleaseError(VQGANLCError, NotImplementedError):
+    """A registered release whose kind this vqgan-lc cannot convert yet."""
