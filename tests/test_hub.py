@@ -127,6 +127,19 @@ def test_offline_with_an_empty_cache_is_one_sentence(hub: FakeHub, tmp_path: Pat
         assert part in msg, (part, msg)
 
 
+@pytest.mark.slow  # huggingface_hub backs off and retries a refused connection for ~20 s before giving up
+def test_unreachable_hub_with_an_empty_cache_is_one_sentence(tmp_path: Path) -> None:
+
+    class Gone:
+        url = "http://127.0.0.1:9"  # the discard port: connection refused
+
+    out = run_client(Gone(), tmp_path, {"name": "vqgan-lc-f8-100k"})  # type: ignore[arg-type]
+    assert out["error"] == "PretrainedNotFoundError" and "\n" not in out["message"]
+    for part in ("mbin/vqgan-lc-100K-f8-dim4.pth", "Hub repo wufuheng/VQ at revision main",
+                 "the Hub at http://127.0.0.1:9 could not be reached", "go online once", "--preset vqgan-lc-f8-100k"):
+        assert part in out["message"], (part, out["message"])
+
+
 def test_offline_flag_keeps_the_network_off_even_with_the_hub_up(hub: FakeHub, official_tiny: Path,
                                                                  tmp_path: Path) -> None:
     out = run_client(hub, tmp_path, {"name": "vqgan-lc-f16-100k", "offline_flag": True,
@@ -249,6 +262,19 @@ def test_gpt_release_is_registered_but_not_converted_yet() -> None:
     with pytest.raises(CheckpointError, match="is a gpt release, not a vqgan-lc model"):
         resolve_pretrained("vqgan-lc-gpt-f16-100k")
     assert issubclass(UnsupportedReleaseError, VQGANLCError) and issubclass(PretrainedNotFoundError, VQGANLCError)
+
+
+def test_without_huggingface_hub_local_dirs_load_and_names_say_what_to_install(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vqgan_lc.hub import resolve_pretrained
+
+    for mod in ("huggingface_hub", "huggingface_hub.constants", "huggingface_hub.errors"):
+        monkeypatch.setitem(sys.modules, mod, None)  # an import of it now raises ImportError
+    assert resolve_pretrained(model_dir) == model_dir
+    for name in ("vqgan-lc-f16-100k", "someorg/vqgan-lc-tiny"):
+        with pytest.raises(VQGANLCError, match=r"needs huggingface_hub: pip install 'vqgan-lc\[hub\]'"):
+            resolve_pretrained(name)
 
 
 def test_local_paths_win_and_bad_names_are_one_sentence(model_dir: Path, tmp_path: Path,

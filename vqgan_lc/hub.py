@@ -209,9 +209,9 @@ def _resolve_hub_repo(repo_id: str, *, revision: str | None, cache_dir: str | os
                         "go online once to fill the cache, or copy the repo's files into a directory and pass that "
                         "directory")
         ) from e
-    except (errors.HfHubHTTPError, OSError) as e:
-        raise PretrainedNotFoundError(f"{where} could not be downloaded ({_first_line(e)}); retry, or download "
-                                      "its files yourself and pass the directory") from e
+    except Exception as e:  # the client's network, proxy and HTTP errors: one sentence, no traceback
+        raise PretrainedNotFoundError(f"{where} could not be downloaded ({type(e).__name__}: {_first_line(e)}); "
+                                      "retry, or download its files yourself and pass the directory") from e
     missing = [f for f in (CONFIG_NAME, WEIGHTS_NAME) if not (folder / f).is_file()]
     if missing and offline:
         raise PretrainedNotFoundError(_not_cached(f"{' and '.join(missing)} of {where}", offline, local_files_only,
@@ -288,8 +288,9 @@ def _download(release: Release, f: ReleaseFile, rev: str, *, cache_dir: str | os
     except getattr(errors, "RemoteEntryNotFoundError", errors.EntryNotFoundError) as e:
         raise PretrainedNotFoundError(f"{where} is not on the Hub; point the release at a repo that has it "
                                       "(repo= or $VQGAN_LC_RELEASE_REPO)") from e
-    except (errors.HfHubHTTPError, OSError) as e:
-        raise PretrainedNotFoundError(f"{where} could not be downloaded ({_first_line(e)}); retry, or {how}") from e
+    except Exception as e:  # the client's network, proxy and HTTP errors: one sentence, no traceback
+        raise PretrainedNotFoundError(f"{where} could not be downloaded ({type(e).__name__}: {_first_line(e)}); "
+                                      f"retry, or {how}") from e
     log.info("%s: %s", release.name, path)
     return Path(path)
 
@@ -297,7 +298,7 @@ def _download(release: Release, f: ReleaseFile, rev: str, *, cache_dir: str | os
 def _not_cached(what: str, offline: bool, local_files_only: bool, cache_dir: str | os.PathLike | None, how: str) -> str:
     why = (f"offline mode is on ({_offline_reason(local_files_only)})" if offline
            else f"the Hub at {_endpoint()} could not be reached")
-    return f"{what} is not in the Hugging Face cache {hub_cache_dir(cache_dir)} and {why}; {how}"
+    return f"{what}: not in the Hugging Face cache {hub_cache_dir(cache_dir)}, and {why}; {how}"
 
 
 def _verify(release: Release, f: ReleaseFile, rev: str, path: Path) -> dict[str, Any]:
