@@ -102,3 +102,12 @@ class MissingDependencyError(VQGANLCError, ImportError):
         why = f" (needed for {purpose})" if purpose else ""
         super().__init__(f"the optional dependency {module!r} is not installed{why}; "
                          f'install it with: pip install "vqgan-lc[{extra}]"', name=module)
+
+
+# ----------------------------------------------------------------------------------------- pretrained / Hub
+class PretrainedNotFoundError(VQGANLCError, FileNotFoundError):
+    """A named pretrained file that is neither in the local cache nor reachable (offline, no network, not on the Hub)."""
+
+
+class UnsupportedReleaseError(VQGANLCError, NotImplementedError):
+    """A registered release whose kind this vqgan-lc cannot convert yet."""
