@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import tiny_model, write_photo_folder
 
+from vqgan_lc.cli.main import main
 from vqgan_lc.generate.gpt import GPT, GPTConfig
 from vqgan_lc.generate.probe import all_pooled_states, paper_linear_probe, paper_states, train_joint_heads
+from vqgan_lc.tokens import EncodeOptions, encode_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _planted(n: int = 60, seed: int = 0) -> torch.utils.data.TensorDataset:
@@ -76,3 +84,23 @@ def test_heads_are_trained_jointly_one_optimizer_one_backward(monkeypatch: pytes
     g = opt.param_groups[0]
     assert (g["momentum"], g["weight_decay"], g["initial_lr"]) == (0.9, 0.0, 0.4)
     assert g["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine to 0 at the end
+
+
+
+def test_cli_paper_probe_of_a_prefix_gpt_with_test_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A stage-2 (prefix) GPT probed with --test-tokens: the test rows get their prefix too (issue 17 P7)."""
+    write_photo_folder(tmp_path / "photos", per_class=3)
+    vq = tiny_model().save_pretrained(tmp_path / "vq")
+    opts = EncodeOptions(image_size=64, batch_size=8, num_workers=0, shard_size=8)
+    encode_dataset(vq, tmp_path / "photos", tmp_path / "tok", options=opts, progress=False)
+    torch.manual_seed(0)
+    GPT(GPTConfig(n_codes=512, grid=(8, 8), prefix_vocab=512, prefix_grid=(8, 8), n_layer=2, n_head=2,
+                  n_embd=16)).save_pretrained(tmp_path / "gpt")
+    tok = str(tmp_path / "tok")
+    base = ["linear-probe", "--gpt", str(tmp_path / "gpt"), "--tokens", tok, "--prefix-tokens", tok, "--test-tokens", tok]
+    assert main(base) != 0  # refused with a sentence, not a crash deep in the GPT
+    assert "--test-prefix-tokens" in capsys.readouterr().err
+    assert main([*base, "--test-prefix-tokens", tok, "--method", "paper", "--steps", "5"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["states"] == [-1, 0] and out["n_train"] == out["n_test"] == 9 and len(out["accuracies"]) == 2
+    assert main([*base, "--test-prefix-tokens", tok, "--layer", "0"]) == 0  # the L-BFGS probe, also fixed

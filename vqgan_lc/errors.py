@@ -46,3 +46,7 @@ class InsufficientMemoryError(VQGANLCError, MemoryError):
 
 class ImageSourceError(VQGANLCError, ValueError):
     """An image folder or file list that cannot be used (missing, empty, malformed)."""
+
+
+class SampleEvaluationError(VQGANLCError, ValueError):
+    """A sample folder, reference folder or statistics file that cannot be evaluated (FID / IS)."""

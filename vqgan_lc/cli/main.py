@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train-gpt": ("train_gpt", "train the autoregressive GPT prior on token directories (Lightning)"),
     "sample": ("sample", "sample images: GPT (+ DiGIT stage 2) -> VQGAN-LC decoder -> PNGs"),
     "linear-probe": ("linear_probe", "linear-probe accuracy of a GPT's hidden states on a labelled token directory"),
+    "evaluate-samples": ("evaluate_samples", "FID and Inception Score of generated samples (torch-fidelity)"),
 }
 
 
