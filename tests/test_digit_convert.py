@@ -248,6 +248,9 @@ def test_refuses_pickled_objects_and_wrong_files(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="--n-head"):
         convert_digit(tmp_path / "nocfg.pt", grid=GRID)
     assert convert_digit(tmp_path / "nocfg.pt", n_head=H, grid=GRID).gpt.config.n_head == H
+    torch.save({"model": s, "cfg": {"model": {"_name": "st2vtlm_nar", "decoder_attention_heads": H}}}, tmp_path / "nar.pt")
+    with pytest.raises(CheckpointError, match="NAR"):
+        convert_digit(tmp_path / "nar.pt", grid=GRID)
 
 
 def test_digit_npy_centroids_load(tmp_path: Path) -> None:

@@ -90,6 +90,11 @@ def _cfg_heads(cfg: dict[str, Any]) -> int | None:
     return None
 
 
+def _cfg_model_name(cfg: dict[str, Any]) -> str:
+    model = cfg.get("model")
+    return str(model.get("_name", "")) if isinstance(model, dict) else ""
+
+
 def _get(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     if key not in state:
         raise CheckpointError(f"the checkpoint lacks {key}; it is not a DiGIT fairseq decoder checkpoint")
@@ -111,6 +116,9 @@ def convert_digit(path: str | os.PathLike, *, stage: Stage = "auto", n_head: int
     shapes give everything else. ``stage="auto"`` picks stage 2 when a prefix position table exists.
     """
     state, cfg = load_fairseq_checkpoint(path)
+    if _cfg_model_name(cfg).endswith("_nar"):
+        raise CheckpointError(f"{path} is DiGIT's NAR (MaskGIT) stage 2 ({_cfg_model_name(cfg)}), which this converter "
+                              "does not handle yet; convert the AR stage-2 or a stage-1 checkpoint")
     is_stage2 = "decoder.embed_positions_1.weight" in state
     if stage == "auto":
         stage = "stage2" if is_stage2 else "stage1"
