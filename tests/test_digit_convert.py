@@ -274,3 +274,12 @@ def test_old_config_without_new_fields_loads(tmp_path: Path) -> None:
     c = GPTConfig.from_dict(d)
     assert (c.norm_position, c.embed_scale, c.eos_target) == ("pre", False, False)
     assert set(GPT(c).state_dict()) == set(gpt.state_dict())
+
+
+def test_fairseq_preset_matches_a_converted_stage1_layout() -> None:
+    from vqgan_lc.generate.gpt import gpt_config
+
+    c = gpt_config("gpt-digit-stage1-base-fairseq")
+    assert (c.norm_position, c.embed_scale, c.eos_target, c.n_positions) == ("post", True, True, 257)
+    small = GPT(c.replace(n_codes=K_DIGIT, n_layer=1, n_embd=16, n_head=2))
+    assert "ln_f.weight" not in small.state_dict() and small.head.weight.shape == (K_DIGIT + 1, 16)

@@ -177,6 +177,11 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
                               n_layer=24, n_head=16, n_embd=1024),
     # DiGIT base stage 1 (219M): 16 layers, width 1024, 16 heads, FFN 4096, 8192 k-means ids, 16x16.
     "gpt-digit-stage1-base": dict(n_codes=8192, grid=(16, 16), n_layer=16, n_head=16, n_embd=1024),
+    # The same network as DiGIT's fairseq decoder (what `convert --format digit` yields): post-LN, sqrt(d)
+    # embedding scale, EOS target. Sampling: top-k 200, 300 class-conditional, 400 large
+    # (scripts/infer_stage1_ar.sh, scripts/infer_stage1_ar_classcond.sh, README; `digit_stage1_top_k`).
+    "gpt-digit-stage1-base-fairseq": dict(n_codes=8192, grid=(16, 16), n_layer=16, n_head=16, n_embd=1024,
+                                          norm_position="post", embed_scale=True, eos_target=True),
     # DiGIT base stage 2: same size, 256 DiGIT ids as prefix (own embeddings and positions) then BOS and
     # the pixel tokenizer's ids (here a VQGAN-LC model's; DiGIT used MAGE's 1024-code VQGAN).
     "gpt-digit-stage2-base": dict(n_codes=100_000, grid=(16, 16), prefix_vocab=8192, prefix_grid=(16, 16),
