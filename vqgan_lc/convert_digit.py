@@ -68,9 +68,13 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Te
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling raises many kinds
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        try:  # name what the pickle needs, without running it
+            needed = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or first
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: keep torch's message
+            needed = first
         raise CheckpointError(
-            f"{path} cannot be read safely as a DiGIT fairseq checkpoint ({first}); only tensors and plain "
-            "containers are allowed, so re-save it with its 'model' state dict and a plain 'cfg' dict."
+            f"{path} cannot be read safely as a DiGIT fairseq checkpoint (it needs {needed}); only tensors and "
+            "plain containers are allowed, so re-save it with its 'model' state dict and a plain 'cfg' dict."
         ) from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a fairseq checkpoint dict; pass checkpoint_*.pt")
