@@ -111,3 +111,7 @@ class PretrainedNotFoundError(VQGANLCError, FileNotFoundError):
 
 class UnsupportedReleaseError(VQGANLCError, NotImplementedError):
     """A registered release whose kind this vqgan-lc cannot convert yet."""
+
+
+class SampleEvaluationError(VQGANLCError, ValueError):
+    """A sample folder, reference folder or statistics file that cannot be evaluated (FID / IS)."""

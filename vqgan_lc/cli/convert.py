@@ -3,6 +3,8 @@
 ``--format vqgan-lc`` (default): an official VQGAN-LC ``.pth`` (needs ``--config`` or ``--preset``).
 ``--format mage``: MAGE's VQGAN (``vqgan_jax_strongaug.ckpt``, DiGIT's pixel tokenizer); ``--config``
 is MAGE's ``vqgan.yaml`` and optional (the architecture is otherwise inferred from the tensor shapes).
+``--format digit``: a DiGIT fairseq checkpoint (stage 1 or stage-2 AR) -> ``OUT/gpt`` plus ``OUT/tokenizer``
+(DINOv2 weights and centroids held by the checkpoint) or ``OUT/codebook.safetensors`` (centroids only).
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ _VQGAN_LC_ONLY = ("codebook", "preset", "embed_dim", "inference_only")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("vqgan-lc", "mage"), default="vqgan-lc",
-                   help="checkpoint family: vqgan-lc (official VQGAN-LC .pth, default) or mage (MAGE's VQGAN)")
+    p.add_argument("--format", choices=("vqgan-lc", "mage", "digit"), default="vqgan-lc",
+                   help="checkpoint family: vqgan-lc (official VQGAN-LC .pth, default), mage (MAGE's VQGAN) or "
+                        "digit (DiGIT's fairseq stage-1 / stage-2 checkpoint_*.pt)")
+    p.add_argument("--stage", choices=("auto", "stage1", "stage2"), default="auto",
+                   help="--format digit: which DiGIT GPT the file is (auto: from its keys)")
+    p.add_argument("--n-head", type=int, help="--format digit: attention heads when the checkpoint's cfg lacks them")
+    p.add_argument("--dinov2-model", help="--format digit: timm DINOv2 name for the embedded encoder "
+                                         "(default: ViT-B/14 reg4 for 768-d centroids, ViT-L/14 reg4 for 1024-d)")
     p.add_argument("--checkpoint", required=True,
                    help="official .pth, e.g. vqgan-lc-100K-f16-dim8.pth (or vqgan_jax_strongaug.ckpt with --format mage)")
     p.add_argument("--codebook", help="the k-means codebook it was trained with, e.g. codebook-100K.pth")
@@ -33,6 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args._convert_parser
+    if args.format != "digit" and (args.n_head or args.dinov2_model or args.stage != "auto"):
+        parser.error("--stage, --n-head and --dinov2-model apply to --format digit only")
+    if args.format == "digit":
+        given = [f"--{k.replace('_', '-')}" for k in (*_VQGAN_LC_ONLY, "config") if getattr(args, k)]
+        if given:
+            parser.error(f"{', '.join(given)} do not apply to --format digit")
+        return _run_digit(args)
     if args.format == "mage":
         given = [f"--{k.replace('_', '-')}" for k in _VQGAN_LC_ONLY if getattr(args, k)]
         if given:
@@ -61,4 +76,15 @@ def _run_mage(args: argparse.Namespace) -> int:
     c = model.config
     print(f"wrote {args.out}: MAGE VQGAN f{c.downsample_factor}, {c.n_embed} codes x {c.embed_dim} dims, "
           f"ch {c.ch}, ch_mult {list(c.ch_mult)}")
+    return 0
+
+
+def _run_digit(args: argparse.Namespace) -> int:
+    from ..convert_digit import convert_digit, save_digit_conversion
+
+    conv = convert_digit(args.checkpoint, stage=args.stage, n_head=args.n_head)
+    written = save_digit_conversion(conv, args.out, dinov2_model=args.dinov2_model)
+    c = conv.gpt.config
+    print(f"wrote {args.out}: DiGIT {conv.stage} GPT ({c.n_layer} layers, width {c.n_embd}, {c.norm_position}-LN, "
+          f"{c.n_codes} ids) and {', '.join(sorted(written))}")
     return 0

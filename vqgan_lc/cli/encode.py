@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", choices=("auto", "vqgan-lc", "digit"), default="auto",
                    help="the tokenizer kind (default: detected from --model); digit with --codebook builds one")
     d = p.add_argument_group("DiGIT tokenizer from files (--tokenizer digit without --model)")
-    d.add_argument("--codebook", help="DINOv2 k-means centroids from `vqgan-lc build-codebook --extractor dinov2`")
+    d.add_argument("--codebook", help="DINOv2 k-means centroids from `vqgan-lc build-codebook --extractor dinov2`, or DiGIT's km_8k.npy")
     d.add_argument("--weights", help="local DINOv2 weights file (e.g. dinov2_vitb14_reg4_pretrain.pth)")
     d.add_argument("--dinov2-model", default="vit_base_patch14_reg4_dinov2",
                    help="timm architecture or torch.hub entry (default: DiGIT's ViT-B/14 with 4 registers)")

@@ -7,6 +7,10 @@
 Features are the mean-pooled outputs of block ``--layer`` (0-based, negative from the end) with the
 null class as start token; a logistic-regression head is fit on the training rows and its accuracy on
 the test rows (or a deterministic ``--test-fraction`` of ``--tokens``) is printed.
+
+``--method paper`` runs DiGIT's protocol instead: one head per state (embedding output and blocks
+0..n_layer-2 unless ``--layer`` names blocks; -1 there means the embedding output), trained jointly with
+SGD (momentum 0.9, lr 0.4, cosine) for ``--steps`` updates (100k in the paper).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._args import nonnegative_float, open_fraction, positive_int
+from ._args import nonnegative_float, open_fraction, positive_float, positive_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +26,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", required=True, help="labelled token directory (the probe's training rows)")
     p.add_argument("--test-tokens", help="labelled token directory of the test rows (default: split --tokens)")
     p.add_argument("--prefix-tokens", help="prefix token directory paired with --tokens (prefix GPTs)")
-    p.add_argument("--layer", type=int, nargs="+", default=[-1], help="block(s) to probe (default -1)")
+    p.add_argument("--test-prefix-tokens", help="prefix token directory paired with --test-tokens (prefix GPTs)")
+    p.add_argument("--method", choices=("lbfgs", "paper"), default="lbfgs",
+                   help="lbfgs: fast full-batch logistic regression per layer (default); paper: DiGIT's jointly "
+                        "trained SGD heads")
+    p.add_argument("--layer", type=int, nargs="+", default=None,
+                   help="block(s) to probe (lbfgs default -1; paper default: embedding output and blocks 0..L-2)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="--method paper: SGD updates (paper: 100000)")
+    p.add_argument("--lr", type=positive_float, default=0.4, help="--method paper: peak learning rate (paper 0.4)")
+    p.add_argument("--train-batch-size", type=positive_int, default=256, help="--method paper: rows per SGD update")
     p.add_argument("--test-fraction", type=open_fraction, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--l2", type=nonnegative_float, default=1e-3, help="L2 weight of the linear head")
@@ -34,15 +46,30 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import VQGANLCError
     from ..generate.gpt import GPT
-    from ..generate.probe import linear_probe
+    from ..generate.probe import linear_probe, paper_linear_probe
     from ..train.gpt import GPTTokenDataset
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpt = GPT.from_pretrained(args.gpt, map_location=device)
+    if args.test_tokens and bool(args.prefix_tokens) != bool(args.test_prefix_tokens):
+        raise VQGANLCError("a prefix GPT probed with --test-tokens needs both --prefix-tokens and --test-prefix-tokens")
     train = GPTTokenDataset(args.tokens, args.prefix_tokens)
-    test = GPTTokenDataset(args.test_tokens) if args.test_tokens else None
+    test = GPTTokenDataset(args.test_tokens, args.test_prefix_tokens) if args.test_tokens else None
+    if args.method == "paper":
+        n = gpt.config.n_layer
+        states = None if args.layer is None else [s if s == -1 else s % n for s in args.layer]
+        try:
+            pr = paper_linear_probe(gpt, train, states=states, test_dataset=test, test_fraction=args.test_fraction,
+                                    seed=args.seed, steps=args.steps, lr=args.lr, batch_size=args.train_batch_size,
+                                    feature_batch_size=args.batch_size)
+        except ValueError as e:
+            raise VQGANLCError(str(e)) from e
+        for st, a, ta in zip(pr.states, pr.accuracies, pr.train_accuracies, strict=True):
+            print(f"{'embedding' if st < 0 else f'block {st}'}: accuracy {a:.4f} (train {ta:.4f})")
+        print(json.dumps({**pr.__dict__, "best_state": pr.best[0], "best_accuracy": pr.best[1]}))
+        return 0
     results = []
-    for layer in args.layer:
+    for layer in args.layer or [-1]:
         try:
             r = linear_probe(gpt, train, layer=layer, test_dataset=test, test_fraction=args.test_fraction,
                              seed=args.seed, l2=args.l2, batch_size=args.batch_size)

@@ -37,6 +37,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("sample", "sample images: GPT (+ DiGIT stage 2) -> VQGAN-LC decoder -> PNGs"),
     "linear-probe": ("linear_probe", "linear-probe accuracy of a GPT's hidden states on a labelled token directory"),
     "demo": ("demo", "the end-to-end CPU demo: codebook, training, encode, decode, evaluate, report"),
+    "evaluate-samples": ("evaluate_samples", "FID and Inception Score of generated samples (torch-fidelity)"),
 }
 
 # Subcommands that parse their own arguments (LightningCLI; train-gpt's --SECTION.FIELD overrides):

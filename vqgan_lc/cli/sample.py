@@ -57,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--temperature", type=nonnegative_float, default=1.0, help="0 = greedy")
     s.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (needs a null class)")
     g = p.add_argument_group("DiGIT stage 1 sampling (with --stage2)")
-    g.add_argument("--stage1-top-k", type=parse_top_k, default=200, help="default 200 (DiGIT base)")
+    g.add_argument("--stage1-top-k", type=parse_top_k, default=None,
+                   help="default as the official scripts: 200 (base), 300 (class-conditional base), 400 (large)")
     g.add_argument("--stage1-top-p", type=_top_p, default=None)
     g.add_argument("--stage1-temperature", type=nonnegative_float, default=1.0)
     g.add_argument("--stage1-cfg", type=float, default=None)
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import TokenRangeError, VQGANLCError
     from ..generate.gpt import GPT
-    from ..generate.pipeline import sample_images, sample_two_stage, save_images
+    from ..generate.pipeline import digit_stage1_top_k, sample_images, sample_two_stage, save_images
     from ..generate.sampling import SamplingConfig
     from ..model import VQGANLC
 
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
             res = sample_images(gpt, vq, n=len(labels), labels=labels, sampling=sampling, seed=args.seed,
                                 batch_size=args.batch_size)
         else:
-            s1 = SamplingConfig(temperature=args.stage1_temperature, top_k=args.stage1_top_k, top_p=args.stage1_top_p,
+            s1_top_k = args.stage1_top_k if args.stage1_top_k is not None else digit_stage1_top_k(gpt.config)
+            s1 = SamplingConfig(temperature=args.stage1_temperature, top_k=s1_top_k, top_p=args.stage1_top_p,
                                 cfg_scale=args.stage1_cfg)
             res = sample_two_stage(gpt, stage2, vq, n=len(labels), labels=labels, stage1_sampling=s1,
                                    stage2_sampling=sampling, seed=args.seed, batch_size=args.batch_size)

@@ -56,7 +56,8 @@ def save_codebook(path: str | os.PathLike, vectors: torch.Tensor, provenance: di
 
 
 def load_codebook(path: str | os.PathLike) -> Codebook:
-    """Read a codebook: ours (``.safetensors``) or the official release (``codebook-100K.pth``).
+    """Read a codebook: ours (``.safetensors``), the official release (``codebook-100K.pth``) or DiGIT's
+    released k-means centroids (``km_8k.npy``, a (K, d) array; read with ``allow_pickle=False``).
 
     The official file is a pickled float32 tensor; it is read with ``torch.load(weights_only=True)``,
     which refuses anything but tensors and plain containers.
@@ -66,6 +67,8 @@ def load_codebook(path: str | os.PathLike) -> Codebook:
         raise CodebookError(f"codebook file {path} does not exist")
     if path.suffix == ".safetensors":
         return _load_safetensors(path)
+    if path.suffix == ".npy":
+        return _load_npy(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad pickle
@@ -79,6 +82,23 @@ def load_codebook(path: str | os.PathLike) -> Codebook:
         raise CodebookError(f"{path} holds a {type(obj).__name__}, not a (N, d) codebook tensor")
     _check_vectors(obj, path)
     return Codebook(obj.float().contiguous(), {"source": "official-pth", "file": path.name})
+
+
+def _load_npy(path: Path) -> Codebook:
+    """DiGIT's released centroids (``km_8k.npy``, ``km_16k.npy``): a (K, d) float array, read without
+    pickle (``allow_pickle=False``)."""
+    import numpy as np
+
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CodebookError(f"{path} is not a readable .npy array of centroids ({e}); pass a (K, d) float "
+                            "array such as DiGIT's km_8k.npy") from e
+    if arr.dtype.kind != "f":
+        raise CodebookError(f"{path} holds {arr.dtype} values; centroids must be a (K, d) float array")
+    vectors = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    _check_vectors(vectors, path)
+    return Codebook(vectors, {"source": "digit-npy", "file": path.name})
 
 
 def _load_safetensors(path: Path) -> Codebook:

@@ -15,8 +15,10 @@ Sequence layout (all positions attend causally to everything before them)::
 * The head predicts image ids only (``n_codes`` logits): sampling never sees class ids. The official
   head spans all ``n_codes + n_classes`` ids and drops the class logits when sampling.
 
-Blocks are pre-LN (LayerNorm -> attention / MLP -> residual) with GELU and ``F.scaled_dot_product_attention``;
-DiGIT's stage-1 fairseq decoder is post-LN, a difference we accept for stability. A per-layer KV cache
+Blocks are pre-LN (LayerNorm -> attention / MLP -> residual) with GELU and ``F.scaled_dot_product_attention``
+by default. ``GPTConfig(norm_position="post", embed_scale=True, eos_target=True)`` expresses DiGIT's
+stage-1 fairseq decoder exactly (post-LN, sqrt(d) embedding scale, EOS target); ``vqgan-lc convert
+--format digit`` produces such models from the released checkpoints. A per-layer KV cache
 (``KVCache``) makes sampling one forward per token.
 
 Files: ``save_pretrained(dir)`` writes ``config.json`` (``format: vqgan-lc-gpt``, ``format_version``,
@@ -30,7 +32,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,16 @@ class GPTConfig:
         dropout: on embeddings, attention weights and residual branches (training only).
         bias: biases in Linear and LayerNorm layers.
         tie_weights: the head reuses the first ``n_codes`` rows of the token embedding.
+        norm_position: ``"pre"`` (LayerNorm before attention / MLP, plus a final ``ln_f``; the default)
+            or ``"post"`` (LayerNorm after each residual sum and no final norm: fairseq's
+            ``decoder_normalize_before=False``, DiGIT's stage 1).
+        embed_scale: multiply token (and prefix) embeddings by ``sqrt(n_embd)`` before adding positions,
+            as fairseq does (DiGIT).
+        eos_target: predict an end-of-sequence id after the last target id (fairseq's 257th target);
+            the head gets one more output (index ``n_codes``) and the positional table one more row.
+            Sampling never sees the EOS logit.
+
+    Defaults of the last three fields keep the original GPT, so a ``config.json`` without them loads.
     """
 
     n_codes: int
@@ -82,6 +94,9 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_weights: bool = False
+    norm_position: Literal["pre", "post"] = "pre"
+    embed_scale: bool = False
+    eos_target: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -101,12 +116,21 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head}); n_layer >= 1")
         if not 0.0 <= self.dropout < 1.0 or self.mlp_ratio <= 0:
             raise ValueError("dropout must be in [0, 1) and mlp_ratio positive")
+        if self.norm_position not in ("pre", "post"):
+            raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if self.eos_target and self.tie_weights:
+            raise ValueError("eos_target needs an untied head (tie_weights=False)")
 
     # derived sizes
     @property
     def seq_len(self) -> int:
         """Target tokens per sample, ``h * w``."""
         return self.grid[0] * self.grid[1]
+
+    @property
+    def n_positions(self) -> int:
+        """Rows of the target positional table: cond + ``seq_len - 1`` ids, one more with ``eos_target``."""
+        return self.seq_len + int(self.eos_target)
 
     @property
     def prefix_len(self) -> int:
@@ -152,6 +176,11 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
                               n_layer=24, n_head=16, n_embd=1024),
     # DiGIT base stage 1 (219M): 16 layers, width 1024, 16 heads, FFN 4096, 8192 k-means ids, 16x16.
     "gpt-digit-stage1-base": dict(n_codes=8192, grid=(16, 16), n_layer=16, n_head=16, n_embd=1024),
+    # The same network as DiGIT's fairseq decoder (what `convert --format digit` yields): post-LN, sqrt(d)
+    # embedding scale, EOS target. Sampling: top-k 200, 300 class-conditional, 400 large
+    # (scripts/infer_stage1_ar.sh, scripts/infer_stage1_ar_classcond.sh, README; `digit_stage1_top_k`).
+    "gpt-digit-stage1-base-fairseq": dict(n_codes=8192, grid=(16, 16), n_layer=16, n_head=16, n_embd=1024,
+                                          norm_position="post", embed_scale=True, eos_target=True),
     # DiGIT base stage 2: same size, 256 DiGIT ids as prefix (own embeddings and positions) then BOS and
     # the pixel tokenizer's ids (here a VQGAN-LC model's; DiGIT used MAGE's 1024-code VQGAN).
     "gpt-digit-stage2-base": dict(n_codes=100_000, grid=(16, 16), prefix_vocab=8192, prefix_grid=(16, 16),
@@ -234,16 +263,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block."""
+    """Transformer block, pre-LN (default) or post-LN (``norm_position="post"``, fairseq's layer)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
+        self.post_norm = cfg.norm_position == "post"
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0) -> torch.Tensor:
+        if self.post_norm:
+            x = self.ln_1(x + self.attn(x, cache, start))
+            return self.ln_2(x + self.mlp(x))
         x = x + self.attn(self.ln_1(x), cache, start)
         return x + self.mlp(self.ln_2(x))
 
@@ -270,14 +303,18 @@ class GPT(PretrainedMixin, nn.Module):
         self.provenance = dict(provenance or {})
         c = config
         self.tok_emb = nn.Embedding(c.input_vocab, c.n_embd)
-        self.pos_emb = nn.Parameter(torch.zeros(1, c.seq_len, c.n_embd))
+        self.tok_emb._fairseq_scale = c.embed_scale
+        self.pos_emb = nn.Parameter(torch.zeros(1, c.n_positions, c.n_embd))
         if c.prefix_vocab:
             self.prefix_emb = nn.Embedding(c.prefix_vocab, c.n_embd)
+            self.prefix_emb._fairseq_scale = c.embed_scale
             self.prefix_pos_emb = nn.Parameter(torch.zeros(1, c.prefix_len, c.n_embd))
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
-        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias)
-        self.head = None if c.tie_weights else nn.Linear(c.n_embd, c.n_codes, bias=False)
+        # post-LN (fairseq) has no final norm: the last block already ends in a LayerNorm
+        self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias) if c.norm_position == "pre" else nn.Identity()
+        self.head = None if c.tie_weights else nn.Linear(c.n_embd, c.n_codes + int(c.eos_target), bias=False)
+        self.emb_mult = math.sqrt(c.n_embd) if c.embed_scale else 1.0
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of the residual projections
             if name.endswith("proj.weight"):
@@ -293,7 +330,9 @@ class GPT(PretrainedMixin, nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            # fairseq scales embeddings by sqrt(d) and draws them from N(0, d^-1/2)
+            std = m.embedding_dim ** -0.5 if getattr(m, "_fairseq_scale", False) else 0.02
+            nn.init.normal_(m.weight, mean=0.0, std=std)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -357,21 +396,28 @@ class GPT(PretrainedMixin, nn.Module):
         ``ids`` are input-vocabulary ids (image ids, or class ids where ``pkeep`` corruption drew them).
         """
         b, t = ids.shape
-        if t + 1 > self.config.seq_len:
-            raise ValueError(f"at most {self.config.seq_len - 1} target ids fit as input, got {t}")
+        if t + 1 > self.config.n_positions:
+            raise ValueError(f"at most {self.config.n_positions - 1} target ids fit as input, got {t}")
         cond = self.cond_ids(labels, b) if cond is None else cond
-        x = self.tok_emb(torch.cat([cond[:, None], ids], dim=1)) + self.pos_emb[:, : t + 1]
+        x = self.tok_emb(torch.cat([cond[:, None], ids], dim=1)) * self.emb_mult + self.pos_emb[:, : t + 1]
         prefix = self._check_prefix(prefix, b)
         if prefix is not None:
-            x = torch.cat([self.prefix_emb(prefix) + self.prefix_pos_emb, x], dim=1)
+            x = torch.cat([self.prefix_emb(prefix) * self.emb_mult + self.prefix_pos_emb, x], dim=1)
         return self.drop(x)
 
     # ------------------------------------------------------------------ forward
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Final LayerNorm + head: ``(..., n_embd)`` -> ``(..., n_codes)``."""
+    def logits(self, h: torch.Tensor, *, with_eos: bool = False) -> torch.Tensor:
+        """Final LayerNorm + head: ``(..., n_embd)`` -> ``(..., n_codes)`` (``n_codes + 1`` with ``with_eos``
+        on an ``eos_target`` model: the last column is the EOS logit)."""
         h = self.ln_f(h)
         if self.head is None:
             return F.linear(h, self.tok_emb.weight[: self.config.n_codes])
+        if with_eos:
+            if not self.config.eos_target:
+                raise ValueError("with_eos needs a model with eos_target=True")
+            return self.head(h)
+        if self.config.eos_target:
+            return F.linear(h, self.head.weight[: self.config.n_codes])
         return self.head(h)
 
     def run_blocks(self, x: torch.Tensor, *, cache: KVCache | None = None, stop_after: int | None = None) -> torch.Tensor:
@@ -391,13 +437,14 @@ class GPT(PretrainedMixin, nn.Module):
         return x
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
-                *, last_only: bool = False) -> torch.Tensor:
-        """``(B, t)`` target ids (``t < seq_len``) -> ``(B, t + 1, n_codes)`` logits (``(B, n_codes)`` of the
-        last position with ``last_only``) without a cache: full recomputation."""
+                *, last_only: bool = False, with_eos: bool = False) -> torch.Tensor:
+        """``(B, t)`` target ids (``t < seq_len``; ``t <= seq_len`` with ``eos_target``) -> ``(B, t + 1,
+        n_codes)`` logits (``(B, n_codes)`` of the last position with ``last_only``; one more column, the
+        EOS logit, with ``with_eos``) without a cache: full recomputation."""
         ids = self._check_ids(ids)
         h = self.run_blocks(self.embed(ids, labels, prefix))
         h = h[:, self.config.prefix_len :]
-        return self.logits(h[:, -1] if last_only else h)
+        return self.logits(h[:, -1] if last_only else h, with_eos=with_eos)
 
     def loss(self, ids: torch.Tensor, labels: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
              *, inputs: torch.Tensor | None = None, cond: torch.Tensor | None = None,
@@ -410,9 +457,13 @@ class GPT(PretrainedMixin, nn.Module):
         ids = self._check_ids(ids)
         if ids.shape[1] != self.config.seq_len:
             raise ValueError(f"expected {self.config.seq_len} target ids per row, got {ids.shape[1]}")
-        inp = ids[:, :-1] if inputs is None else inputs[:, :-1]
+        eos = self.config.eos_target
+        inp = ids if inputs is None else inputs
+        inp = inp if eos else inp[:, :-1]
         h = self.run_blocks(self.embed(inp, labels, prefix, cond=cond))[:, self.config.prefix_len :]
-        logits = self.logits(h)
+        logits = self.logits(h, with_eos=eos)
+        if eos:  # fairseq's 257th target: EOS after the last id
+            ids = torch.cat([ids, ids.new_full((ids.shape[0], 1), self.config.n_codes)], dim=1)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1),
                                label_smoothing=label_smoothing)
 
@@ -450,7 +501,7 @@ class GPT(PretrainedMixin, nn.Module):
         pos = cache.length - self.config.prefix_len  # positions in the target table (cond is 0)
         if pos < 1 or pos + ids.shape[1] > self.config.seq_len:
             raise ValueError("decode_step needs a prefilled cache and at most seq_len - 1 target ids in total")
-        x = self.drop(self.tok_emb(ids) + self.pos_emb[:, pos : pos + ids.shape[1]])
+        x = self.drop(self.tok_emb(ids) * self.emb_mult + self.pos_emb[:, pos : pos + ids.shape[1]])
         return self.logits(self.run_blocks(x, cache=cache)[:, -1])
 
 

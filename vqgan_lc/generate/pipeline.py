@@ -18,7 +18,7 @@ import torch
 from ..data import to_uint8
 from ..errors import TokenRangeError
 from ..tokenizer import DecodingTokenizer
-from .gpt import GPT
+from .gpt import GPT, GPTConfig
 from .sampling import SamplingConfig, generate
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,16 @@ log = logging.getLogger(__name__)
 DIGIT_STAGE1_SAMPLING = SamplingConfig(top_k=200)
 DIGIT_STAGE2_SAMPLING = SamplingConfig(top_k=None, top_p=0.8)
 VQGAN_LC_SAMPLING = SamplingConfig(top_k=0.1)  # VQGAN-LC: top-k = 10% of the vocabulary
+# DiGIT stage-1 top-k by model: base unconditional 200 (scripts/infer_stage1_ar.sh), base
+# class-conditional 300 (scripts/infer_stage1_ar_classcond.sh), large (width 1536, 16k ids) 400 (README).
+DIGIT_STAGE1_TOP_K = {"base": 200, "base-classcond": 300, "large": 400}
+
+
+def digit_stage1_top_k(config: GPTConfig) -> int:
+    """The official stage-1 top-k for a DiGIT GPT of this size and conditioning."""
+    if config.n_embd >= 1536 or config.n_codes >= 16384:
+        return DIGIT_STAGE1_TOP_K["large"]
+    return DIGIT_STAGE1_TOP_K["base-classcond" if config.class_conditional else "base"]
 
 
 @dataclass
