@@ -46,3 +46,7 @@ class InsufficientMemoryError(VQGANLCError, MemoryError):
 
 class ImageSourceError(VQGANLCError, ValueError):
     """An image folder or file list that cannot be used (missing, empty, malformed)."""
+
+
+class ExportError(VQGANLCError, ValueError):
+    """A token export that cannot be written or read as asked (bad target, non-empty output, missing package)."""
