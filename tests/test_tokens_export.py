@@ -187,3 +187,37 @@ def test_cli_export_tokens(token_dir: Path, tmp_path: Path, capsys: pytest.Captu
     assert main(["export-tokens", "--tokens", str(token_dir), "--to", "memmap", "--out", str(out),
                  "--overwrite", "--eos"]) == 0
     assert json.loads((out / "meta.json").read_text())["eos"]["id"] == 512
+
+
+def test_orphans_of_a_killed_export_are_removed(token_dir: Path, tmp_path: Path) -> None:
+    for name in (".out.export-tmp-99999", ".out.export-cache-99999", ".out.export-old-99999"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "partial.npy").write_bytes(b"x")
+    (tmp_path / ".other.export-tmp-1").mkdir()  # another export's folder is left alone
+    export_tokens(token_dir, tmp_path / "out", "llamagen")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.export-tmp-1", "out"]
+
+
+@pytest.mark.parametrize("target", EXPORT_TARGETS)
+def test_variant_rows_export_with_n_aug(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """Rows of (n_aug, h, w) (LlamaGen-style flip variants) keep their variants in every layout."""
+    from vqgan_lc.tokens import export as ex
+    from vqgan_lc.tokens.format import TokenFile
+
+    rng = np.random.default_rng(0)
+    shards = [rng.integers(0, 70_000, (3, 2, 4, 4)).astype("<u4"), rng.integers(0, 70_000, (2, 2, 4, 4)).astype("<u4")]
+    manifest = {"grid": [4, 4], "tokenizer": {"codebook_size": 70_000}, "classes": ["a", "b"], "num_rows": 5}
+    tf = TokenFile(directory=tmp_path, manifest=manifest, shards=shards, labels=np.array([0, 1, 1, 0, -1]),
+                   paths=[f"p{i}.jpg" for i in range(5)])
+    monkeypatch.setattr(ex, "open_tokens", lambda *a, **k: tf)
+    out = export_tokens(tmp_path / "tok", tmp_path / "out", target, chunk_rows=2)
+    back = read_export(out)
+    np.testing.assert_array_equal(back.ids, np.concatenate(shards))
+    np.testing.assert_array_equal(back.labels, [0, 1, 1, 0, -1])
+    assert back.paths == [f"p{i}.jpg" for i in range(5)]
+    if target == "llamagen":
+        code = np.load(out / "codes" / "4.npy")
+        assert code.shape == (1, 2, 16) and code.dtype == np.int64
+        np.testing.assert_array_equal(code[0], shards[1][1].reshape(2, 16))
+    if target == "memmap":
+        assert json.loads((out / "meta.json").read_text())["dtype"] == "uint32"  # 70,000 codes > uint16

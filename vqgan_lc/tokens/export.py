@@ -192,7 +192,7 @@ def _write_hf(tokens: TokenFile, tmp: Path, chunk_rows: int) -> dict[str, Any]:
                 yield {"ids": ids.astype(np.uint32), "label": int(tokens.labels[start + j]),
                        "path": tokens.paths[start + j]}
 
-    cache = tmp.parent / f"{tmp.name}-cache"
+    cache = tmp.parent / f"{tmp.name.replace('export-tmp', 'export-cache')}"
     try:
         ds = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(cache), keep_in_memory=False)
         ds.info.description = info.description
@@ -232,8 +232,8 @@ def export_tokens(
         raise ExportError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
     tokens = open_tokens(tokens_dir, verify=verify)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(out)
     tmp = out.parent / f".{out.name}.export-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         if to == "llamagen":
@@ -263,6 +263,13 @@ def export_tokens(
         raise
     log.info("exported %d rows of %s to %s (%s)", len(tokens), tokens_dir, out, to)
     return out
+
+
+def _remove_orphans(out: Path) -> None:
+    """Remove what a killed export to ``out`` left beside it (temporary, cache and set-aside folders)."""
+    for p in out.parent.glob(f".{out.name}.export-*"):
+        log.info("removing %s, left by an interrupted export", p)
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
