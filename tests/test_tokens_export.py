@@ -221,3 +221,32 @@ def test_variant_rows_export_with_n_aug(tmp_path: Path, monkeypatch: pytest.Monk
         np.testing.assert_array_equal(code[0], shards[1][1].reshape(2, 16))
     if target == "memmap":
         assert json.loads((out / "meta.json").read_text())["dtype"] == "uint32"  # 70,000 codes > uint16
+
+
+def test_sigkill_mid_export_keeps_the_old_out_and_a_rerun_completes(token_dir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    export_tokens(token_dir, out, "memmap")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    child = (
+        "import os, signal\n"
+        "from vqgan_lc.tokens import export as ex\n"
+        "def killed(tokens, tmp, *a):\n"
+        "    (tmp / 'tokens.bin').write_bytes(b'partial')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "ex._write_memmap = killed\n"
+        f"ex.export_tokens({str(token_dir)!r}, {str(out)!r}, 'memmap', overwrite=True)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old export, untouched
+    assert any(p.name.startswith(".out.export-tmp-") for p in tmp_path.iterdir())  # the killed run's leftover
+    export_tokens(token_dir, out, "memmap", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    np.testing.assert_array_equal(read_export(out).ids, expected(token_dir)[0])
