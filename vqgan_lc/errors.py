@@ -115,3 +115,7 @@ class UnsupportedReleaseError(VQGANLCError, NotImplementedError):
 
 class SampleEvaluationError(VQGANLCError, ValueError):
     """A sample folder, reference folder or statistics file that cannot be evaluated (FID / IS)."""
+
+
+class ExportError(VQGANLCError, ValueError):
+    """A token export that cannot be written or read as asked (bad target, non-empty output, missing package)."""

@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "turn an official VQGAN-LC or MAGE VQGAN checkpoint into a model directory"),
     "encode": ("encode", "encode an image folder into a token directory (resumable, sharded, multi-device)"),
     "decode": ("decode", "decode a token directory back to PNG images"),
+    "export-tokens": ("export_tokens", "export a token directory to LlamaGen .npy, a flat memmap, Parquet or a HF dataset"),
     "info": ("info", "describe a model, GPT or DiGIT directory, token directory, feature store or codebook file"),
     "build-codebook": ("build_codebook", "extract frozen features and cluster them into a codebook"),
     "evaluate": ("evaluate", "reconstruction metrics, codebook utilization and throughput over a split"),
