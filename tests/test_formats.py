@@ -18,6 +18,7 @@ from vqgan_lc.digit import DIGIT_FORMAT, DIGIT_FORMAT_VERSION, DiscriminativeTok
 from vqgan_lc.extractors import PixelExtractor
 from vqgan_lc.formats import FORMATS, describe, detect, open_path
 from vqgan_lc.generate.gpt import GPT, GPT_FORMAT, GPT_FORMAT_VERSION, GPTConfig
+from vqgan_lc.mage import MAGE_FORMAT, MAGE_FORMAT_VERSION, MAGEVQGAN, MAGEConfig
 from vqgan_lc.metrics import EvaluateOptions, evaluate
 from vqgan_lc.metrics.report import REPORT_FORMAT, REPORT_FORMAT_VERSION
 from vqgan_lc.model import MODEL_FORMAT, MODEL_FORMAT_VERSION
@@ -35,6 +36,7 @@ EXPECTED: dict[str, tuple[str, int, type, str]] = {
     STORE_FORMAT: (STORE_FORMAT, STORE_FORMAT_VERSION, FeatureStore, "features"),
     REPORT_FORMAT: (REPORT_FORMAT, REPORT_FORMAT_VERSION, dict, "report"),
     CODEBOOK_FORMAT: (CODEBOOK_FORMAT, CODEBOOK_FORMAT_VERSION, Codebook, "codebook.safetensors"),
+    MAGE_FORMAT: (MAGE_FORMAT, MAGE_FORMAT_VERSION, MAGEVQGAN, "mage"),
 }
 
 
@@ -45,6 +47,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_photo_folder(root / "photos", per_class=1, size=64)
     tiny_model().save_pretrained(root / "model")
     tiny_digit_tokenizer().save_pretrained(root / "digit")
+    MAGEVQGAN(MAGEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, embed_dim=8, n_embed=16,
+                         resolution=32)).save_pretrained(root / "mage")
     GPT(GPTConfig(n_codes=16, grid=(2, 2), n_layer=1, n_head=2, n_embd=16)).save_pretrained(root / "gpt")
     encode_dataset(root / "model", root / "photos", root / "tokens",
                    options=EncodeOptions(image_size=64, batch_size=4, num_workers=0), progress=False)
@@ -62,7 +66,7 @@ def test_the_table_matches_the_modules() -> None:
         const, version, _, _ = EXPECTED[name]
         assert spec.name == const and version in spec.versions
     kinds = {name: spec.kind for name, spec in FORMATS.items()}
-    assert [n for n, k in kinds.items() if k == "tokenizer"] == [MODEL_FORMAT, DIGIT_FORMAT]
+    assert [n for n, k in kinds.items() if k == "tokenizer"] == [MODEL_FORMAT, DIGIT_FORMAT, MAGE_FORMAT]
     assert (kinds[GPT_FORMAT], kinds[TOKENS_FORMAT], kinds[STORE_FORMAT], kinds[REPORT_FORMAT],
             kinds[CODEBOOK_FORMAT]) == ("prior", "tokens", "features", "report", "codebook")
 

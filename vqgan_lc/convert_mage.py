@@ -165,10 +165,10 @@ def convert_mage(checkpoint: str | os.PathLike, *, yaml_config: str | os.PathLik
     problem = state_dict_mismatch(shell.state_dict(), state)
     if problem:
         raise CheckpointError(f"{source} does not fit the MAGE VQGAN architecture {origin}: {problem}")
-    model = MAGEVQGAN(config)
+    model = MAGEVQGAN(config, provenance={
+        "converted_from": Path(source).name, "checkpoint_sha256": sha256_file(source),
+        "config_from": Path(yaml_config).name if yaml_config else "checkpoint shapes"})
     model.load_state_dict_checked({k: v.float() for k, v in state.items()}, source=source)
-    model.provenance = {"converted_from": Path(source).name, "checkpoint_sha256": sha256_file(source),
-                        "config_from": Path(yaml_config).name if yaml_config else "checkpoint shapes"}
     return model.eval()
 
 

@@ -92,6 +92,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "vqgan_lc.model:VQGANLC.from_pretrained", "vqgan_lc.model:describe"),
     Format("vqgan-lc-digit", "tokenizer", "DiGIT tokenizer directory", (1,), "config.json",
            "vqgan_lc.digit:DiscriminativeTokenizer.from_pretrained", "vqgan_lc.digit:describe"),
+    Format("vqgan-lc-mage", "tokenizer", "MAGE VQGAN directory", (1,), "config.json",
+           "vqgan_lc.mage:MAGEVQGAN.from_pretrained", "vqgan_lc.mage:describe"),
     Format("vqgan-lc-gpt", "prior", "GPT directory", (1,), "config.json",
            "vqgan_lc.generate.gpt:GPT.from_pretrained", "vqgan_lc.generate.gpt:describe"),
     Format("vqgan-lc-tokens", "tokens", "token directory", (1,), "manifest.json",
@@ -106,7 +108,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 """Every format this vqgan-lc reads, by name."""
 
 RECORD_FILES: tuple[Record, ...] = ("config.json", "manifest.json", "report.json")
-NONE_OF_THEM = ("a model, GPT or DiGIT tokenizer directory, a token directory, a feature store, an evaluation report "
+NONE_OF_THEM = ("a model, MAGE VQGAN, GPT or DiGIT tokenizer directory, a token directory, a feature store, an evaluation report "
                 "or a codebook file")
 
 

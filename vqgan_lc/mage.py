@@ -19,10 +19,7 @@ Official checkpoints are converted with ``vqgan-lc convert --format mage`` (``vq
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,10 +27,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ._io import load_weights_dir, save_weights_dir, state_dict_mismatch
+from ._io import state_dict_mismatch
 from .config import check_fields
 from .errors import CheckpointError, ImageShapeError, TokenRangeError
+from .formats import Description, millions
 from .nn.mage_blocks import MAGEDecoder, MAGEEncoder
+from .pretrained import PretrainedMixin
 from .quantize.search import nearest_code
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ class MAGEQuantizer(nn.Module):
         return self.embedding(ids).permute(0, 3, 1, 2).contiguous()
 
 
-class MAGEVQGAN(nn.Module):
+class MAGEVQGAN(PretrainedMixin, nn.Module):
     """MAGE's VQGAN behind the package's tokenizer interface.
 
     Images are ``(B, 3, H, W)`` floats in ``[-1, 1]`` with H and W multiples of
@@ -135,18 +134,21 @@ class MAGEVQGAN(nn.Module):
     """
 
     kind: Literal["mage-vqgan"] = MAGE_KIND
-    tokenizer_kind = MAGE_KIND  # the name ``vqgan-lc encode`` records in token directories
-    inference_only = False
+    FORMAT = MAGE_FORMAT
+    FORMAT_VERSION = MAGE_FORMAT_VERSION
+    config_class = MAGEConfig
+    WHAT = "MAGE VQGAN model"
+    LOAD_HINT = "official MAGE checkpoints are converted with `vqgan-lc convert --format mage`"
 
-    def __init__(self, config: MAGEConfig | None = None) -> None:
+    def __init__(self, config: MAGEConfig | None = None, *, provenance: dict[str, Any] | None = None) -> None:
         super().__init__()
+        self.provenance = dict(provenance or {})
         self.config = config = config or MAGEConfig()
         common = dict(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.num_res_blocks,
                       z_channels=config.z_channels, dropout=config.dropout)
         self.encoder = MAGEEncoder(in_channels=config.in_channels, **common)
         self.decoder = MAGEDecoder(out_ch=config.out_ch, **common)
         self.quantize = MAGEQuantizer(config.n_embed, config.embed_dim)
-        self.provenance: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ the tokenizer interface
     @property
@@ -163,14 +165,14 @@ class MAGEVQGAN(nn.Module):
         return {"image_size": self.config.resolution, "resize": "shorter-side", "interpolation": "bicubic",
                 "crop": "center", "range": [-1, 1]}
 
-    def latent_shape(self, height: int, width: int) -> tuple[int, int]:
+    def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
+        """Token grid ``(h, w)`` of a ``height x width`` image (``width`` defaults to ``height``)."""
         f = self.downsample_factor
-        return height // f, width // f
+        return height // f, (height if width is None else width) // f
 
-    def config_hash(self) -> str:
-        """A short hash of the kind and architecture (token directories record it)."""
-        blob = json.dumps({"kind": self.kind, **self.config.to_dict()}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+    def config_dict(self) -> dict[str, Any]:
+        """The kind and the architecture: what ``config_hash`` (recorded by token directories) hashes."""
+        return {"kind": self.kind, **self.config.to_dict()}
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, x: torch.Tensor) -> None:
@@ -238,34 +240,9 @@ class MAGEVQGAN(nn.Module):
         z_q = z + (codes - z).detach()
         return MAGEOutput(reconstruction=self.decode_latents(z_q), z=z, z_q=z_q, ids=ids, loss=loss)
 
-    # ------------------------------------------------------------------ files
-    def save_pretrained(self, directory: str | os.PathLike, *, provenance: dict[str, Any] | None = None,
-                        **_: Any) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` to ``directory`` (atomically)."""
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {
-            "format": MAGE_FORMAT,
-            "format_version": MAGE_FORMAT_VERSION,
-            "kind": self.kind,
-            "config": self.config.to_dict(),
-            "config_hash": self.config_hash(),
-            "provenance": provenance or self.provenance or {},
-        }
-        return save_weights_dir(directory, meta, state)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *,
-                        map_location: str | torch.device = "cpu") -> MAGEVQGAN:
-        """Load a directory written by ``save_pretrained`` (or ``vqgan-lc convert --format mage``)."""
-        meta, config, state, w_path = load_weights_dir(
-            directory, MAGE_FORMAT, MAGE_FORMAT_VERSION, MAGEConfig.from_dict, what="MAGE VQGAN model",
-            hint="official MAGE checkpoints are converted with `vqgan-lc convert --format mage`",
-            upgrade="Upgrade vqgan-lc (pip install -U vqgan-lc) to load it.", device=str(map_location),
-        )
-        model = cls(config)
-        model.load_state_dict_checked(state, source=str(w_path))
-        model.provenance = dict(meta.get("provenance") or {})
-        return model.to(map_location).eval()
+    # ------------------------------------------------------------------ files (PretrainedMixin)
+    def _config_extra(self) -> dict[str, Any]:
+        return {"kind": self.kind, "config_hash": self.config_hash()}
 
     def load_state_dict_checked(self, state: dict[str, torch.Tensor], *, source: str) -> None:
         """``load_state_dict`` (strict) that names every missing, unexpected or mis-shaped key in one error."""
@@ -273,6 +250,17 @@ class MAGEVQGAN(nn.Module):
         if problem:
             raise CheckpointError(f"{source} does not fit this MAGE VQGAN config: {problem}")
         self.load_state_dict(state)
+
+
+def describe(path: Path) -> Description:
+    """``vqgan-lc info`` of a MAGE VQGAN directory."""
+    model = MAGEVQGAN.from_pretrained(path)
+    c = model.config
+    fields = {"codebook_size": c.n_embed, "embed_dim": c.embed_dim, "downsample_factor": c.downsample_factor,
+              "resolution": c.resolution, "parameters": millions(sum(p.numel() for p in model.parameters())),
+              "config_hash": model.config_hash()}
+    return Description("MAGE VQGAN directory", MAGE_FORMAT, MAGE_FORMAT_VERSION, fields,
+                       {"config": c.to_dict(), "preprocessing": model.preprocessing, "provenance": model.provenance})
 
 
 __all__ = ["MAGE_FORMAT", "MAGE_FORMAT_VERSION", "MAGE_KIND", "MAGEConfig", "MAGEOutput", "MAGEQuantizer",

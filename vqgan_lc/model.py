@@ -201,21 +201,25 @@ class VQGANLC(PretrainedMixin, nn.Module):
         return {"weights": "inference" if self.inference_only else "full", "preprocessing": self.preprocessing}
 
     def save_pretrained(
-        self, directory: str | os.PathLike, *, inference_only: bool = False, provenance: dict[str, Any] | None = None
+        self, directory: str | os.PathLike, *, inference_only: bool = False, provenance: dict[str, Any] | None = None,
+        push_to_hub: bool = False, repo_id: str | None = None, token: str | bool | None = None,
     ) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory``.
 
         ``inference_only=True`` keeps only the projected ``(N, D')`` codes instead of the raw
         codebook and projector; the loaded model encodes and decodes identically but cannot train.
         An inference-only model always saves as one. ``provenance`` replaces ``self.provenance`` in the file.
+        ``push_to_hub=True`` then uploads the directory to ``repo_id`` with a model card (``vqgan_lc.hub``).
         """
         if not inference_only or self.inference_only:
-            return super().save_pretrained(directory, provenance=provenance)
+            return super().save_pretrained(directory, provenance=provenance, push_to_hub=push_to_hub,
+                                           repo_id=repo_id, token=token)
         if not isinstance(self.quantize, LCQuantizer):
             raise ValueError("inference-only export exists for the 'lc' quantizer only")
         state = {k: v for k, v in self._state_to_save().items() if not k.startswith("quantize.")}
         state["quantize.projected"] = self.quantize.projected_codebook().detach().cpu().contiguous()
-        return self._write_pretrained(directory, state, {**self._config_extra(), "weights": "inference"}, provenance)
+        out = self._write_pretrained(directory, state, {**self._config_extra(), "weights": "inference"}, provenance)
+        return self._after_save(out, push_to_hub=push_to_hub, repo_id=repo_id, token=token)
 
     @classmethod
     def _build_loaded(cls, config: ModelConfig, meta: dict[str, Any], directory: Path) -> VQGANLC:

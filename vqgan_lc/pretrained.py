@@ -14,7 +14,7 @@ The default directory is the weights directory of ``_io`` (``config.json`` with 
 ``format_version``, ``config``, ``provenance`` and the subclass's ``_config_extra()`` keys, plus
 ``model.safetensors``); a subclass with other files (DiGIT) overrides ``save_pretrained`` and
 ``_load_pretrained``. ``from_pretrained`` resolves its argument in one step, ``_resolve_pretrained``:
-today a local directory; Hub ids and official release names are added there.
+a local directory, an official release name or a Hub repo id (``vqgan_lc.hub``).
 """
 
 from __future__ import annotations
@@ -48,20 +48,27 @@ class ConfigClass(Protocol):
 def _resolve_pretrained(
     path: str | os.PathLike,
     *,
+    kind: str = "vqgan-lc",
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
     token: str | bool | None = None,
 ) -> Path:
-    """The local directory that ``path`` names.
+    """The local directory that ``path`` names: an existing path wins; an official release name
+    (``vqgan-lc-f16-100k``) or a Hub repo id (``org/name``) goes through ``vqgan_lc.hub`` (huggingface_hub's
+    client and cache, offline mode honoured); anything else is returned as a ``Path`` so the loader names
+    the missing directory in its own sentence."""
+    local = Path(path).expanduser()
+    if local.exists():
+        return local
+    from .hub import looks_like_repo_id, resolve_pretrained
+    from .releases import is_release
 
-    Today only local directories exist, so ``path`` is returned as a ``Path`` (the loader names a missing
-    or wrong directory in its own sentence) and the Hub options are unused. This is the one place where
-    Hub ids and official release names will be resolved to a cached directory.
-    """
-    if revision is not None or cache_dir is not None or token is not None:
-        log.debug("%s is a local path: revision, cache_dir and token are not used", path)
-    return Path(path)
+    text = os.fspath(path)
+    if is_release(text) or looks_like_repo_id(text.removeprefix("hf-hub:")):
+        return resolve_pretrained(text, kind=kind, revision=revision, cache_dir=cache_dir,  # type: ignore[arg-type]
+                                  local_files_only=local_files_only, token=token)
+    return local
 
 
 def hash_config(config: dict[str, Any]) -> str:
@@ -78,6 +85,8 @@ class PretrainedMixin:
 
     FORMAT: ClassVar[str]
     FORMAT_VERSION: ClassVar[int]
+    HUB_KIND: ClassVar[str] = "vqgan-lc"
+    """Which release table rows a name may resolve to (``vqgan_lc.releases``)."""
     READS_VERSIONS: ClassVar[tuple[int, ...]] = ()
     config_class: ClassVar[type[Any]]
     WHAT: ClassVar[str] = "vqgan-lc"
@@ -109,12 +118,40 @@ class PretrainedMixin:
         state: dict[str, torch.Tensor] = self.state_dict()  # type: ignore[attr-defined]
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
-    def save_pretrained(self, directory: str | os.PathLike, *, provenance: dict[str, Any] | None = None) -> Path:
+    def push_to_hub(self, repo_id: str, *, token: str | bool | None = None, private: bool = False,
+                    report: str | os.PathLike | dict[str, Any] | None = None,
+                    commit_message: str = "Upload vqgan-lc model") -> str:
+        """Save to a temporary directory, write a model card (with an evaluate ``report``'s numbers when
+        given) and upload it to the Hub repo ``repo_id``; returns the commit URL."""
+        import tempfile
+
+        from .hub import push_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = self.save_pretrained(Path(tmp) / "model")
+            return push_to_hub(out, repo_id, token=token, private=private, report=report,
+                               commit_message=commit_message)
+
+    def save_pretrained(self, directory: str | os.PathLike, *, provenance: dict[str, Any] | None = None,
+                        push_to_hub: bool = False, repo_id: str | None = None,
+                        token: str | bool | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory`` (created if needed).
 
         ``provenance`` replaces ``self.provenance`` in the written file (e.g. a training run's record).
         """
-        return self._write_pretrained(directory, self._state_to_save(), self._config_extra(), provenance)
+        out = self._write_pretrained(directory, self._state_to_save(), self._config_extra(), provenance)
+        return self._after_save(out, push_to_hub=push_to_hub, repo_id=repo_id, token=token)
+
+    def _after_save(self, out: Path, *, push_to_hub: bool, repo_id: str | None, token: str | bool | None) -> Path:
+        """With ``push_to_hub``, upload the written directory to ``repo_id`` (with a model card)."""
+        if push_to_hub:
+            from .errors import VQGANLCError
+            from .hub import push_to_hub as push
+
+            if not repo_id:
+                raise VQGANLCError("save_pretrained(push_to_hub=True) needs repo_id='org/name'")
+            push(out, repo_id, token=token)
+        return out
 
     def _write_pretrained(self, directory: str | os.PathLike, state: dict[str, torch.Tensor], extra: dict[str, Any],
                           provenance: dict[str, Any] | None) -> Path:
@@ -144,12 +181,14 @@ class PretrainedMixin:
         local_files_only: bool = False,
         token: str | bool | None = None,
     ) -> P:
-        """Load ``path`` (a directory written by ``save_pretrained``), on ``map_location`` (default CPU), in eval mode.
+        """Load ``path`` on ``map_location`` (default CPU), in eval mode.
 
-        ``revision``, ``cache_dir``, ``local_files_only`` and ``token`` are for Hub ids and are unused for
-        local directories.
+        ``path``: a directory written by ``save_pretrained`` (it wins when it exists), a Hub repo id
+        (``org/name``, our format) or an official release name (``vqgan-lc-f16-100k``: downloaded, converted
+        once and cached). ``revision``, ``cache_dir``, ``local_files_only`` and ``token`` mean what they mean in
+        huggingface_hub; ``HF_HUB_OFFLINE=1`` uses the caches only.
         """
-        directory = _resolve_pretrained(path, revision=revision, cache_dir=cache_dir,
+        directory = _resolve_pretrained(path, kind=cls.HUB_KIND, revision=revision, cache_dir=cache_dir,
                                         local_files_only=local_files_only, token=token)
         model = cls._load_pretrained(directory)
         return model.to(map_location or "cpu").eval()  # type: ignore[attr-defined,no-any-return]

@@ -107,25 +107,38 @@ class DecodingTokenizer(Tokenizer, Protocol):
     def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
 
 
-def load_tokenizer(path: str | os.PathLike, *, map_location: str | torch.device | None = None) -> Tokenizer:
-    """Open a tokenizer directory (a VQGAN-LC model or a DiGIT tokenizer), recognised by the format its
-    ``config.json`` records, on ``map_location`` (default CPU).
+def load_tokenizer(
+    path: str | os.PathLike,
+    *,
+    map_location: str | torch.device | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Tokenizer:
+    """Open a tokenizer directory (a VQGAN-LC model, a MAGE VQGAN or a DiGIT tokenizer), recognised by the
+    format its ``config.json`` records, on ``map_location`` (default CPU).
+
+    ``path`` may also be a Hub repo id or an official release name, resolved as ``VQGANLC.from_pretrained``
+    does (huggingface_hub's cache; ``HF_HUB_OFFLINE=1`` uses the cache only).
 
     Raises ``CheckpointError`` for a directory of another kind (a GPT, a token directory, ...) or of no
     known format, ``FormatVersionError`` for an unknown format version.
     """
     from .errors import UnknownFormatError
     from .formats import detect
+    from .pretrained import _resolve_pretrained
 
-    path = Path(path)
+    path = _resolve_pretrained(path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                               token=token)
     try:
         spec = detect(path)
     except UnknownFormatError as e:
         raise CheckpointError(f"{e} A tokenizer directory is written by save_pretrained, `vqgan-lc convert` or "
                               "`vqgan-lc encode --save-tokenizer`.") from e
     if spec.kind != "tokenizer":
-        raise CheckpointError(f"{path} is a {spec.title}, not a tokenizer directory; pass a VQGAN-LC model or a "
-                              "DiGIT tokenizer directory.")
+        raise CheckpointError(f"{path} is a {spec.title}, not a tokenizer directory; pass a VQGAN-LC model, a "
+                              "MAGE VQGAN or a DiGIT tokenizer directory.")
     tok = spec.open(path.parent if path.is_file() else path)
     if not isinstance(tok, Tokenizer):  # pragma: no cover - the table only lists tokenizer classes here
         raise CheckpointError(f"{path} did not open as a tokenizer")

@@ -38,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..data import to_uint8
-    from ..model import VQGANLC
+    from ..errors import VQGANLCError
+    from ..tokenizer import DecodingTokenizer, load_tokenizer
     from ..tokens import TokenFormatError, check_compatible, open_tokens
 
-    model = VQGANLC.from_pretrained(args.model, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    model = load_tokenizer(args.model, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(model, DecodingTokenizer):
+        raise VQGANLCError(f"{args.model} is a {model.kind} tokenizer, which has no pixel decoder; pass a VQGAN-LC "
+                           "or MAGE VQGAN model")
     tokens = open_tokens(args.tokens)
     problems = check_compatible(tokens.manifest, model)
     if problems and not args.force:

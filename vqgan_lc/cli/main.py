@@ -70,6 +70,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     for name, (module, help_) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
+        if name not in OWN_PARSER:
+            p.add_argument("--offline", action="store_true",
+                           help="use only local files and caches (as HF_HUB_OFFLINE=1); never touch the network")
         if argv is None or name == selected:
             _load(module).add_arguments(p)
     return parser
@@ -147,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(args.verbose)
+    if getattr(args, "offline", False):
+        from ..hub import enable_offline
+
+        enable_offline()
     try:
         return int(_load(args._module).run(args) or 0)
     except VQGANLCError as e:

@@ -96,12 +96,15 @@ def run(args: argparse.Namespace) -> int:
     from ..generate.gpt import GPT
     from ..generate.pipeline import digit_stage1_top_k, sample_images, sample_two_stage, save_images
     from ..generate.sampling import SamplingConfig
-    from ..model import VQGANLC
+    from ..tokenizer import DecodingTokenizer, load_tokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpt = GPT.from_pretrained(args.gpt, map_location=device)
     stage2 = GPT.from_pretrained(args.stage2, map_location=device) if args.stage2 else None
-    vq = VQGANLC.from_pretrained(args.tokenizer, map_location=device)
+    vq = load_tokenizer(args.tokenizer, map_location=device)
+    if not isinstance(vq, DecodingTokenizer):
+        raise VQGANLCError(f"{args.tokenizer} is a {vq.kind} tokenizer, which has no pixel decoder; pass a "
+                           "VQGAN-LC or MAGE VQGAN model as --tokenizer")
     last = stage2 or gpt
     made_by = (last.provenance.get("tokens") or {}).get("tokenizer") or {}
     if made_by.get("config_hash") and made_by["config_hash"] != vq.config_hash():

@@ -291,6 +291,8 @@ class GPT(PretrainedMixin, nn.Module):
     came from (the training run; written to ``config.json``).
     """
 
+    HUB_KIND: ClassVar[str] = "gpt"
+
     FORMAT: ClassVar[str] = GPT_FORMAT
     FORMAT_VERSION: ClassVar[int] = GPT_FORMAT_VERSION
     config_class: ClassVar[type[GPTConfig]] = GPTConfig
