@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import photo_crops, tiny_digit_tokenizer, tiny_model, write_photo_folder
 
-from vqgan_lc import VQGANLC, CheckpointError, FormatVersionError
+from vqgan_lc import VQGANLC, CheckpointError, FormatVersionError, ImageShapeError
 from vqgan_lc.cli.main import main
 from vqgan_lc.data import Preprocessing, list_images, load_rgb
 from vqgan_lc.digit import DiscriminativeTokenizer
@@ -212,3 +212,31 @@ def test_tok_encode_with_the_recorded_preprocessing_reproduces_vqgan_lc_encode(t
     x = torch.stack([prepare(load_rgb(images.root / p)) for p in tokens.paths])
     assert float(x.min()) >= -1 and float(x.max()) <= 1
     assert torch.equal(tok.encode(x), torch.from_numpy(tokens[:].astype("int64")))
+
+
+def test_tok_preprocess_gives_the_pixels_and_ids_of_vqgan_lc_encode(tmp_path: Path) -> None:
+    """``tok.preprocess`` (PIL images or uint8 arrays) prepares exactly what the dataset encoder prepares."""
+    import numpy as np
+    from PIL import Image
+
+    write_photo_folder(tmp_path / "photos", per_class=1, size=90)
+    base = tiny_model()
+    model = VQGANLC(base.config, preprocessing=default_preprocessing(48))
+    model.load_state_dict(base.state_dict())
+    model.eval().save_pretrained(tmp_path / "m")
+    assert main(["encode", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "photos"), "--out",
+                 str(tmp_path / "tok"), "--batch-size", "2", "--num-workers", "0", "--device", "cpu"]) == 0
+    tokens = open_tokens(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "m")
+    root = list_images(tmp_path / "photos").root
+    pil = [load_rgb(root / p) for p in tokens.paths]
+    x = tok.preprocess(pil)
+    assert x.shape == (len(pil), 3, 48, 48) and x.dtype == torch.float32
+    assert torch.equal(x, torch.stack([Preprocessing(48)(im) for im in pil]))
+    assert torch.equal(tok.preprocess([np.asarray(im) for im in pil]), x)
+    assert torch.equal(tok.preprocess(pil[0]), x[:1])
+    assert torch.equal(tok.encode(x), torch.from_numpy(tokens[:].astype("int64")))
+    with pytest.raises(ImageShapeError, match="uint8"):
+        tok.preprocess(np.zeros((8, 8, 3), dtype=np.float32))
+    gray = Image.fromarray(np.full((60, 50), 128, dtype=np.uint8))
+    assert tok.preprocess(gray).shape == (1, 3, 48, 48)

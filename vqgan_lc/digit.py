@@ -240,6 +240,13 @@ class DiscriminativeTokenizer(PretrainedMixin, nn.Module):
         """How images are prepared for ``encode`` (a copy; ``image_size`` is the 256 px load size)."""
         return dict(self._preprocessing)
 
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """PIL images or ``(H, W, 3)`` uint8 arrays -> the ``(B, 3, h, w)`` tensor ``vqgan-lc encode`` would feed
+        ``encode`` (this tokenizer's ``preprocessing``: resize, centre crop, range)."""
+        from .tokenizer import preprocess_images
+
+        return preprocess_images(self.preprocessing, images)
+
     def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
         """Token grid for a ``height x width`` input: always ``(224 / 14, 224 / 14) = (16, 16)``."""
         return self.grid_size, self.grid_size

@@ -165,6 +165,13 @@ class MAGEVQGAN(PretrainedMixin, nn.Module):
         return {"image_size": self.config.resolution, "resize": "shorter-side", "interpolation": "bicubic",
                 "crop": "center", "range": [-1, 1]}
 
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """PIL images or ``(H, W, 3)`` uint8 arrays -> the ``(B, 3, h, w)`` tensor ``vqgan-lc encode`` would feed
+        ``encode`` (this tokenizer's ``preprocessing``: resize, centre crop, range)."""
+        from .tokenizer import preprocess_images
+
+        return preprocess_images(self.preprocessing, images)
+
     def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
         """Token grid ``(h, w)`` of a ``height x width`` image (``width`` defaults to ``height``)."""
         f = self.downsample_factor

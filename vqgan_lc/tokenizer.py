@@ -32,9 +32,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ImageShapeError
 
-TokenizerKind = Literal["vqgan-lc", "digit"]
+TokenizerKind = Literal["vqgan-lc", "digit", "mage-vqgan"]
 
 PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "resize": "shorter-side",
@@ -95,6 +95,8 @@ class Tokenizer(Protocol):
 
     def config_hash(self) -> str: ...
 
+    def preprocess(self, images: Any) -> torch.Tensor: ...
+
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path: ...
@@ -105,6 +107,36 @@ class DecodingTokenizer(Tokenizer, Protocol):
     """A tokenizer whose ids decode back to images."""
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+
+def preprocess_images(block: dict[str, Any], images: Any) -> torch.Tensor:
+    """What ``vqgan-lc encode`` feeds a tokenizer whose preprocessing block is ``block``.
+
+    ``images``: one PIL image, a ``(H, W, 3)`` uint8 array, or a list of either -> ``(B, 3, h, w)`` float32
+    in the block's range (resize the shorter side, centre crop, scale), pixel for pixel as the dataset
+    encoder prepares files; like timm's ``create_transform`` and open_clip's ``preprocess``.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from .data import Preprocessing
+
+    lo, hi = (float(v) for v in block["range"])
+    scale = 1.0 / (hi - lo)  # x/255 in [0, 1] -> [lo, hi]: ((x/255) - mean) / std with std = 1/(hi-lo)
+    prep = Preprocessing(block["image_size"], resize=block["resize"], interpolation=block["interpolation"],
+                         crop=block["crop"], mean=(-lo * scale,) * 3, std=(scale,) * 3)
+    items = images if isinstance(images, (list, tuple)) else [images]
+    out = []
+    for i, im in enumerate(items):
+        if isinstance(im, np.ndarray):
+            if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+                raise ImageShapeError(f"image {i}: arrays must be (H, W, 3) uint8, got {im.shape} {im.dtype}; "
+                                      "convert with PIL or pass a PIL image")
+            im = Image.fromarray(im)
+        if not isinstance(im, Image.Image):
+            raise ImageShapeError(f"image {i}: expected a PIL image or a uint8 array, got {type(im).__name__}")
+        out.append(prep(im.convert("RGB") if im.mode != "RGB" else im))
+    return torch.stack(out)
 
 
 def load_tokenizer(
@@ -163,5 +195,6 @@ __all__ = [
     "check_preprocessing",
     "default_preprocessing",
     "load_tokenizer",
+    "preprocess_images",
     "tokenizer_identity",
 ]
