@@ -115,7 +115,7 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
             run=False,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,  # the module's own two Adams; it sets their learning rates
-            parser_kwargs={"description": "Train or fine-tune a VQGAN-LC tokenizer (--config NAME_OR_PATH: "
+            parser_kwargs={"prog": "vqgan-lc train", "description": "Train or fine-tune a VQGAN-LC tokenizer (--config NAME_OR_PATH: "
                                           "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file)."},
         )
     if run:
