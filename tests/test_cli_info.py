@@ -187,7 +187,7 @@ def test_unknown_paths_get_one_sentence(tmp_path: Path, capsys) -> None:  # noqa
     err = refused(capsys, str(tmp_path / "other"))
     assert "config.json records format 'something-else'" in err and "vqgan-lc-gpt" in err
     (tmp_path / "notes.txt").write_text("hello")
-    assert "is none of a model, GPT or DiGIT tokenizer directory" in refused(capsys, str(tmp_path / "notes.txt"))
+    assert "is none of a model, MAGE VQGAN, GPT or DiGIT tokenizer directory" in refused(capsys, str(tmp_path / "notes.txt"))
     torch.save({"model": {}, "epoch": 3}, tmp_path / "checkpoint.pth")
     assert "vqgan-lc convert" in refused(capsys, str(tmp_path / "checkpoint.pth"))
     (tmp_path / "half").mkdir()
