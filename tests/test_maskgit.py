@@ -3,6 +3,7 @@ the 8-step decoding schedule, training with `vqgan-lc train-gpt` and sampling wi
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -99,6 +100,8 @@ def test_attention_is_bidirectional_and_the_causal_model_unchanged() -> None:
     assert (c.mask_id, c.input_vocab, c.n_positions, g.tok_emb.num_embeddings) == (33, 34, 17, 34)
     with pytest.raises(ValueError, match="maskgit_loss"):
         g.loss(ids, prefix=prefix)
+    with pytest.raises(ValueError, match="maskgit_logits"):
+        g(ids[:, :3], prefix=prefix)
     with pytest.raises(ValueError, match="eos_target"):
         GPTConfig(n_codes=8, attention="bidirectional", eos_target=True)
     # the default stays causal and an old config.json (no `attention`) loads as before
@@ -132,6 +135,8 @@ def test_decoding_schedule_unmasks_all_in_eight_steps_and_is_deterministic_at_te
 def test_training_module_needs_matching_objective_and_attention() -> None:
     with pytest.raises(ValueError, match="objective"):
         GPTTrainConfig(objective="nar")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pkeep"):
+        GPTTrainConfig(objective="maskgit", pkeep=0.8)
     with pytest.raises(ValueError, match="bidirectional"):
         GPTLightningModule(GPTConfig(n_codes=8, grid=(2, 2), n_layer=1, n_head=1, n_embd=8), GPTTrainConfig(objective="maskgit"))
     with pytest.raises(ValueError, match="causal"):
@@ -151,7 +156,7 @@ def paired(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"vq": vq, "tok": root / "tok", "prefix": root / "tok-prefix"}
 
 
-def test_nar_stage2_trains_and_samples_through_the_cli(paired: dict[str, Path], tmp_path: Path) -> None:
+def test_nar_stage2_trains_and_samples_through_the_cli(paired: dict[str, Path], tmp_path: Path, capsys) -> None:  # noqa: ANN001
     s1, s2, out = tmp_path / "s1", tmp_path / "s2", tmp_path / "samples"
     assert main(["train-gpt", "--tokens", str(paired["prefix"]), "--config", "gpt_tiny_cpu", "--out", str(s1),
                  "--max-steps", "4", "--no-progress", "--set", "model.n_classes=0"]) == 0
@@ -160,6 +165,9 @@ def test_nar_stage2_trains_and_samples_through_the_cli(paired: dict[str, Path], 
     nar = GPT.from_pretrained(s2)
     c = nar.config
     assert (c.attention, c.n_codes, c.grid, c.prefix_len, c.prefix_vocab) == ("bidirectional", 512, (8, 8), 64, 512)
+    capsys.readouterr()
+    assert main(["info", str(s2), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["attention"] == "bidirectional"
     # the loss falls: the trained model against its own initialisation on the training rows, same masks
     from vqgan_lc.train.gpt import GPTTokenDataset
 

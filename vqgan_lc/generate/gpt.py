@@ -474,6 +474,8 @@ class GPT(PretrainedMixin, nn.Module):
         """``(B, t)`` target ids (``t < seq_len``; ``t <= seq_len`` with ``eos_target``) -> ``(B, t + 1,
         n_codes)`` logits (``(B, n_codes)`` of the last position with ``last_only``; one more column, the
         EOS logit, with ``with_eos``) without a cache: full recomputation."""
+        if self.config.bidirectional:
+            raise ValueError("a bidirectional (MaskGIT) model predicts masked ids; use vqgan_lc.generate.maskgit.maskgit_logits")
         ids = self._check_ids(ids)
         h = self.run_blocks(self.embed(ids, labels, prefix))
         h = h[:, self.config.prefix_len :]

@@ -77,6 +77,8 @@ class GPTTrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in ("ar", "maskgit"):
             raise ValueError(f"objective must be 'ar' or 'maskgit', got {self.objective!r}")
+        if self.objective == "maskgit" and self.pkeep < 1.0:
+            raise ValueError("pkeep (random input ids) is an autoregressive option; set train.pkeep: 1.0 with objective maskgit")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if not 0.0 < self.pkeep <= 1.0:
             raise ValueError(f"pkeep must be in (0, 1], got {self.pkeep}")
