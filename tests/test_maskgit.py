@@ -196,3 +196,15 @@ def test_nar_stage2_trains_and_samples_through_the_cli(paired: dict[str, Path], 
     assert np.array_equal(res.ids.numpy(), got)
     with pytest.raises(ValueError, match="stage 2"):
         sample_two_stage(nar, nar, tiny_model(), n=1)
+
+
+def test_shipped_nar_configs_name_the_maskgit_objective_and_a_bidirectional_model() -> None:
+    from vqgan_lc.cli.train_gpt import load_config
+    from vqgan_lc.generate import gpt_config
+
+    for name, steps in (("gpt_digit_stage2_nar_tiny", 200), ("gpt_digit_stage2_nar_base", 125_000)):
+        cfg = load_config(name, [])
+        tc = GPTTrainConfig.from_dict(cfg["train"])
+        assert (tc.objective, tc.label_smoothing, tc.max_steps, tc.pkeep) == ("maskgit", 0.1, steps, 1.0)
+    base = gpt_config("gpt-digit-stage2-nar-base")
+    assert (base.attention, base.n_layer, base.n_embd, base.prefix_len, base.n_positions) == ("bidirectional", 16, 1024, 256, 257)

@@ -6,7 +6,8 @@ mask over ``[prefix] + [cond] + x_0 .. x_{T-1}``, where masked ids are the ``[MA
 
 Training (DiGIT ``model_nar.py``, audit N2): per row ``floor(T * cos(u * pi / 2)) + 1`` positions are
 masked (``u ~ U(0, 1)``, at most ``T``); cross-entropy with label smoothing (0.1 in DiGIT's config) over
-the masked positions only.
+the masked positions only. Label smoothing is torch's (``eps / V`` on every id); fairseq's spreads
+``eps / (V - 1)`` over the other ids, a difference of order ``eps / V``.
 
 Decoding (audit N3): ``steps`` iterations (8) from an all-masked map. Each step draws an id for every
 masked position from ``softmax(logits / temperature)`` (argmax at temperature 0), then keeps
