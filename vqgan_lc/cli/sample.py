@@ -6,6 +6,7 @@
     vqgan-lc sample --gpt gpt/ --tokenizer vqgan-model/ --class 3 --n 16 --out samples/
     # DiGIT two-stage: stage 1 (DiGIT ids, top-k 200) -> stage 2 (VQGAN-LC ids, top-p 0.8) -> decoder
     vqgan-lc sample --gpt stage1/ --stage2 stage2/ --tokenizer vqgan-model/ --n 16 --out samples/
+    # a MaskGIT (NAR) stage 2 is recognised from its config: 8 parallel steps, choice temperature 4.5
 
 ``--class`` takes indices or class names (as recorded from the training tokens); without it a
 class-conditional GPT samples the null class (needs ``class_dropout`` training). PNGs are written as
@@ -62,6 +63,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stage1-top-p", type=_top_p, default=None)
     g.add_argument("--stage1-temperature", type=nonnegative_float, default=1.0)
     g.add_argument("--stage1-cfg", type=float, default=None)
+    n = p.add_argument_group("NAR (MaskGIT) stage 2 decoding (used when --stage2 is a bidirectional model)")
+    n.add_argument("--nar-steps", type=positive_int, default=8, help="parallel decoding steps (DiGIT: 8)")
+    n.add_argument("--choice-temperature", type=nonnegative_float, default=4.5,
+                   help="Gumbel scale of the re-masking confidence, annealed by 1 - t/steps (DiGIT: 4.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", type=device, help="torch device (default: cuda when available)")
@@ -94,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import TokenRangeError, VQGANLCError
     from ..generate.gpt import GPT
+    from ..generate.maskgit import MaskGITSampling
     from ..generate.pipeline import digit_stage1_top_k, sample_images, sample_two_stage, save_images
     from ..generate.sampling import SamplingConfig
     from ..tokenizer import DecodingTokenizer, load_tokenizer
@@ -127,8 +133,13 @@ def run(args: argparse.Namespace) -> int:
             s1_top_k = args.stage1_top_k if args.stage1_top_k is not None else digit_stage1_top_k(gpt.config)
             s1 = SamplingConfig(temperature=args.stage1_temperature, top_k=s1_top_k, top_p=args.stage1_top_p,
                                 cfg_scale=args.stage1_cfg)
+            nar = MaskGITSampling(steps=args.nar_steps, temperature=args.temperature,
+                                  choice_temperature=args.choice_temperature)
+            if stage2.config.bidirectional:
+                log.info("stage 2 is a MaskGIT (NAR) model: %d parallel steps", nar.steps)
             res = sample_two_stage(gpt, stage2, vq, n=len(labels), labels=labels, stage1_sampling=s1,
-                                   stage2_sampling=sampling, seed=args.seed, batch_size=args.batch_size)
+                                   stage2_sampling=sampling, seed=args.seed, batch_size=args.batch_size,
+                                   stage2_nar=nar)
     except ValueError as e:
         raise VQGANLCError(str(e)) from e
     out = Path(args.out)

@@ -53,7 +53,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix-tokens", help="token directory of the same images used as prefix (DiGIT stage 2)")
     p.add_argument("--config", required=True, metavar="NAME_OR_PATH",
                    help="YAML with `model:` and `train:` sections: a file or a shipped config (gpt_tiny_cpu, "
-                        "gpt_vqgan_lc_404m, gpt_digit_stage1_base, gpt_digit_stage2_base)")
+                        "gpt_vqgan_lc_404m, gpt_digit_stage1_base, gpt_digit_stage2_base, gpt_digit_stage2_nar_base, gpt_digit_stage2_nar_tiny)")
     p.add_argument("--out", required=True, help="output GPT directory (config.json + model.safetensors)")
     p.add_argument("--max-steps", type=positive_int, help="override train.max_steps")
     p.add_argument("--batch-size", type=positive_int, help="override train.batch_size")

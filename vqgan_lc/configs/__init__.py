@@ -1,7 +1,7 @@
 """The shipped training recipes (YAML files in this folder), usable by name: ``--config tiny_cpu``.
 
 ``vqgan-lc train`` reads ``tiny_cpu``, ``vqgan_lc_f16_100k``, ``vqgan_lc_f8_100k``;
-``vqgan-lc train-gpt`` reads ``gpt_tiny_cpu``, ``gpt_vqgan_lc_404m``, ``gpt_digit_stage{1,2}_base``.
+``vqgan-lc train-gpt`` reads ``gpt_tiny_cpu``, ``gpt_vqgan_lc_404m``, ``gpt_digit_stage{1,2}_base``, ``gpt_digit_stage2_nar_{tiny,base}``.
 """
 
 from __future__ import annotations

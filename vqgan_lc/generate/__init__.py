@@ -8,6 +8,7 @@ Inference (``GPT``, ``generate``, the pipelines) needs no Lightning. The GPT's t
 from __future__ import annotations
 
 from .gpt import GPT, GPT_PRESETS, GPTConfig, KVCache, gpt_config, list_gpt_presets
+from .maskgit import MaskGITSampling, mask_count, mask_schedule, maskgit_generate, maskgit_loss
 from .pipeline import SampleOutput, sample_images, sample_two_stage, save_images
 from .probe import ProbeResult, linear_probe, probe_features
 from .sampling import (
@@ -26,6 +27,7 @@ __all__ = [
     "GPTConfig",
     "GPT_PRESETS",
     "KVCache",
+    "MaskGITSampling",
     "ProbeResult",
     "SampleOutput",
     "SamplingConfig",
@@ -35,6 +37,10 @@ __all__ = [
     "gpt_config",
     "linear_probe",
     "list_gpt_presets",
+    "mask_count",
+    "mask_schedule",
+    "maskgit_generate",
+    "maskgit_loss",
     "probe_features",
     "resolve_top_k",
     "sample_images",

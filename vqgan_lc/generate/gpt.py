@@ -15,6 +15,10 @@ Sequence layout (all positions attend causally to everything before them)::
 * The head predicts image ids only (``n_codes`` logits): sampling never sees class ids. The official
   head spans all ``n_codes + n_classes`` ids and drops the class logits when sampling.
 
+``GPTConfig(attention="bidirectional")`` is the MaskGIT (NAR) variant: the same blocks without the causal
+mask, input ``[prefix] + [cond] + x_0 .. x_{T-1}`` with masked ids replaced by ``[MASK]``, ``logits[:, 1 + i]``
+predicting ``x_i`` (``vqgan_lc.generate.maskgit``).
+
 Blocks are pre-LN (LayerNorm -> attention / MLP -> residual) with GELU and ``F.scaled_dot_product_attention``
 by default. ``GPTConfig(norm_position="post", embed_scale=True, eos_target=True)`` expresses DiGIT's
 stage-1 fairseq decoder exactly (post-LN, sqrt(d) embedding scale, EOS target); ``vqgan-lc convert
@@ -77,8 +81,12 @@ class GPTConfig:
         eos_target: predict an end-of-sequence id after the last target id (fairseq's 257th target);
             the head gets one more output (index ``n_codes``) and the positional table one more row.
             Sampling never sees the EOS logit.
+        attention: ``"causal"`` (the autoregressive prior; the default) or ``"bidirectional"``: every
+            position sees every other, the input vocabulary gets a ``[MASK]`` id (``mask_id``, the last
+            row) and the positional table covers cond + all ``seq_len`` ids. This is the MaskGIT (NAR)
+            stage 2 of DiGIT; train and sample it with ``vqgan_lc.generate.maskgit``.
 
-    Defaults of the last three fields keep the original GPT, so a ``config.json`` without them loads.
+    Defaults of the last four fields keep the original GPT, so a ``config.json`` without them loads.
     """
 
     n_codes: int
@@ -97,6 +105,7 @@ class GPTConfig:
     norm_position: Literal["pre", "post"] = "pre"
     embed_scale: bool = False
     eos_target: bool = False
+    attention: Literal["causal", "bidirectional"] = "causal"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -120,6 +129,10 @@ class GPTConfig:
             raise ValueError(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
         if self.eos_target and self.tie_weights:
             raise ValueError("eos_target needs an untied head (tie_weights=False)")
+        if self.attention not in ("causal", "bidirectional"):
+            raise ValueError(f"attention must be 'causal' or 'bidirectional', got {self.attention!r}")
+        if self.bidirectional and self.eos_target:
+            raise ValueError("eos_target is an autoregressive option; a bidirectional (MaskGIT) model has none")
 
     # derived sizes
     @property
@@ -128,9 +141,15 @@ class GPTConfig:
         return self.grid[0] * self.grid[1]
 
     @property
+    def bidirectional(self) -> bool:
+        """A MaskGIT (NAR) model: bidirectional attention and a ``[MASK]`` input id."""
+        return self.attention == "bidirectional"
+
+    @property
     def n_positions(self) -> int:
-        """Rows of the target positional table: cond + ``seq_len - 1`` ids, one more with ``eos_target``."""
-        return self.seq_len + int(self.eos_target)
+        """Rows of the target positional table: cond + ``seq_len - 1`` ids, one more with ``eos_target``
+        or ``bidirectional`` (cond + all ``seq_len`` ids)."""
+        return self.seq_len + int(self.eos_target or self.bidirectional)
 
     @property
     def prefix_len(self) -> int:
@@ -142,9 +161,14 @@ class GPTConfig:
         return self.n_codes + self.n_classes if self.null_class else None
 
     @property
+    def mask_id(self) -> int | None:
+        """Input id of ``[MASK]`` (bidirectional models only): the row after the null token."""
+        return self.n_codes + self.n_classes + int(self.null_class) if self.bidirectional else None
+
+    @property
     def input_vocab(self) -> int:
-        """Rows of the token embedding: image ids, class ids, then the null token."""
-        return self.n_codes + self.n_classes + int(self.null_class)
+        """Rows of the token embedding: image ids, class ids, the null token, then ``[MASK]``."""
+        return self.n_codes + self.n_classes + int(self.null_class) + int(self.bidirectional)
 
     @property
     def class_conditional(self) -> bool:
@@ -185,6 +209,10 @@ GPT_PRESETS: dict[str, dict[str, Any]] = {
     # the pixel tokenizer's ids (here a VQGAN-LC model's; DiGIT used MAGE's 1024-code VQGAN).
     "gpt-digit-stage2-base": dict(n_codes=100_000, grid=(16, 16), prefix_vocab=8192, prefix_grid=(16, 16),
                                   n_layer=16, n_head=16, n_embd=1024),
+    # DiGIT base stage 2, NAR (MaskGIT): the same network with bidirectional attention and a [MASK] id
+    # (config/stage2/dino_base_nar.yaml); train with objective "maskgit", sample in 8 steps.
+    "gpt-digit-stage2-nar-base": dict(n_codes=100_000, grid=(16, 16), prefix_vocab=8192, prefix_grid=(16, 16),
+                                      n_layer=16, n_head=16, n_embd=1024, attention="bidirectional"),
 }
 
 
@@ -225,6 +253,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head = cfg.n_head
+        self.causal = not cfg.bidirectional
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
@@ -233,8 +262,10 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor] | None, start: int) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, c // self.n_head).permute(2, 0, 3, 1, 4)
-        mask, causal = None, True
+        mask, causal = None, self.causal
         if cache is not None:
+            if not self.causal:
+                raise ValueError("a bidirectional model decodes without a KV cache")
             ck, cv = cache
             ck[:, :, start : start + t] = k
             cv[:, :, start : start + t] = v
@@ -443,6 +474,8 @@ class GPT(PretrainedMixin, nn.Module):
         """``(B, t)`` target ids (``t < seq_len``; ``t <= seq_len`` with ``eos_target``) -> ``(B, t + 1,
         n_codes)`` logits (``(B, n_codes)`` of the last position with ``last_only``; one more column, the
         EOS logit, with ``with_eos``) without a cache: full recomputation."""
+        if self.config.bidirectional:
+            raise ValueError("a bidirectional (MaskGIT) model predicts masked ids; use vqgan_lc.generate.maskgit.maskgit_logits")
         ids = self._check_ids(ids)
         h = self.run_blocks(self.embed(ids, labels, prefix))
         h = h[:, self.config.prefix_len :]
@@ -456,6 +489,8 @@ class GPT(PretrainedMixin, nn.Module):
         ``inputs``/``cond`` replace the input ids / cond ids (``pkeep`` corruption, class dropout); the
         targets stay ``ids``.
         """
+        if self.config.bidirectional:
+            raise ValueError("a bidirectional (MaskGIT) model has no next-token loss; use vqgan_lc.generate.maskgit.maskgit_loss")
         ids = self._check_ids(ids)
         if ids.shape[1] != self.config.seq_len:
             raise ValueError(f"expected {self.config.seq_len} target ids per row, got {ids.shape[1]}")
@@ -549,6 +584,7 @@ def describe(path: Path) -> Description:
         "width": c.n_embd,
         "mlp_ratio": c.mlp_ratio,
         "tied_head": c.tie_weights,
+        "attention": c.attention,
         "parameters": millions(numel(tensors)),
         "dtype": dtype_names(tensors),
     }

@@ -2,7 +2,8 @@
 
 1. VQGAN-LC + GPT (the paper's Table 4): a class-conditional GPT over VQGAN-LC ids -> ``decode``.
 2. DiGIT two-stage: stage 1 samples DiGIT ids; stage 2, a GPT with those ids as prefix, samples
-   VQGAN-LC ids; the VQGAN-LC decoder renders them.
+   VQGAN-LC ids; the VQGAN-LC decoder renders them. A bidirectional (MaskGIT, NAR) stage 2 is decoded
+   with ``maskgit_generate`` (8 parallel steps) instead of token by token.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..data import to_uint8
 from ..errors import TokenRangeError
 from ..tokenizer import DecodingTokenizer
 from .gpt import GPT, GPTConfig
+from .maskgit import MaskGITSampling, maskgit_generate
 from .sampling import SamplingConfig, generate
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,11 @@ def _labels(labels: int | Sequence[int] | torch.Tensor | None, n: int) -> torch.
     return t.expand(n).clone() if t.numel() == 1 else t
 
 
+def _check_autoregressive(gpt: GPT) -> None:
+    if gpt.config.bidirectional:
+        raise ValueError("a bidirectional (MaskGIT) GPT is a DiGIT stage 2: pass it as --stage2 after a stage-1 GPT")
+
+
 def _check_decoder(gpt: GPT, decoder: DecodingTokenizer) -> None:
     size = decoder.codebook_size
     if gpt.config.n_codes > size:
@@ -87,6 +94,7 @@ def sample_images(
 
     ``labels``: one class for all, one per sample, or None (null class / unconditional).
     """
+    _check_autoregressive(gpt)
     _check_decoder(gpt, decoder)
     lab = _labels(labels, n)
     gen = torch.Generator(gpt.device).manual_seed(seed)
@@ -113,15 +121,20 @@ def sample_two_stage(
     stage2_sampling: SamplingConfig = DIGIT_STAGE2_SAMPLING,
     seed: int = 0,
     batch_size: int = 16,
+    stage2_nar: MaskGITSampling | None = None,
 ) -> SampleOutput:
     """Pipeline 2 (DiGIT): stage 1 samples DiGIT ids, stage 2 samples VQGAN-LC ids with them as prefix,
-    ``decoder`` renders images. Labels go to every stage that is class-conditional."""
+    ``decoder`` renders images. Labels go to every stage that is class-conditional.
+
+    A stage 2 with ``attention="bidirectional"`` (MaskGIT) decodes with ``stage2_nar`` (default: DiGIT's
+    8 steps, choice temperature 4.5) and ignores ``stage2_sampling``."""
     c1, c2 = stage1.config, stage2.config
     if not c2.prefix_vocab:
         raise ValueError("stage 2 must be a prefix-conditional GPT (trained with --prefix-tokens)")
     if c2.prefix_len != c1.seq_len or c2.prefix_vocab < c1.n_codes:
         raise ValueError(f"stage 2 expects a prefix of {c2.prefix_len} ids in [0, {c2.prefix_vocab}) but stage 1 makes "
                          f"{c1.seq_len} ids in [0, {c1.n_codes}); pair models trained on the same DiGIT tokens")
+    _check_autoregressive(stage1)
     _check_decoder(stage2, decoder)
     lab = _labels(labels, n)
     if not c1.class_conditional and not c2.class_conditional and bool((lab >= 0).any()):
@@ -132,8 +145,12 @@ def sample_two_stage(
     for s in range(0, n, batch_size):
         y = lab[s : s + batch_size]
         p = generate(stage1, len(y), labels=y if c1.class_conditional else None, sampling=stage1_sampling, generator=gen1)
-        v = generate(stage2, len(y), labels=y if c2.class_conditional else None, prefix=p.to(stage2.device),
-                     sampling=stage2_sampling, generator=gen2)
+        if c2.bidirectional:
+            v = maskgit_generate(stage2, len(y), labels=y if c2.class_conditional else None, prefix=p.to(stage2.device),
+                                 sampling=stage2_nar or MaskGITSampling(), generator=gen2)
+        else:
+            v = generate(stage2, len(y), labels=y if c2.class_conditional else None, prefix=p.to(stage2.device),
+                         sampling=stage2_sampling, generator=gen2)
         dev = next(decoder.parameters()).device  # type: ignore[attr-defined]
         images.append(decoder.decode(v.to(dev)).clamp(-1, 1).cpu())
         ids.append(v.cpu())

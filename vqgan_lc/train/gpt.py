@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -25,6 +25,7 @@ import torch
 from ..config import check_fields
 from ..errors import UnknownPresetError
 from ..generate.gpt import GPT, GPT_PRESETS, GPTConfig
+from ..generate.maskgit import maskgit_loss
 from ..tokens.format import TokenFile, TokenFormatError, open_tokens
 from .schedule import lr_factor, set_lr
 
@@ -41,6 +42,11 @@ class GPTTrainConfig:
     Defaults follow the official VQGAN-LC GPT (``training_gpt.py``): AdamW lr 4.5e-4, betas (0.9, 0.95),
     weight decay 0.01, linear warmup then cosine; ``pkeep`` 0.8 there (20% of input ids replaced by random
     ids from the whole vocabulary, codes + classes), 1.0 (off) by default here.
+
+    ``objective``: ``"ar"`` (next-token cross-entropy; the default) or ``"maskgit"`` (DiGIT's NAR stage 2:
+    cross-entropy on randomly masked positions of a ``GPTConfig(attention="bidirectional")`` model, see
+    ``vqgan_lc.generate.maskgit``; DiGIT uses ``label_smoothing`` 0.1). ``fit_gpt`` sets the model's
+    attention from it when the model config does not name one.
 
     Schedule: lr rises linearly over ``warmup_steps``, stays at ``lr`` until ``decay_start`` (default: end
     of warmup), then follows a half cosine to ``min_lr`` at ``max_steps`` (official: warmup 5,000, hold to
@@ -66,8 +72,13 @@ class GPTTrainConfig:
     devices: int | str = 1
     log_every_n_steps: int = 50
     checkpoint_every_n_steps: int = 1000
+    objective: Literal["ar", "maskgit"] = "ar"
 
     def __post_init__(self) -> None:
+        if self.objective not in ("ar", "maskgit"):
+            raise ValueError(f"objective must be 'ar' or 'maskgit', got {self.objective!r}")
+        if self.objective == "maskgit" and self.pkeep < 1.0:
+            raise ValueError("pkeep (random input ids) is an autoregressive option; set train.pkeep: 1.0 with objective maskgit")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if not 0.0 < self.pkeep <= 1.0:
             raise ValueError(f"pkeep must be in (0, 1], got {self.pkeep}")
@@ -203,6 +214,9 @@ class GPTLightningModule(pl.LightningModule):
         self.model_config, self.train_config = mc, tc
         if tc.class_dropout > 0 and mc.class_conditional and mc.null_id is None:
             raise ValueError("class_dropout needs a null class: set model.null_class: true")
+        if (tc.objective == "maskgit") != mc.bidirectional:
+            raise ValueError(f"objective {tc.objective!r} needs model.attention "
+                             f"{'bidirectional' if tc.objective == 'maskgit' else 'causal'}, got {mc.attention!r}")
         self.gpt = GPT(mc)
 
     def corrupt(self, ids: torch.Tensor) -> torch.Tensor:
@@ -230,8 +244,12 @@ class GPTLightningModule(pl.LightningModule):
         # nanoGPT's way: the learning rate of this step from the step counter (optimizer steps so far).
         lr = lr_at(self.global_step, self.train_config)
         set_lr(self.optimizers(), lr)  # type: ignore[arg-type]
-        loss = self.gpt.loss(ids, self._labels(labels), prefix if prefix.numel() else None,
-                             inputs=self.corrupt(ids), label_smoothing=self.train_config.label_smoothing)
+        if self.train_config.objective == "maskgit":
+            loss = maskgit_loss(self.gpt, ids, self._labels(labels), prefix if prefix.numel() else None,
+                                label_smoothing=self.train_config.label_smoothing)
+        else:
+            loss = self.gpt.loss(ids, self._labels(labels), prefix if prefix.numel() else None,
+                                 inputs=self.corrupt(ids), label_smoothing=self.train_config.label_smoothing)
         self.log("train/loss", loss, prog_bar=True, on_step=True, batch_size=ids.shape[0])
         self.log("lr", lr, on_step=True, batch_size=ids.shape[0])
         return loss
@@ -266,8 +284,10 @@ def fit_gpt(
     """
     tc = train if isinstance(train, GPTTrainConfig) else GPTTrainConfig.from_dict(train or {})
     dataset = GPTTokenDataset(tokens, prefix_tokens)
-    mc = model if isinstance(model, GPTConfig) else model_config_from_data(model or {"preset": "gpt-tiny"},
-                                                                          dataset.tokens, dataset.prefix)
+    spec = dict(model or {"preset": "gpt-tiny"}) if not isinstance(model, GPTConfig) else {}
+    if spec and tc.objective == "maskgit":
+        spec.setdefault("attention", "bidirectional")
+    mc = model if isinstance(model, GPTConfig) else model_config_from_data(spec, dataset.tokens, dataset.prefix)
     pl.seed_everything(tc.seed, workers=True, verbose=False)
     module = GPTLightningModule(mc, tc)
     log.info("GPT %d layers x %d wide, %.2fM parameters; %d rows of %dx%d tokens, %d codes, %d classes%s",
