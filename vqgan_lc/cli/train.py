@@ -155,28 +155,10 @@ def resolve_ckpt_path(value: str | None, trainer: Any) -> str | None:
         path = max(found, key=lambda p: p.stat().st_mtime)
     else:
         path = Path(value)
+    from ..train.checkpoints import check_lightning_checkpoint
+
     check_lightning_checkpoint(path)
     return str(path)
-
-
-def check_lightning_checkpoint(path: Path) -> None:
-    """Raise :class:`~vqgan_lc.errors.CheckpointError` unless ``path`` is a readable training checkpoint."""
-    import torch
-
-    if not path.is_file():
-        raise CheckpointError(f"--ckpt-path {path}: no such file; give a .ckpt written by vqgan-lc train "
-                              "(e.g. <default_root_dir>/checkpoints/last.ckpt) or 'last'")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated zip, foreign pickle (refused, never run), not a torch file at all
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"--ckpt-path {path} is not a readable Lightning checkpoint ({reason[:200]}); "
-                              "give an intact .ckpt written by vqgan-lc train") from None
-    missing = [k for k in ("state_dict", "optimizer_states", "loops") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise CheckpointError(f"--ckpt-path {path} is not a full training checkpoint (no {', '.join(missing)}); "
-                              "resume from a .ckpt written by vqgan-lc train, or fine-tune a model directory "
-                              "with --init-from")
 
 
 def run(args: argparse.Namespace) -> int:

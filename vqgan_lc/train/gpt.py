@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from ..config import check_fields
-from ..errors import UnknownPresetError
+from ..errors import CheckpointError, UnknownPresetError
 from ..generate.gpt import GPT, GPT_PRESETS, GPTConfig
 from ..tokens.format import TokenFile, TokenFormatError, open_tokens
+from .checkpoints import check_lightning_checkpoint
 from .schedule import lr_factor, set_lr
 
 log = logging.getLogger(__name__)
@@ -262,9 +263,20 @@ def fit_gpt(
 
     ``out`` receives ``config.json`` + ``model.safetensors`` (loadable with ``GPT.from_pretrained``);
     Lightning checkpoints and logs go to ``out/lightning``. ``resume=True`` continues from
-    ``out/lightning/checkpoints/last.ckpt``. Returns ``out``.
+    ``out/lightning/checkpoints/last.ckpt`` (a :class:`~vqgan_lc.errors.CheckpointError` when it is
+    missing or unreadable). A resumed run is not bit-identical to an uninterrupted one (audit O4):
+    the dropout / ``pkeep`` / class-dropout random state and the position in the shuffled epoch are
+    not restored, so it continues with other random draws. Returns ``out``.
     """
     tc = train if isinstance(train, GPTTrainConfig) else GPTTrainConfig.from_dict(train or {})
+    out = Path(out)
+    work = out / "lightning"
+    last = work / "checkpoints" / "last.ckpt"
+    if resume:  # Lightning would warn and start from step 0, or raise a raw error on a damaged file
+        if not last.is_file():
+            raise CheckpointError(f"--resume: no checkpoint at {last}; drop --resume to start a new run, or give "
+                                  "the --out of the run to continue")
+        check_lightning_checkpoint(last, option="--resume")
     dataset = GPTTokenDataset(tokens, prefix_tokens)
     mc = model if isinstance(model, GPTConfig) else model_config_from_data(model or {"preset": "gpt-tiny"},
                                                                           dataset.tokens, dataset.prefix)
@@ -273,8 +285,6 @@ def fit_gpt(
     log.info("GPT %d layers x %d wide, %.2fM parameters; %d rows of %dx%d tokens, %d codes, %d classes%s",
              mc.n_layer, mc.n_embd, module.gpt.num_parameters() / 1e6, len(dataset), *mc.grid, mc.n_codes,
              mc.n_classes, f", prefix {mc.prefix_len} ids of {mc.prefix_vocab}" if mc.prefix_vocab else "")
-    out = Path(out)
-    work = out / "lightning"
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", save_last=True, save_top_k=0,
                                         every_n_train_steps=tc.checkpoint_every_n_steps)
     trainer = pl.Trainer(
@@ -283,9 +293,8 @@ def fit_gpt(
         callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
         logger=pl.loggers.CSVLogger(str(work), name="logs"), num_sanity_val_steps=0,
     )
-    last = work / "checkpoints" / "last.ckpt"
     data = GPTTokenData(dataset, batch_size=tc.batch_size, num_workers=tc.num_workers, seed=tc.seed)
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     if trainer.global_rank == 0:
         final = trainer.callback_metrics.get("train/loss")
         provenance = {
