@@ -180,8 +180,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
     ``trainer.global_step`` reaches the next multiple of ``every_n_train_steps`` (robust to the step
     growing by 2 per batch once the discriminator trains: ``global_step`` counts both optimizers'
     steps), after ``train_time_interval`` of wall time since the last save, and at the end of every
-    ``every_n_epochs``-th epoch; any of them may be set. Top-k saving (``save_top_k`` > 0) follows
-    the same triggers.
+    ``every_n_epochs``-th epoch, any of them may be set; and always when training ends. Top-k saving
+    (``save_top_k`` > 0) follows the same triggers.
     """
 
     def __init__(
@@ -259,3 +259,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
         if (not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer)
                 and self._epoch_due(trainer)):
             self._save_all(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The parent writes last.ckpt here only when it never wrote one; the final state is always kept.
+        if self.save_last and self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
