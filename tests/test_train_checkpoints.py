@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from train_helpers import (
+    data_module,
     single_thread,  # noqa: F401 - an autouse fixture: one intra-op thread
+    tiny_module,
+    trainer,
     write_codebook,
     write_photos,
 )
@@ -102,6 +106,56 @@ def test_ckpt_path_last_without_a_checkpoint_is_one_sentence(photos_and_codebook
     assert line.startswith("vqgan-lc train: error: --ckpt-path last: no last.ckpt in ")
     assert str(os.path.realpath(root / "checkpoints")) in line and "start without --ckpt-path" in line
     assert not (root / "model").exists() and not (root / "checkpoints").exists()  # nothing was trained
+
+
+class RecordingCheckpoint:
+    """A PeriodicCheckpoint that records the global step of every last.ckpt it writes."""
+
+    @staticmethod
+    def make(**kw: object) -> object:
+        from vqgan_lc.train import PeriodicCheckpoint
+
+        class Recording(PeriodicCheckpoint):
+            def __init__(self, **kw: object) -> None:
+                super().__init__(**kw)  # type: ignore[arg-type]
+                self.saved_at: list[int] = []
+
+            def _save_last_checkpoint(self, trainer: object, candidates: dict) -> None:
+                super()._save_last_checkpoint(trainer, candidates)  # type: ignore[arg-type]
+                self.saved_at.append(int(trainer.global_step))  # type: ignore[attr-defined]
+
+        return Recording(**kw)
+
+
+@pytest.mark.parametrize(("trigger", "expected"), [
+    # global_step after each of 6 batches, disc_start 1: 1, 3, 5, 7, 9, 11 (2 per batch once D trains).
+    # Lightning's `global_step % 3 == 0` would save at 3 and 9 only; each multiple of 3 crossed counts here.
+    ({"every_n_train_steps": 3}, [3, 7, 9, 11]),
+    ({"train_time_interval": timedelta(microseconds=1)}, [1, 3, 5, 7, 9, 11]),  # every batch, end not repeated
+    ({"every_n_epochs": 1}, [5, 11]),  # 3 batches per epoch, save_top_k 0: last.ckpt all the same
+    ({}, [11]),  # no trigger: only when training ends
+])
+def test_periodic_checkpoint_writes_last_ckpt_on_every_trigger(photos_and_codebook: tuple[Path, Path], tmp_path: Path,
+                                                               trigger: dict[str, object], expected: list[int]) -> None:
+    import lightning.pytorch as pl
+
+    photos, cb = photos_and_codebook
+    ck = RecordingCheckpoint.make(dirpath=str(tmp_path / "checkpoints"), **trigger)
+    pl.seed_everything(0, verbose=False)
+    module = tiny_module(cb, disc_start=1, max_steps=6)
+    trainer(tmp_path, enable_checkpointing=True, callbacks=[ck], limit_val_batches=0).fit(
+        module, datamodule=data_module(photos, samples_per_epoch=6))
+    assert ck.saved_at == expected  # type: ignore[attr-defined]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 11 and ckpt["vqgan_lc"]["gen_step"] == 6
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+
+
+def test_periodic_checkpoint_refuses_a_zero_interval() -> None:
+    from vqgan_lc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train_time_interval must be positive"):
+        RecordingCheckpoint.make(train_time_interval=timedelta(0))
 
 
 def _foreign_files(tmp_path: Path) -> dict[str, Path]:
