@@ -54,11 +54,16 @@ def test_every_shipped_train_config_saves_last_ckpt_by_steps_and_by_time(path: P
 
 
 def test_every_shipped_gpt_config_checkpoints_periodically() -> None:
+    from vqgan_lc.train.gpt import GPTTrainConfig
+
+    assert GPTTrainConfig().checkpoint_every_minutes == 30.0  # the default when a config sets none
     gpt = sorted(CONFIGS.glob("gpt_*.yaml"))
     assert len(gpt) == 4
     for p in gpt:
         train = yaml.safe_load(p.read_text())["train"]
+        GPTTrainConfig.from_dict(train)
         assert 0 < train["checkpoint_every_n_steps"] <= train["max_steps"] // 2, p.name
+        assert 0 < train["checkpoint_every_minutes"] <= 60, p.name
 
 
 def test_cli_defaults_and_shipped_configs_resolve_to_a_periodic_last_ckpt(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..config import check_fields
 from ..errors import CheckpointError, UnknownPresetError
 from ..generate.gpt import GPT, GPT_PRESETS, GPTConfig
 from ..tokens.format import TokenFile, TokenFormatError, open_tokens
+from .callbacks import PeriodicCheckpoint
 from .checkpoints import check_lightning_checkpoint
 from .schedule import lr_factor, set_lr
 
@@ -67,6 +69,7 @@ class GPTTrainConfig:
     devices: int | str = 1
     log_every_n_steps: int = 50
     checkpoint_every_n_steps: int = 1000
+    checkpoint_every_minutes: float | None = 30.0  # last.ckpt also after this much wall time (None: steps only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -74,6 +77,8 @@ class GPTTrainConfig:
             raise ValueError(f"pkeep must be in (0, 1], got {self.pkeep}")
         if not 0.0 <= self.class_dropout < 1.0:
             raise ValueError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.checkpoint_every_minutes is not None and self.checkpoint_every_minutes <= 0:
+            raise ValueError(f"checkpoint_every_minutes must be positive or null, got {self.checkpoint_every_minutes}")
         if self.max_steps < 1 or self.warmup_steps < 0 or self.batch_size < 1:
             raise ValueError("max_steps and batch_size must be positive, warmup_steps >= 0")
 
@@ -285,8 +290,10 @@ def fit_gpt(
     log.info("GPT %d layers x %d wide, %.2fM parameters; %d rows of %dx%d tokens, %d codes, %d classes%s",
              mc.n_layer, mc.n_embd, module.gpt.num_parameters() / 1e6, len(dataset), *mc.grid, mc.n_codes,
              mc.n_classes, f", prefix {mc.prefix_len} ids of {mc.prefix_vocab}" if mc.prefix_vocab else "")
-    ckpt = pl.callbacks.ModelCheckpoint(dirpath=work / "checkpoints", save_last=True, save_top_k=0,
-                                        every_n_train_steps=tc.checkpoint_every_n_steps)
+    minutes = tc.checkpoint_every_minutes
+    ckpt = PeriodicCheckpoint(dirpath=str(work / "checkpoints"), save_last=True, save_top_k=0,
+                              every_n_train_steps=tc.checkpoint_every_n_steps,
+                              train_time_interval=None if minutes is None else timedelta(minutes=minutes))
     trainer = pl.Trainer(
         max_steps=tc.max_steps, accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision,  # type: ignore[arg-type]
         gradient_clip_val=tc.grad_clip, log_every_n_steps=tc.log_every_n_steps, default_root_dir=str(work),
