@@ -269,9 +269,10 @@ def fit_gpt(
     ``out`` receives ``config.json`` + ``model.safetensors`` (loadable with ``GPT.from_pretrained``);
     Lightning checkpoints and logs go to ``out/lightning``. ``resume=True`` continues from
     ``out/lightning/checkpoints/last.ckpt`` (a :class:`~vqgan_lc.errors.CheckpointError` when it is
-    missing or unreadable). A resumed run is not bit-identical to an uninterrupted one (audit O4):
-    the dropout / ``pkeep`` / class-dropout random state and the position in the shuffled epoch are
-    not restored, so it continues with other random draws. Returns ``out``.
+    missing or unreadable). A resumed run is not bit-identical to an uninterrupted one (audit O4: other
+    final loss, every tensor different), unlike ``vqgan-lc train``'s; the likely cause, not yet
+    checked, is random state (dropout, ``pkeep``, class dropout, the shuffle) that the checkpoint
+    does not restore. Returns ``out``.
     """
     tc = train if isinstance(train, GPTTrainConfig) else GPTTrainConfig.from_dict(train or {})
     out = Path(out)
