@@ -164,3 +164,26 @@ def test_linear_probe_separates_classes_and_not_random_labels() -> None:
     cond = GPT(GPTConfig(n_codes=32, grid=(4, 4), n_classes=2, null_class=False, n_layer=1, n_head=2, n_embd=16))
     with pytest.raises(ValueError, match="null class"):
         linear_probe(cond, ds)
+
+
+def test_train_gpt_resume_without_a_usable_checkpoint_is_one_sentence(tokens: dict[str, Path], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    """Audit S10: --resume with no checkpoint silently started from step 0; a damaged one gave a traceback."""
+    out = tmp_path / "gpt"
+    args = ["train-gpt", "--tokens", str(tokens["tok"]), "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"),
+            "--out", str(out), "--train.max_steps=2", "--no-progress", "--resume"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    last = out / "lightning" / "checkpoints" / "last.ckpt"
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"vqgan-lc train-gpt: error: --resume: no checkpoint at {last}; drop --resume to start a new run, "
+        "or give the --out of the run to continue")
+    assert not (out / "model.safetensors").exists()
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 cut")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"vqgan-lc train-gpt: error: --resume {last} is not a readable Lightning checkpoint (")
+    assert not (out / "model.safetensors").exists()

@@ -282,15 +282,29 @@ def test_truncated_jpeg_trains_and_reports_the_skipped_file(files: dict[str, Pat
     assert sum("zz_truncated.jpg" in r.message for r in caplog.records) == 1
 
 
-def test_batches_without_a_readable_image_are_skipped(files: dict[str, Path], tmp_path: Path) -> None:
+def test_batches_without_a_readable_image_are_skipped_then_refused(files: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Empty batches are skipped; an epoch (or EMPTY_BATCH_LIMIT batches in a row) without one readable
+    image stops with a sentence instead of repeating forever under max_epochs -1 (audit U1)."""
+    from vqgan_lc.errors import ImageSourceError
+    from vqgan_lc.train import module as module_mod
+
     folder = tmp_path / "broken"
     for i in range(4):
         write_truncated_jpeg(folder / f"b{i}.jpg")
     pl.seed_everything(0, verbose=False)
     module = tiny_module(files["codebook"], max_steps=4)
     dm = data_module(folder, samples_per_epoch=None)
-    trainer(tmp_path, max_epochs=1, limit_val_batches=0).fit(module, datamodule=dm)
-    assert module.gen_step == 0 and len(dm.skipped) == 4
+    with pytest.raises(ImageSourceError, match=r"^no training image could be read in epoch 0 \(skipped 4, e\.g\. "):
+        trainer(tmp_path, max_epochs=-1, limit_val_batches=0).fit(module, datamodule=dm)
+    assert module.gen_step == 0 and len(dm.skipped) == 4 and module._empty_in_row == 2  # 2 batches were skipped
+
+    monkeypatch.setattr(module_mod, "EMPTY_BATCH_LIMIT", 2)
+    module = tiny_module(files["codebook"], max_steps=4)
+    dm = data_module(folder, samples_per_epoch=40)  # 20 batches per epoch: the limit stops it first
+    with pytest.raises(ImageSourceError, match=r"^no training image could be read in 2 batches in a row "):
+        trainer(tmp_path / "b", max_epochs=-1, limit_val_batches=0).fit(module, datamodule=dm)
+    assert module.gen_step == 0 and module._empty_in_row == 2
 
 
 def test_schedule_from_epochs(files: dict[str, Path], tmp_path: Path) -> None:

@@ -19,7 +19,10 @@ argparse (its model is sized from the token directories; see ``cli/train_gpt.py`
 
 Shortcuts: ``--codebook FILE`` = ``--model.model.codebook FILE``; ``--init-from DIR`` =
 ``--model.model.init_from DIR``; ``--ckpt-path P`` = ``--ckpt_path P`` (``last`` resumes from
-``<trainer.default_root_dir>/checkpoints/last.ckpt``). Checkpoints go to ``<default_root_dir>/checkpoints``,
+``<trainer.default_root_dir>/checkpoints/last.ckpt``; it stops with one sentence when there is none).
+``last.ckpt`` is rewritten every ``--checkpoint.every_n_train_steps`` optimizer steps (default 1000;
+Lightning's ``global_step`` counts both optimizers) and every ``--checkpoint.train_time_interval``
+(default ``0:30:00``), whichever comes first. Checkpoints go to ``<default_root_dir>/checkpoints``,
 CSV logs to ``<default_root_dir>/csv`` (and TensorBoard logs to ``<default_root_dir>/tensorboard`` with
 ``--tensorboard true``, which needs the ``tensorboard`` package), reconstruction grids to
 ``<default_root_dir>/reconstructions`` and the exported model directory to ``<default_root_dir>/model``.
@@ -32,12 +35,19 @@ import importlib.util
 import logging
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 from ..configs import config_path
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
+
+# `last.ckpt` is written every DEFAULT_CHECKPOINT_STEPS of Lightning's global_step (which counts both
+# optimizers: 2 per batch once the discriminator trains, so 1000 = 500 to 1000 batches) and every
+# DEFAULT_CHECKPOINT_INTERVAL of wall time, whichever comes first (train.PeriodicCheckpoint).
+DEFAULT_CHECKPOINT_STEPS = 1000
+DEFAULT_CHECKPOINT_INTERVAL = "0:30:00"
 
 _SHORTCUTS = {"--codebook": "--model.model.codebook", "--init-from": "--model.model.init_from",
               "--ckpt-path": "--ckpt_path"}
@@ -72,11 +82,10 @@ def translate(rest: list[str]) -> list[str]:
 
 def build_cli(args: list[str], *, run: bool = True) -> Any:
     """The LightningCLI of ``vqgan-lc train`` on ``args``; fits when ``run`` (returns the CLI object)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-    from ..train import ExportModel, ImageDataModule, ReconstructionGrid, VQGANLCModule
+    from ..train import ExportModel, ImageDataModule, PeriodicCheckpoint, ReconstructionGrid, VQGANLCModule
 
     def checkpoint_dir(root: str | None) -> str:
         return os.path.join(root or os.getcwd(), "checkpoints")
@@ -87,8 +96,10 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
                                 help="resume from this .ckpt, or 'last' (<default_root_dir>/checkpoints/last.ckpt)")
             parser.add_argument("--tensorboard", type=bool, default=False,
                                 help="also log to <default_root_dir>/tensorboard (needs the tensorboard package)")
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0})
+            parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
+            parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                                 "checkpoint.every_n_train_steps": DEFAULT_CHECKPOINT_STEPS,
+                                 "checkpoint.train_time_interval": DEFAULT_CHECKPOINT_INTERVAL})
             parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
             parser.add_lightning_class_args(ReconstructionGrid, "recon_grid")
             parser.add_lightning_class_args(ExportModel, "export")
@@ -119,8 +130,35 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
                                           "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file)."},
         )
     if run:
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
+        ckpt_path = resolve_ckpt_path(cli.config.get("ckpt_path"), cli.trainer)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     return cli
+
+
+def resolve_ckpt_path(value: str | None, trainer: Any) -> str | None:
+    """``--ckpt-path``: ``None``, or a checked Lightning checkpoint file (``last``: the newest ``last*.ckpt``).
+
+    Refuses with a :class:`~vqgan_lc.errors.CheckpointError` (one sentence) instead of Lightning's
+    warning-and-start-from-step-0 when ``last`` finds nothing, and instead of a traceback for a
+    missing, truncated or foreign file. The file is read with ``torch.load(weights_only=True)``, as
+    Lightning reads it: no arbitrary pickle runs.
+    """
+    if value is None:
+        return None
+    if value == "last":
+        dirs = sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
+        found = [p for d in dirs for p in Path(d).glob("last*.ckpt") if p.is_file()]
+        if not found:
+            where = " or ".join(dirs) or "the checkpoint folder"
+            raise CheckpointError(f"--ckpt-path last: no last.ckpt in {where}; start without --ckpt-path, or give "
+                                  "the same --trainer.default_root_dir as the run to resume")
+        path = max(found, key=lambda p: p.stat().st_mtime)
+    else:
+        path = Path(value)
+    from ..train.checkpoints import check_lightning_checkpoint
+
+    check_lightning_checkpoint(path)
+    return str(path)
 
 
 def run(args: argparse.Namespace) -> int:

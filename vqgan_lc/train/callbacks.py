@@ -7,14 +7,17 @@ the same place): ``reconstructions/step-NNNNNNN.png`` and ``model/`` (``model-st
 from __future__ import annotations
 
 import logging
+import time
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ..errors import ConfigError
 from .module import VQGANLCModule
 
 log = logging.getLogger(__name__)
@@ -165,3 +168,99 @@ def _duration(seconds: float) -> str:
         return "?"
     seconds = round(seconds)
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that writes ``last.ckpt`` on every trigger, with triggers that combine.
+
+    Lightning 2.6's ``ModelCheckpoint`` writes ``last.ckpt`` only after a top-k save (so never with
+    ``save_top_k: 0`` and ``every_n_epochs``), ignores ``train_time_interval`` under manual
+    optimisation (``VQGANLCModule``'s), and refuses ``every_n_train_steps`` together with
+    ``train_time_interval``. Here ``last.ckpt`` is written after the first batch whose
+    ``trainer.global_step`` reaches the next multiple of ``every_n_train_steps`` (robust to the step
+    growing by 2 per batch once the discriminator trains: ``global_step`` counts both optimizers'
+    steps), after ``train_time_interval`` of wall time since the last save, and at the end of every
+    ``every_n_epochs``-th epoch, any of them may be set; and always when training ends. Top-k saving
+    (``save_top_k`` > 0) follows the same triggers.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str | None = None,
+        monitor: str | None = None,
+        verbose: bool = False,
+        save_last: bool | Literal["link"] | None = True,
+        save_top_k: int = 0,
+        save_on_exception: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "min",
+        auto_insert_metric_name: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+        every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None,
+        enable_version_counter: bool = True,
+    ) -> None:
+        if train_time_interval is not None and train_time_interval.total_seconds() <= 0:
+            raise ConfigError(f"checkpoint.train_time_interval must be positive, got {train_time_interval}; "
+                              "give e.g. 0:30:00 or null")
+        # The parent accepts one trigger: give it the epochs only and keep steps and time here.
+        super().__init__(
+            dirpath=dirpath, filename=filename, monitor=monitor, verbose=verbose, save_last=save_last,
+            save_top_k=save_top_k, save_on_exception=save_on_exception, save_weights_only=save_weights_only,
+            mode=mode, auto_insert_metric_name=auto_insert_metric_name, every_n_epochs=every_n_epochs or 0,
+            save_on_train_epoch_end=save_on_train_epoch_end, enable_version_counter=enable_version_counter,
+        )
+        if every_n_train_steps is not None and every_n_train_steps < 0:
+            raise ConfigError(f"checkpoint.every_n_train_steps must be >= 0, got {every_n_train_steps}")
+        self._every_n_train_steps = every_n_train_steps or 0
+        self._train_time_interval = train_time_interval
+        self._step_bucket_saved = 0  # global_step // every_n_train_steps at the last step-triggered save
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self._every_n_train_steps:  # after a resume: the next multiple after the restored step
+            self._step_bucket_saved = trainer.global_step // self._every_n_train_steps
+
+    def _save_all(self, trainer: pl.Trainer) -> None:
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        due = False
+        if self._every_n_train_steps:
+            bucket = trainer.global_step // self._every_n_train_steps
+            due = bucket > self._step_bucket_saved
+        if self._train_time_interval is not None:
+            started = self._last_time_checked
+            late = started is not None and time.monotonic() - started >= self._train_time_interval.total_seconds()
+            due = bool(trainer.strategy.broadcast(due or late))  # rank 0's clock decides for every rank
+        if not due:
+            return
+        self._save_all(trainer)
+        self._last_time_checked = time.monotonic()
+        if self._every_n_train_steps:
+            self._step_bucket_saved = trainer.global_step // self._every_n_train_steps
+
+    def _epoch_due(self, trainer: pl.Trainer) -> bool:
+        return self._every_n_epochs >= 1 and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (not self._should_skip_saving_checkpoint(trainer) and self._should_save_on_train_epoch_end(trainer)
+                and self._epoch_due(trainer)):
+            self._save_all(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (not self._should_skip_saving_checkpoint(trainer) and not self._should_save_on_train_epoch_end(trainer)
+                and self._epoch_due(trainer)):
+            self._save_all(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The parent writes last.ckpt here only when it never wrote one; the final state is always kept.
+        if self.save_last and self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

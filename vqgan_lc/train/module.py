@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..build import ModelSpec, build_model
-from ..errors import CheckpointError, ConfigError, MissingWeightsError
+from ..errors import CheckpointError, ConfigError, ImageSourceError, MissingWeightsError
 from ..export import CHECKPOINT_KEY, CHECKPOINT_VERSION
 from ..losses import PerceptualLoss, VQGANLoss, per_image_reconstruction_loss
 from ..quantize import CodebookUsage
@@ -40,9 +40,23 @@ from .schedule import lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
+# One process: stop after this many batches in a row without a readable image (also checked per epoch).
+EMPTY_BATCH_LIMIT = 100
 _PERCEPTUAL_PREFIX = "objective.perceptual."
 # Frozen dataclasses: safe to share as defaults.
 _DEFAULT_MODEL, _DEFAULT_LOSS, _DEFAULT_OPTIM = ModelSpec(), LossConfig(), OptimConfig()
+
+
+def _no_readable_images(trainer: pl.Trainer, span: str) -> str:
+    """The sentence for training data without a readable image (``span``: where none was found)."""
+    dm = trainer.datamodule
+    skipped = getattr(dm, "skipped", None)
+    examples = ""
+    if skipped:
+        names = [str(p) for p in list(skipped)[:3]]
+        examples = f" (skipped {len(skipped)}, e.g. {', '.join(names)})"
+    return (f"no training image could be read in {span}{examples}; check --data.data / --data.file_list "
+            "(corrupt files, Git LFS pointers instead of images?)")
 
 
 class VQGANLCModule(pl.LightningModule):
@@ -97,6 +111,8 @@ class VQGANLCModule(pl.LightningModule):
         self._val_usage: CodebookUsage | None = None
         self._val_sums: torch.Tensor | None = None
         self._train_usage: CodebookUsage | None = None
+        self._readable_images = 0  # readable training images seen this epoch (this rank)
+        self._empty_in_row = 0  # consecutive batches without a readable image (one process)
         self.val_metrics: dict[str, float] = {}  # the last validation epoch's numbers
 
     @property
@@ -194,9 +210,14 @@ class VQGANLCModule(pl.LightningModule):
         if images.shape[0] == 0:  # every image of the batch was unreadable
             if self.trainer.world_size == 1:
                 log.debug("batch %d has no readable image; skipped", batch_idx)
+                self._empty_in_row += 1
+                if self._empty_in_row >= EMPTY_BATCH_LIMIT:
+                    raise ImageSourceError(_no_readable_images(self.trainer, f"{self._empty_in_row} batches in a row"))
                 return None
             # Other ranks step: take part in the collectives with a zero-weighted dummy batch.
             images, scale = images.new_zeros(1, *images.shape[1:]), 0.0
+        self._empty_in_row = 0
+        self._readable_images += int(images.shape[0]) if scale else 0
         opt_g, opt_d = self.optimizers()
         lr_g = lr_d = self.optim_config.lr * self.lr_factor(self.gen_step)  # nanoGPT's way: no scheduler state
         set_lr(opt_g, lr_g)
@@ -236,8 +257,13 @@ class VQGANLCModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_usage = CodebookUsage(self.model.codebook_size, device=self.device)
+        self._readable_images = 0
 
     def on_train_epoch_end(self) -> None:
+        # An epoch without one readable image would repeat forever (max_epochs -1, the step never moves).
+        seen = torch.tensor(float(self._readable_images), device=self.device)
+        if float(self.trainer.strategy.reduce(seen, reduce_op="sum")) == 0 and not self.trainer.should_stop:
+            raise ImageSourceError(_no_readable_images(self.trainer, f"epoch {self.trainer.current_epoch}"))
         if self._train_usage is None:
             return
         self._train_usage.sync()
