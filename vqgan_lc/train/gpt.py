@@ -76,7 +76,6 @@ class GPTTrainConfig:
     log_every_n_steps: int = 50
     checkpoint_every_n_steps: int = 1000
     objective: Literal["ar", "maskgit"] = "ar"
-
     checkpoint_every_minutes: float | None = 30.0  # last.ckpt also after this much wall time (None: steps only)
 
     def __post_init__(self) -> None:
