@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, write_json  # noqa: E402
+from _common import print_table, write_json
 
 ENCODE_VARIANTS = ("fp32", "bf16", "channels_last", "bf16+channels_last", "compile")
 

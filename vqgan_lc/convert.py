@@ -43,7 +43,7 @@ def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling raises many kinds
+    except Exception as e:  # unpickling raises many kinds
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path} cannot be read safely as an official VQGAN-LC checkpoint: {first}. Only tensors, plain "
