@@ -99,7 +99,7 @@ def convert_official(
         raise ValueError("give exactly one of config, yaml_config, preset")
     state, args = load_official_checkpoint(checkpoint)
     if config is None:
-        config = config_from_yaml(yaml_config) if yaml_config is not None else get_config(preset)
+        config = config_from_yaml(yaml_config) if yaml_config is not None else get_config(preset)  # type: ignore[arg-type]
 
     if int(args.get("use_cblinear", 1)) != 1 or any(k.startswith("codebook_projection.0") for k in state):
         raise CheckpointError(f"{checkpoint} uses the MLP projector (use_cblinear=2); only the linear projector is supported")

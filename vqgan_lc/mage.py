@@ -141,7 +141,7 @@ class MAGEVQGAN(nn.Module):
     def __init__(self, config: MAGEConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or MAGEConfig()
-        common = dict(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.num_res_blocks,
+        common: dict[str, Any] = dict(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.num_res_blocks,
                       z_channels=config.z_channels, dropout=config.dropout)
         self.encoder = MAGEEncoder(in_channels=config.in_channels, **common)
         self.decoder = MAGEDecoder(out_ch=config.out_ch, **common)
