@@ -16,10 +16,10 @@ $(STAMP): constraints.txt setup.cfg setup.py pyproject.toml vqgan_lc/quantize/cs
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $(STAMP)
 
-test: install
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-all: install
+test-all: lint
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 demo: install
@@ -28,12 +28,14 @@ demo: install
 bench: install
 	$(PY) benchmarks/quantize.py
 
+# Ruff over the code, tests and benchmarks; mypy over the shipped (py.typed) package ([tool.mypy]).
 lint: install
 	$(VENV)/bin/ruff check vqgan_lc tests benchmarks
+	$(PY) -m mypy vqgan_lc
 
 freeze:
 	$(PY) -m pip freeze --exclude-editable | grep -v '^vqgan' > constraints.tmp && \
 	{ echo "# Exact versions CI and 'make install' use (pip install -c constraints.txt). Regenerate with 'make freeze'."; cat constraints.tmp; } > constraints.txt && rm constraints.tmp
 
 clean:
-	rm -rf $(VENV) build *.egg-info vqgan_lc/quantize/_search*.so .pytest_cache
+	rm -rf $(VENV) build *.egg-info vqgan_lc/quantize/_search*.so .pytest_cache .mypy_cache .ruff_cache

@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, write_json  # noqa: E402
+from _common import print_table, write_json
 
 ENCODE_VARIANTS = ("fp32", "bf16", "channels_last", "bf16+channels_last", "compile")
 
@@ -205,7 +205,7 @@ def bench_train_step(a: argparse.Namespace, device: Any) -> list[dict[str, Any]]
         try:
             loss = step()
             seconds = timed(step, device, a.repeat, a.warmup)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a failing precision (e.g. out of memory) is reported, not fatal
             rows.append({"precision": precision, "error": f"{type(e).__name__}: {e}"[:200]})
             continue
         rows.append({"precision": precision, "step_ms": 1000 * seconds, "images_per_s": a.train_batch / seconds,

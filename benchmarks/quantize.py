@@ -19,7 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import best_of, peak_mb, print_table, rss_mb, run_child, write_json  # noqa: E402
+from _common import best_of, peak_mb, print_table, rss_mb, run_child, write_json
 
 
 def child(method: str, n: int, k: int, d: int, repeat: int) -> dict:
@@ -31,17 +31,17 @@ def child(method: str, n: int, k: int, d: int, repeat: int) -> dict:
     if method == "ours":
         from vqgan_lc.quantize import nearest_code
 
-        def fn():
+        def fn() -> torch.Tensor:
             return nearest_code(z, c)
     elif method == "ours-scalar":  # the C kernel's portable path
         from vqgan_lc.quantize import search
 
-        def fn():
+        def fn() -> torch.Tensor:
             return search._fused_search(z, c, c.pow(2).sum(1), kernel="scalar")
     elif method == "ours-blocked":  # the pure-PyTorch path (no C kernel)
         from vqgan_lc.quantize import search
 
-        def fn():
+        def fn() -> torch.Tensor:
             return search._blocked_search_cpu(z, c, c.pow(2).sum(1))
     elif method == "faiss":
         import faiss
@@ -50,12 +50,12 @@ def child(method: str, n: int, k: int, d: int, repeat: int) -> dict:
         index.add(c.numpy())
         zn = z.numpy()
 
-        def fn():
+        def fn() -> torch.Tensor:
             return torch.from_numpy(index.search(zn, 1)[1][:, 0])
     elif method == "official":
         from vqgan_lc.quantize import full_matrix_nearest_code
 
-        def fn():
+        def fn() -> torch.Tensor:
             return full_matrix_nearest_code(z, c)
     else:
         raise ValueError(method)

@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import best_of, print_table, write_json  # noqa: E402
+from _common import best_of, print_table, write_json
 
 
 def timed_recompute(gpt, batch: int, seq: int, stride: int, labels) -> tuple[float, str]:  # noqa: ANN001

@@ -22,7 +22,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import best_of, peak_mb, print_table, rss_mb, run_child, write_json  # noqa: E402
+from _common import best_of, peak_mb, print_table, rss_mb, run_child, write_json
 
 CASES = {
     "lc-100k": {"quantizer": "lc", "codebook_size": 100_000},

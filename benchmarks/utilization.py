@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import print_table, write_json  # noqa: E402
+from _common import print_table, write_json
 
 COLOR_PHOTOS = ("astronaut", "chelsea", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "rocket")
 GREY_PHOTOS = ("brick", "camera", "cell", "clock", "coins", "grass", "gravel", "moon")

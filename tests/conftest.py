@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def write_photo_folder(root: Path, per_class: int = 3, size: int = 96, seed: int
     return written
 
 
-def tiny_model(seed: int = 0, **overrides):  # noqa: ANN001, ANN201
+def tiny_model(seed: int = 0, **overrides: Any):  # noqa: ANN201
     """The tiny preset with a small random codebook scaled to the latents' size (ids then vary)."""
     from vqgan_lc import create_model
 

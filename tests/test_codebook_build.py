@@ -16,10 +16,10 @@ from PIL import Image
 
 pytest.importorskip("faiss")
 
-from vqgan_lc import create_model  # noqa: E402
-from vqgan_lc._io import sha256_file  # noqa: E402
-from vqgan_lc.cli.main import main  # noqa: E402
-from vqgan_lc.codebook import (  # noqa: E402
+from vqgan_lc import create_model
+from vqgan_lc._io import sha256_file
+from vqgan_lc.cli.main import main
+from vqgan_lc.codebook import (
     InsufficientMemoryError,
     build_codebook,
     codebook_from_features,
@@ -27,9 +27,9 @@ from vqgan_lc.codebook import (  # noqa: E402
     kmeans_per_class,
     load_codebook,
 )
-from vqgan_lc.data import list_images  # noqa: E402
-from vqgan_lc.errors import CodebookError  # noqa: E402
-from vqgan_lc.extractors import PixelExtractor  # noqa: E402
+from vqgan_lc.data import list_images
+from vqgan_lc.errors import CodebookError
+from vqgan_lc.extractors import PixelExtractor
 
 CLASSES = {
     "cats": ("chelsea", "coffee"),
@@ -53,7 +53,7 @@ PROVENANCE_KEYS = {"extractor", "weights_sha256", "layer", "pooling", "image_siz
                    "class_order", "source_hash", "mode", "grid", "dim", "n_points", "num_images"}
 
 
-def test_global_codebook_metadata_round_trip(tmp_path):
+def test_global_codebook_metadata_round_trip(tmp_path: Path) -> None:
     root = write_classes(tmp_path / "data")
     out = tmp_path / "codebook.safetensors"
     cb = build_codebook(root, PixelExtractor(image_size=64), out, k=8, pool=2, seed=3, progress=False)
@@ -71,7 +71,7 @@ def test_global_codebook_metadata_round_trip(tmp_path):
     assert back.vectors.min() >= -1 and back.vectors.max() <= 1
 
 
-def test_per_class_rows_do_not_depend_on_the_listing_order(tmp_path):
+def test_per_class_rows_do_not_depend_on_the_listing_order(tmp_path: Path) -> None:
     a = write_classes(tmp_path / "a", order=["cats", "space", "people"])
     b = write_classes(tmp_path / "b", order=["people", "space", "cats"])
     ext = PixelExtractor(image_size=64)
@@ -93,7 +93,7 @@ def test_per_class_rows_do_not_depend_on_the_listing_order(tmp_path):
     assert torch.equal(cc.vectors, ca.vectors)
 
 
-def test_clustering_errors_are_clear(tmp_path, monkeypatch):
+def test_clustering_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_classes(tmp_path / "data")
     store = extract_features(root, PixelExtractor(image_size=32), tmp_path / "f", progress=False)
     with pytest.raises(CodebookError, match=r"--k 10 does not equal --per-class 3 x 3 classes = 9"):
@@ -116,7 +116,7 @@ def test_clustering_errors_are_clear(tmp_path, monkeypatch):
         codebook_from_features(fs, per_class=2)
 
 
-def test_cli_split_stages_equal_the_combined_run(tmp_path, capsys):
+def test_cli_split_stages_equal_the_combined_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_classes(tmp_path / "data")
     common = ["--extractor", "pixels", "--image-size", "64", "--pool", "2", "--workers", "0", "--no-progress"]
     assert main(["build-codebook", "--data", str(root), *common, "--features-only", str(tmp_path / "feat")]) == 0
@@ -136,7 +136,7 @@ def test_cli_split_stages_equal_the_combined_run(tmp_path, capsys):
     assert "extract again" in capsys.readouterr().err
 
 
-def test_cli_clip_with_a_local_checkpoint(tmp_path):
+def test_cli_clip_with_a_local_checkpoint(tmp_path: Path) -> None:
     from open_clip.model import CLIP
 
     vision = {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32}
@@ -160,7 +160,7 @@ def test_cli_clip_with_a_local_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["clip", "dinov2"])
-def test_cli_without_weights_stops_with_one_sentence_naming_the_option(tmp_path, capsys, kind):
+def test_cli_without_weights_stops_with_one_sentence_naming_the_option(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
     root = write_classes(tmp_path / "data", order=["cats"])
     rc = main(["build-codebook", "--data", str(root), "--extractor", kind, "--k", "4",
                "--out", str(tmp_path / "c.safetensors")])
@@ -170,7 +170,7 @@ def test_cli_without_weights_stops_with_one_sentence_naming_the_option(tmp_path,
     assert not (tmp_path / "c.features").exists()
 
 
-def test_official_pth_codebook_is_read_safely(tmp_path):
+def test_official_pth_codebook_is_read_safely(tmp_path: Path) -> None:
     vectors = torch.randn(16, 768)
     path = tmp_path / "codebook-100K.pth"
     torch.save(vectors, path)  # the official release: one pickled float32 tensor
@@ -180,7 +180,7 @@ def test_official_pth_codebook_is_read_safely(tmp_path):
     assert torch.equal(model.quantize.codebook, vectors)
 
     class Evil:
-        def __reduce__(self):
+        def __reduce__(self) -> tuple[object, tuple[str]]:
             return (print, ("this must never run",))
 
     bad = tmp_path / "evil.pth"
@@ -190,7 +190,7 @@ def test_official_pth_codebook_is_read_safely(tmp_path):
         load_codebook(bad)
 
 
-def test_a_model_built_with_the_codebook_trains_a_step(tmp_path):
+def test_a_model_built_with_the_codebook_trains_a_step(tmp_path: Path) -> None:
     root = write_classes(tmp_path / "data")
     path = tmp_path / "codebook.safetensors"
     build_codebook(root, PixelExtractor(image_size=64), path, k=16, seed=0, progress=False)

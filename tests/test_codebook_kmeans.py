@@ -9,14 +9,14 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from vqgan_lc.codebook import InsufficientMemoryError, estimate_kmeans_bytes, kmeans, kmeans_per_class  # noqa: E402
+from vqgan_lc.codebook import InsufficientMemoryError, estimate_kmeans_bytes, kmeans, kmeans_per_class
 
 # the package exports the function ``kmeans``, which shadows the submodule's attribute name
 kmeans_module = importlib.import_module("vqgan_lc.codebook.kmeans")
 from vqgan_lc.errors import CodebookError  # noqa: E402
 
 
-def blobs(n_centres: int, per: int, d: int, seed: int, spread: float = 20.0, noise: float = 0.5):
+def blobs(n_centres: int, per: int, d: int, seed: int, spread: float = 20.0, noise: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian blobs (synthetic noise is fine here: this checks the clustering, not images)."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((n_centres, d)).astype(np.float32) * spread
@@ -24,7 +24,7 @@ def blobs(n_centres: int, per: int, d: int, seed: int, spread: float = 20.0, noi
     return centres, x[rng.permutation(len(x))]
 
 
-def test_recovers_well_separated_blobs():
+def test_recovers_well_separated_blobs() -> None:
     centres, x = blobs(6, 300, 16, seed=1)
     res = kmeans(x, 6, niter=30, seed=0, max_points_per_centroid=1000)
     assert res.centroids.shape == (6, 16) and res.centroids.dtype == np.float32
@@ -37,7 +37,7 @@ def test_recovers_well_separated_blobs():
     assert res.n_points == 1800 and res.reseeded == 0 and res.init == "k-means++"
 
 
-def test_kmeans_plus_plus_spreads_the_start():
+def test_kmeans_plus_plus_spreads_the_start() -> None:
     centres, x = blobs(8, 100, 8, seed=5)
     from vqgan_lc.codebook.kmeans import kmeans_plus_plus
 
@@ -48,7 +48,7 @@ def test_kmeans_plus_plus_spreads_the_start():
     assert np.array_equal(start, kmeans_plus_plus(x, 8, seed=0))
 
 
-def test_same_seed_gives_identical_codebook_and_other_seed_differs():
+def test_same_seed_gives_identical_codebook_and_other_seed_differs() -> None:
     _, x = blobs(20, 50, 8, seed=2, spread=3.0, noise=1.0)
     a = kmeans(x, 16, niter=10, seed=7).centroids
     b = kmeans(x, 16, niter=10, seed=7).centroids
@@ -57,7 +57,7 @@ def test_same_seed_gives_identical_codebook_and_other_seed_differs():
     assert not np.array_equal(a, c)
 
 
-def test_subsample_is_capped_by_max_points_per_centroid():
+def test_subsample_is_capped_by_max_points_per_centroid() -> None:
     _, x = blobs(4, 500, 8, seed=3)
     res = kmeans(x, 4, niter=5, seed=0, max_points_per_centroid=50)
     assert res.n_points == 200
@@ -66,7 +66,7 @@ def test_subsample_is_capped_by_max_points_per_centroid():
     assert res16.centroids.dtype == np.float32 and res16.n_points == 200
 
 
-def test_empty_clusters_are_reseeded():
+def test_empty_clusters_are_reseeded() -> None:
     # 2000 copies of one point and 30 distinct far points: the random init picks many copies of the same
     # point, whose clusters are empty (ties go to the lowest index). faiss splits large clusters into
     # them; our final pass re-seeds whatever is still empty.
@@ -86,7 +86,7 @@ def test_empty_clusters_are_reseeded():
     assert len(np.unique(ids)) == 12  # no empty cluster
 
 
-def test_per_class_row_order_is_sorted_by_name_and_independent_of_listing_order():
+def test_per_class_row_order_is_sorted_by_name_and_independent_of_listing_order() -> None:
     rng = np.random.default_rng(4)
     data = {name: (rng.standard_normal((400, 8)) + off).astype(np.float32)
             for name, off in (("zebra", 30.0), ("apple", -30.0), ("mango", 0.0))}
@@ -103,7 +103,7 @@ def test_per_class_row_order_is_sorted_by_name_and_independent_of_listing_order(
     assert np.array_equal(alone.centroids, forward.centroids[5:10])
 
 
-def test_per_class_with_a_loader_function():
+def test_per_class_with_a_loader_function() -> None:
     rng = np.random.default_rng(5)
     arrays = {c: rng.standard_normal((50, 4)).astype(np.float32) for c in "ba"}
     calls: list[str] = []
@@ -116,7 +116,7 @@ def test_per_class_with_a_loader_function():
     assert calls == ["a", "b"] and res.centroids.shape == (6, 4)
 
 
-def test_small_class_policy():
+def test_small_class_policy() -> None:
     rng = np.random.default_rng(6)
     data = {"big": rng.standard_normal((100, 4)).astype(np.float32), "tiny": rng.standard_normal((3, 4)).astype(np.float32)}
     with pytest.raises(CodebookError, match="--per-class"):
@@ -126,12 +126,12 @@ def test_small_class_policy():
     assert np.array_equal(res.centroids[5:], data["tiny"])
 
 
-def test_too_few_points_is_a_clear_error():
+def test_too_few_points_is_a_clear_error() -> None:
     with pytest.raises(CodebookError, match="cannot make 10 centres from 5 vectors"):
         kmeans(np.zeros((5, 3), np.float32), 10)
 
 
-def test_memory_estimate_and_refusal(monkeypatch):
+def test_memory_estimate_and_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
     small = estimate_kmeans_bytes(10_000, 64, 100)
     big = estimate_kmeans_bytes(25_600_000, 768, 100_000)
     assert big > 25_600_000 * 768 * 4 > small  # the paper-sized global job needs > 78 GB
@@ -144,7 +144,7 @@ def test_memory_estimate_and_refusal(monkeypatch):
     assert kmeans(x, 2, niter=2).centroids.shape == (2, 4)
 
 
-def test_gpu_true_without_gpu_is_a_clear_error():
+def test_gpu_true_without_gpu_is_a_clear_error() -> None:
     if kmeans_module.faiss_gpu_available():
         pytest.skip("a GPU is present")
     _, x = blobs(2, 20, 4, seed=0)
@@ -152,7 +152,7 @@ def test_gpu_true_without_gpu_is_a_clear_error():
         kmeans(x, 2, gpu=True)
 
 
-def test_without_the_last_iteration_it_is_exactly_faiss():
+def test_without_the_last_iteration_it_is_exactly_faiss() -> None:
     import faiss
 
     _, x = blobs(10, 60, 8, seed=7, spread=2.0, noise=1.0)

@@ -45,7 +45,7 @@ def write_photos(root: Path, layout: dict[str, str] = LAYOUT, broken: tuple[str,
 
 
 # ----------------------------------------------------------------------------------------- listing
-def test_folder_listing_is_sorted_with_classes_from_first_level_folders(tmp_path):
+def test_folder_listing_is_sorted_with_classes_from_first_level_folders(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data")
     images = list_images(root)
     assert images.paths == (
@@ -57,7 +57,7 @@ def test_folder_listing_is_sorted_with_classes_from_first_level_folders(tmp_path
     assert len(images.source_hash()) == 64
 
 
-def test_file_list_is_sorted_and_labels_sort_numerically(tmp_path):
+def test_file_list_is_sorted_and_labels_sort_numerically(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data")
     lines = ["space/rocket.jpg,10", "# comment", "", "cats/chelsea.jpg,2", "people/astronaut.jpg", "loose.jpg,2"]
     fl = tmp_path / "list.txt"
@@ -74,7 +74,7 @@ def test_file_list_is_sorted_and_labels_sort_numerically(tmp_path):
         list_images(root, fl)
 
 
-def test_listing_errors_name_the_option(tmp_path):
+def test_listing_errors_name_the_option(tmp_path: Path) -> None:
     with pytest.raises(ImageSourceError, match="--data"):
         list_images(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
@@ -87,7 +87,7 @@ def files(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
 
 
-def test_store_layout_unreadable_images_and_contents(tmp_path):
+def test_store_layout_unreadable_images_and_contents(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data")
     ext = PixelExtractor(patch_size=16, image_size=64)
     store = extract_features(root, ext, tmp_path / "feat", pool=2, shard_size=3, batch_size=2, progress=False)
@@ -122,18 +122,18 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_after_an_interrupted_extraction_gives_the_same_store(tmp_path):
+def test_resume_after_an_interrupted_extraction_gives_the_same_store(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data")
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 6, 8, stride=8))
 
     def make() -> ModuleExtractor:
         class Grid(nn.Module):
-            def __init__(self):
+            def __init__(self) -> None:
                 super().__init__()
                 self.net = net
 
-            def forward(self, x):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
                 return self.net(x).permute(0, 2, 3, 1)
 
         return ModuleExtractor(Grid(), image_size=32, name="grid")
@@ -145,7 +145,7 @@ def test_resume_after_an_interrupted_extraction_gives_the_same_store(tmp_path):
     calls = {"n": 0}
     forward = ext.forward
 
-    def crashing(x):
+    def crashing(x: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
         if calls["n"] == 6:  # the probe, then a crash in the middle of the third shard
             raise Crash("power cut")
@@ -168,7 +168,7 @@ def test_resume_after_an_interrupted_extraction_gives_the_same_store(tmp_path):
     assert resumed.num_images == clean.num_images == 7
 
 
-def test_a_damaged_shard_is_extracted_again(tmp_path):
+def test_a_damaged_shard_is_extracted_again(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data", broken=())
     ext = PixelExtractor(image_size=32)
     extract_features(root, ext, tmp_path / "f", shard_size=4, progress=False)
@@ -178,7 +178,7 @@ def test_a_damaged_shard_is_extracted_again(tmp_path):
     assert files(tmp_path / "f") == good
 
 
-def test_workers_give_the_same_store(tmp_path):
+def test_workers_give_the_same_store(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data")
     ext = PixelExtractor(image_size=32)
     extract_features(root, ext, tmp_path / "w0", shard_size=3, batch_size=2, num_workers=0, progress=False)
@@ -186,7 +186,7 @@ def test_workers_give_the_same_store(tmp_path):
     assert files(tmp_path / "w0") == files(tmp_path / "w2")
 
 
-def test_other_options_are_refused_unless_overwrite(tmp_path):
+def test_other_options_are_refused_unless_overwrite(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data")
     extract_features(root, PixelExtractor(image_size=32), tmp_path / "f", pool=1, progress=False)
     with pytest.raises(FeatureStoreError, match=r"pool: 1 vs 2.*--overwrite"):
@@ -201,7 +201,7 @@ def test_other_options_are_refused_unless_overwrite(tmp_path):
     assert store.pool == 2 and store.grid == (1, 1) and store.num_sources == 9
 
 
-def test_unknown_format_version_is_rejected(tmp_path):
+def test_unknown_format_version_is_rejected(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data", broken=())
     extract_features(root, PixelExtractor(image_size=32), tmp_path / "f", progress=False)
     mpath = tmp_path / "f" / "manifest.json"
@@ -214,11 +214,11 @@ def test_unknown_format_version_is_rejected(tmp_path):
         FeatureStore.open(tmp_path)
 
 
-def test_float16_overflow_is_a_clear_error(tmp_path):
+def test_float16_overflow_is_a_clear_error(tmp_path: Path) -> None:
     root = write_photos(tmp_path / "data", broken=())
 
     class Huge(nn.Module):
-        def forward(self, x):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.full((x.shape[0], 1, 1, 2), 1e6)
 
     with pytest.raises(FeatureStoreError, match="float32"):

@@ -17,10 +17,10 @@ pytest.importorskip("skimage")
 pytest.importorskip("faiss")
 pytest.importorskip("lightning")
 
-from vqgan_lc import VQGANLC  # noqa: E402
-from vqgan_lc.codebook import load_codebook  # noqa: E402
-from vqgan_lc.demo import run_demo  # noqa: E402
-from vqgan_lc.tokens import TokenDataset, open_tokens  # noqa: E402
+from vqgan_lc import VQGANLC
+from vqgan_lc.codebook import load_codebook
+from vqgan_lc.demo import run_demo
+from vqgan_lc.tokens import TokenDataset, open_tokens
 
 STEPS, K = 4, 32
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,13 +58,13 @@ def tiny_dinov2(seed: int = 0, img_size: int = 56, reg_tokens: int = 4, depth: i
     ).eval()
 
 
-def batch(pre: Preprocessing, names=("astronaut", "coffee")) -> torch.Tensor:
+def batch(pre: Preprocessing, names: tuple[str, ...] = ("astronaut", "coffee")) -> torch.Tensor:
     return torch.stack([pre(pil(n)) for n in names])
 
 
 # ----------------------------------------------------------------------------------------- preprocessing
 @pytest.mark.parametrize("name", ["coffee", "rocket", "astronaut"])
-def test_preprocess_equals_clips_own_transform(name):
+def test_preprocess_equals_clips_own_transform(name: str) -> None:
     open_clip = pytest.importorskip("open_clip")
     ours = Preprocessing(224, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
     theirs = open_clip.image_transform(224, is_train=False)
@@ -72,7 +74,7 @@ def test_preprocess_equals_clips_own_transform(name):
     assert torch.equal(a, b)
 
 
-def test_preprocess_crop_is_centered_on_non_square_images():
+def test_preprocess_crop_is_centered_on_non_square_images() -> None:
     img = pil("rocket")  # 427 x 640 (h x w)
     x = Preprocessing(100)(img)
     ref = np.asarray(img.resize((int(100 * 640 / 427), 100), Image.BICUBIC), dtype=np.float32)
@@ -82,7 +84,7 @@ def test_preprocess_crop_is_centered_on_non_square_images():
 
 
 # ----------------------------------------------------------------------------------------- pixels, pooling
-def test_pixel_extractor_gives_raw_patches():
+def test_pixel_extractor_gives_raw_patches() -> None:
     ext = PixelExtractor(patch_size=16, image_size=64)
     x = batch(ext.preprocess)
     f = ext(x)
@@ -94,7 +96,7 @@ def test_pixel_extractor_gives_raw_patches():
     assert ext.describe()["extractor"] == "pixels" and ext.describe()["image_size"] == [64, 64]
 
 
-def test_pooling_averages_k_by_k_cells():
+def test_pooling_averages_k_by_k_cells() -> None:
     f = torch.randn(2, 16, 16, 8)
     p = pool_features(f, 4)
     assert p.shape == (2, 4, 4, 8)
@@ -104,13 +106,13 @@ def test_pooling_averages_k_by_k_cells():
         pool_features(f, 3)
 
 
-def test_any_module_is_an_extractor():
+def test_any_module_is_an_extractor() -> None:
     class Grid(nn.Module):
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 5, 8, stride=8)
 
-        def forward(self, x):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.conv(x).permute(0, 2, 3, 1)
 
     ext = as_extractor(Grid(), image_size=32)
@@ -127,7 +129,7 @@ def test_any_module_is_an_extractor():
 
 
 # ----------------------------------------------------------------------------------------- CLIP
-def test_clip_patch_tokens_are_ln_post_then_proj_without_cls():
+def test_clip_patch_tokens_are_ln_post_then_proj_without_cls() -> None:
     model = tiny_clip()
     ext = ClipExtractor(model)
     x = batch(ext.preprocess)
@@ -149,7 +151,7 @@ def test_clip_patch_tokens_are_ln_post_then_proj_without_cls():
 
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors", "visual-only"])
-def test_clip_checkpoint_loaded_by_path_matches_the_in_memory_model(tmp_path, fmt):
+def test_clip_checkpoint_loaded_by_path_matches_the_in_memory_model(tmp_path: Path, fmt: str) -> None:
     model = tiny_clip(seed=1)
     cfg = tmp_path / "tiny-clip.json"
     cfg.write_text(json.dumps({"embed_dim": 24, "vision_cfg": VISION, "text_cfg": TEXT}))
@@ -174,15 +176,15 @@ def test_clip_checkpoint_loaded_by_path_matches_the_in_memory_model(tmp_path, fm
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::torch.jit.TracerWarning")
-def test_clip_torchscript_archive_loads_with_quick_gelu(tmp_path):
+def test_clip_torchscript_archive_loads_with_quick_gelu(tmp_path: Path) -> None:
     model = tiny_clip(seed=2, quick_gelu=True)
 
     class Holder(nn.Module):  # the OpenAI release is a TorchScript CLIP whose state dict has visual.*
-        def __init__(self):
+        def __init__(self) -> None:
             super().__init__()
             self.visual = model.visual
 
-        def forward(self, x):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.visual(x)
 
     archive = tmp_path / "ViT-tiny.pt"
@@ -197,7 +199,7 @@ def test_clip_torchscript_archive_loads_with_quick_gelu(tmp_path):
     assert not torch.allclose(plain(x), ref, atol=1e-4)  # QuickGELU matters
 
 
-def test_clip_needs_weights_and_a_known_architecture(tmp_path):
+def test_clip_needs_weights_and_a_known_architecture(tmp_path: Path) -> None:
     with pytest.raises(MissingWeightsError, match="--weights"):
         create_extractor("clip")
     with pytest.raises(MissingWeightsError, match="does not exist"):
@@ -225,7 +227,7 @@ def manual_dinov2(model: nn.Module, x: torch.Tensor, block: int) -> torch.Tensor
     return h[:, model.num_prefix_tokens :]
 
 
-def test_dinov2_layer_is_the_third_from_last_block_with_final_norm():
+def test_dinov2_layer_is_the_third_from_last_block_with_final_norm() -> None:
     model = tiny_dinov2(depth=5)
     assert model.num_prefix_tokens == 5  # CLS + 4 registers
     ext = DINOv2Extractor(model, layer=-3, load_size=64, image_size=56)
@@ -257,7 +259,7 @@ def _official_layout(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 @pytest.mark.parametrize("fmt", ["timm", "official"])
-def test_dinov2_loaded_by_path_matches_the_in_memory_model(tmp_path, monkeypatch, fmt):
+def test_dinov2_loaded_by_path_matches_the_in_memory_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
     import timm
 
     model = tiny_dinov2(seed=3)
@@ -265,7 +267,8 @@ def test_dinov2_loaded_by_path_matches_the_in_memory_model(tmp_path, monkeypatch
     weights = tmp_path / "dinov2_tiny.pth"
     torch.save(state, weights)
 
-    def create(name, pretrained=False, img_size=224, num_classes=0, **kw):
+    def create(name: str, pretrained: bool = False, img_size: int = 224, num_classes: int = 0,
+               **kw: Any) -> nn.Module:
         assert name == "tiny_dinov2" and pretrained is False
         return tiny_dinov2(seed=99, img_size=img_size)  # other random weights: the file must overwrite them
 
@@ -278,7 +281,7 @@ def test_dinov2_loaded_by_path_matches_the_in_memory_model(tmp_path, monkeypatch
     assert loaded.describe()["weights_sha256"] == sha256_file(weights)
 
 
-def test_dinov2_official_position_embedding_is_resampled_like_dinov2():
+def test_dinov2_official_position_embedding_is_resampled_like_dinov2() -> None:
     src = tiny_dinov2(seed=4, img_size=56)  # 4 x 4 grid
     dst = tiny_dinov2(seed=5, img_size=42)  # 3 x 3 grid
     official = _official_layout(src.state_dict())
@@ -327,7 +330,7 @@ def dinov2_tiny(pretrained=True, **kwargs):
 '''
 
 
-def test_dinov2_from_a_local_torch_hub_directory(tmp_path):
+def test_dinov2_from_a_local_torch_hub_directory(tmp_path: Path) -> None:
     hub = tmp_path / "dinov2-repo"
     hub.mkdir()
     (hub / "hubconf.py").write_text(HUBCONF)
@@ -346,14 +349,14 @@ def test_dinov2_from_a_local_torch_hub_directory(tmp_path):
     assert torch.allclose(f, manual_dinov2(net.vit, x56, 2).reshape(2, 4, 4, 48), atol=1e-5)
 
 
-def test_dinov2_needs_weights():
+def test_dinov2_needs_weights() -> None:
     with pytest.raises(MissingWeightsError, match="--weights"):
         create_extractor("dinov2")
     with pytest.raises(ExtractorError, match="unknown extractor"):
         create_extractor("sift")  # type: ignore[arg-type]
 
 
-def test_state_dict_hash_changes_with_the_weights():
+def test_state_dict_hash_changes_with_the_weights() -> None:
     a, b = ModuleExtractor(nn.Linear(2, 2)), ModuleExtractor(nn.Linear(2, 2))
     assert a.describe()["state_dict_sha256"] != b.describe()["state_dict_sha256"]
     assert math.isclose(len(a.describe()["state_dict_sha256"]), 64)

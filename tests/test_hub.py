@@ -35,8 +35,8 @@ from vqgan_lc.releases import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import OFFICIAL_TINY, tiny_model  # noqa: E402
-from hub_server import COMMIT, FakeHub  # noqa: E402
+from conftest import OFFICIAL_TINY, tiny_model
+from hub_server import COMMIT, FakeHub
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENT = Path(__file__).parent / "hub_client.py"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -126,7 +127,7 @@ def test_blocked_cpu_path_never_holds_the_full_matrix(monkeypatch: pytest.Monkey
     seen: list[int] = []
     real_empty = torch.empty
 
-    def spy(*shape, **kw):  # noqa: ANN002, ANN003
+    def spy(*shape: Any, **kw: Any) -> torch.Tensor:
         t = real_empty(*shape, **kw)
         seen.append(t.numel())
         return t

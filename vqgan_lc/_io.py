@@ -209,7 +209,7 @@ def load_weights_file(path: str | os.PathLike, option: str = "--weights") -> dic
             obj = {k: v for k, v in obj.items() if k not in ("input_resolution", "context_length", "vocab_size")}
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - safetensors/torch raise many kinds for a bad file
+    except Exception as e:  # safetensors/torch raise many kinds for a bad file
         msg = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
             f"{path} is not a readable weights file (.safetensors, a torch.save state dict or a TorchScript "

@@ -34,7 +34,7 @@ _KIND_FIXED: dict[str, dict[str, Any]] = {"fc": {"distance": "cosine"}, "ema": {
 _FIELD_DEFAULTS: dict[str, Any] = {"distance": "euclidean", "codebook_weight": 0.33}
 
 
-def _kind_default(kind: str, name: str) -> Any:  # noqa: ANN401 - a field's value
+def _kind_default(kind: str, name: str) -> Any:
     return _KIND_FIXED.get(kind, {}).get(name, _FIELD_DEFAULTS[name])
 
 

@@ -37,7 +37,7 @@ def load_mage_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of vqgan_jax_strongaug.ckpt")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling raises many kinds
+    except Exception as e:  # unpickling raises many kinds
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} cannot be read safely as a MAGE VQGAN checkpoint ({first}); only tensors "
                               "and plain containers are allowed, so pass the release's state-dict file") from e

@@ -56,7 +56,7 @@ Interpolation = Literal["bicubic", "bilinear"]
 RESIZE_RULES: tuple[str, ...] = ("shorter-side",)
 CROP_RULES: tuple[str, ...] = ("center",)
 INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear")
-_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
 # ----------------------------------------------------------------------------------------- preprocessing
@@ -280,7 +280,7 @@ def _from_file_list(root: Path, file_list: Path) -> ImageList:
         classes = tuple(sorted(names))
         names_to_idx = {n: classes.index(n) for n in names}
     paths = tuple(sorted(entries))
-    labels = tuple(names_to_idx[entries[p]] if entries[p] is not None else UNLABELLED for p in paths)
+    labels = tuple(UNLABELLED if (name := entries[p]) is None else names_to_idx[name] for p in paths)
     return ImageList(root=root, paths=paths, labels=labels, classes=classes)
 
 

@@ -52,15 +52,15 @@ def write_tiles(out: Path, size: int = TILE) -> tuple[Path, Path]:
         a = np.stack([a] * 3, -1) if a.ndim == 2 else a[..., :3]
         img = Image.fromarray(np.ascontiguousarray(a))
         s = 320 / min(img.size)
-        img = np.asarray(img.resize((round(img.size[0] * s), round(img.size[1] * s)), Image.BICUBIC))
-        h, w = img.shape[:2]
+        arr = np.asarray(img.resize((round(img.size[0] * s), round(img.size[1] * s)), Image.Resampling.BICUBIC))
+        h, w = arr.shape[:2]
         cut = int(h * 0.8) // size * size
         for split, (y0, y1) in ((train, (0, cut)), (val, (cut, h))):
             d = split / name
             d.mkdir(parents=True, exist_ok=True)
             for y in range(y0, y1 - size + 1, size):
                 for x in range(0, w - size + 1, size):
-                    Image.fromarray(img[y : y + size, x : x + size]).save(d / f"{y:04d}_{x:04d}.png")
+                    Image.fromarray(arr[y : y + size, x : x + size]).save(d / f"{y:04d}_{x:04d}.png")
     return train, val
 
 

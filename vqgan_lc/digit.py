@@ -152,6 +152,10 @@ class DiscriminativeTokenizer(PretrainedMixin, nn.Module):
     FORMAT_VERSION: ClassVar[int] = DIGIT_FORMAT_VERSION
     config_class: ClassVar[type[ExtractorSpec]] = ExtractorSpec
     WHAT: ClassVar[str] = "DiGIT tokenizer"
+    centroids: torch.Tensor  # registered buffers
+    centroid_sq_norms: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, extractor: DINOv2Extractor, centroids: torch.Tensor | Codebook, *,
                  spec: ExtractorSpec | None = None, check_provenance: bool = True,

@@ -32,7 +32,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLik
         raise CheckpointError(f"checkpoint {path} does not exist; pass a .ckpt written by vqgan-lc train")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad pickle
+    except Exception as e:  # torch raises many kinds for a bad pickle
         raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e})") from e
     meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if meta is None or "state_dict" not in ckpt:

@@ -84,7 +84,7 @@ class Format:
 
     def describe(self, path: str | Path) -> Description:
         """A ``Description`` of ``path`` (sizes, config, provenance)."""
-        return self._resolve(self.describer)(Path(path))  # type: ignore[no-any-return]
+        return self._resolve(self.describer)(Path(path))
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (

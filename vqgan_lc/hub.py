@@ -74,7 +74,7 @@ def enable_offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:  # imported already: its constant was read from the environment at import
-        constants.HF_HUB_OFFLINE = True
+        constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
 
 
 def is_offline(local_files_only: bool = False) -> bool:

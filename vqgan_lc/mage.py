@@ -144,7 +144,7 @@ class MAGEVQGAN(PretrainedMixin, nn.Module):
         super().__init__()
         self.provenance = dict(provenance or {})
         self.config = config = config or MAGEConfig()
-        common = dict(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.num_res_blocks,
+        common: dict[str, Any] = dict(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.num_res_blocks,
                       z_channels=config.z_channels, dropout=config.dropout)
         self.encoder = MAGEEncoder(in_channels=config.in_channels, **common)
         self.decoder = MAGEDecoder(out_ch=config.out_ch, **common)

@@ -71,7 +71,7 @@ class VQGANLC(PretrainedMixin, nn.Module):
         self.provenance = dict(provenance or {})
         self._preprocessing = check_preprocessing(preprocessing) if preprocessing is not None \
             else default_preprocessing(config.resolution)
-        common = dict(
+        common: dict[str, Any] = dict(
             ch=config.ch,
             ch_mult=config.ch_mult,
             num_res_blocks=config.num_res_blocks,
@@ -106,7 +106,7 @@ class VQGANLC(PretrainedMixin, nn.Module):
             raise ValueError("a k-means codebook is only used by the 'lc' quantizer")
         config = config.replace(quantizer={"codebook_size": codebook.shape[0], "codebook_dim": codebook.shape[1]})
         model = cls(config, provenance=provenance)
-        model.quantize.set_codebook(codebook)
+        model.quantize.set_codebook(codebook)  # type: ignore[operator]
         return model
 
     @property

@@ -191,7 +191,7 @@ class PretrainedMixin:
         directory = _resolve_pretrained(path, kind=cls.HUB_KIND, revision=revision, cache_dir=cache_dir,
                                         local_files_only=local_files_only, token=token)
         model = cls._load_pretrained(directory)
-        return model.to(map_location or "cpu").eval()  # type: ignore[attr-defined,no-any-return]
+        return model.to(map_location or "cpu").eval()  # type: ignore[attr-defined]
 
     @classmethod
     def _build_loaded(cls: type[P], config: Any, meta: dict[str, Any], directory: Path) -> P:

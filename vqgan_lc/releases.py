@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from .config import ModelConfig
 
@@ -112,12 +112,12 @@ class Release:
         return out
 
 
-def _listed_mib(mib: int) -> dict[str, int]:
+def _listed_mib(mib: int) -> dict[str, Any]:
     """Bounds for a listing that printed ``mib``M (rounded either way to a whole MiB)."""
     return {"min_size": (mib - 1) * _MIB, "max_size": (mib + 1) * _MIB}
 
 
-def _listed_gib(tenths: int) -> dict[str, int]:
+def _listed_gib(tenths: int) -> dict[str, Any]:
     """Bounds for a listing that printed ``tenths / 10``G."""
     return {"min_size": (tenths - 1) * _GIB // 10, "max_size": (tenths + 1) * _GIB // 10}
 

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             )
     cb = build.codebook_from_features(
         store, k=args.k, per_class=args.per_class, niter=args.niter, seed=args.seed,
-        max_points_per_centroid=args.max_points_per_centroid, small_class=args.small_class, gpu=gpu,
+        max_points_per_centroid=args.max_points_per_centroid, small_class=args.small_class, gpu=gpu,  # type: ignore[arg-type]
         progress=progress,
     )
     from ..codebook import save_codebook

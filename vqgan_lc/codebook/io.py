@@ -71,7 +71,7 @@ def load_codebook(path: str | os.PathLike) -> Codebook:
         return _load_npy(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a bad pickle
+    except Exception as e:  # torch raises many kinds for a bad pickle
         raise CodebookError(
             f"{path} is not a readable codebook: expected our .safetensors file or the official "
             f".pth holding one float tensor ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"

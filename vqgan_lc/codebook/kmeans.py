@@ -221,7 +221,7 @@ def kmeans(
         )
         obj = float(km.train(pts, init_centroids=start))
         centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-        splits = int(sum(s["nsplit"] for s in km.iteration_stats))
+        splits = int(sum(s["nsplit"] for s in km.iteration_stats))  # type: ignore[union-attr]
         index = km.index
     else:
         centroids = np.ascontiguousarray(start, dtype=np.float32)

@@ -64,7 +64,7 @@ class ClipExtractor(FeatureExtractor):
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        return tuple(self.visual.grid_size)  # type: ignore[return-value]
+        return tuple(self.visual.grid_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         v = self.visual

@@ -80,7 +80,7 @@ class DINOv2Extractor(FeatureExtractor):
         self.block_index = layer % depth
         self.model_name = model_name or type(model).__name__
         patch = getattr(model, "patch_size", None) or model.patch_embed.patch_size  # type: ignore[union-attr]
-        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)  # type: ignore[arg-type]
         if image_size % self.patch_size:
             raise ExtractorError(f"image size {image_size} is not a multiple of the patch size {self.patch_size}")
 
@@ -90,9 +90,9 @@ class DINOv2Extractor(FeatureExtractor):
         b = images.shape[0]
         g = self.resize_to // self.patch_size
         if self.hub_style:
-            tokens = self.model.get_intermediate_layers(images, n=[self.block_index], reshape=False, norm=True)[0]
+            tokens = self.model.get_intermediate_layers(images, n=[self.block_index], reshape=False, norm=True)[0]  # type: ignore[operator]
         else:
-            tokens = self.model.forward_intermediates(
+            tokens = self.model.forward_intermediates(  # type: ignore[operator]
                 images, indices=[self.block_index], norm=True, stop_early=True,
                 output_fmt="NLC", intermediates_only=True,
             )[0]
@@ -170,7 +170,7 @@ def convert_dinov2_state_dict(state: Mapping[str, torch.Tensor], model: nn.Modul
 
     state = dict(state)
     pos = state.get("pos_embed")
-    gh, gw = model.patch_embed.grid_size  # type: ignore[union-attr]
+    gh, gw = model.patch_embed.grid_size  # type: ignore[misc,union-attr]
     if pos is not None and gh == gw:
         n = pos.shape[1]
         n_prefix = n - int(math.isqrt(n)) ** 2  # 1 (official: cls position) or 0 (timm no_embed_class)
@@ -181,7 +181,7 @@ def convert_dinov2_state_dict(state: Mapping[str, torch.Tensor], model: nn.Modul
             grid = F.interpolate(grid, scale_factor=(s, s), mode="bicubic", align_corners=False, antialias=False)
             grid = grid.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
             state["pos_embed"] = torch.cat([pos[:, :n_prefix].float(), grid], dim=1).to(pos.dtype)
-    return checkpoint_filter_fn(state, model)
+    return checkpoint_filter_fn(state, model)  # type: ignore[arg-type]
 
 
 

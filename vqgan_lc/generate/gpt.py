@@ -336,11 +336,11 @@ class GPT(PretrainedMixin, nn.Module):
         self.provenance = dict(provenance or {})
         c = config
         self.tok_emb = nn.Embedding(c.input_vocab, c.n_embd)
-        self.tok_emb._fairseq_scale = c.embed_scale
+        self.tok_emb._fairseq_scale = c.embed_scale  # type: ignore[assignment]
         self.pos_emb = nn.Parameter(torch.zeros(1, c.n_positions, c.n_embd))
         if c.prefix_vocab:
             self.prefix_emb = nn.Embedding(c.prefix_vocab, c.n_embd)
-            self.prefix_emb._fairseq_scale = c.embed_scale
+            self.prefix_emb._fairseq_scale = c.embed_scale  # type: ignore[assignment]
             self.prefix_pos_emb = nn.Parameter(torch.zeros(1, c.prefix_len, c.n_embd))
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))

@@ -205,8 +205,8 @@ def train_joint_heads(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, steps
     g = torch.Generator().manual_seed(seed)
     heads = torch.nn.ModuleList(torch.nn.Linear(x.shape[2], n_classes) for _ in range(x.shape[1]))
     for h in heads:
-        torch.nn.init.normal_(h.weight, std=0.01, generator=g)
-        torch.nn.init.zeros_(h.bias)
+        torch.nn.init.normal_(h.weight, std=0.01, generator=g)  # type: ignore[arg-type]
+        torch.nn.init.zeros_(h.bias)  # type: ignore[arg-type]
     opt = torch.optim.SGD(heads.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     n = x.shape[0]
@@ -216,7 +216,7 @@ def train_joint_heads(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, steps
             xb, yb = x[idx], y[idx]
             loss = sum(F.cross_entropy(head(xb[:, i]), yb) for i, head in enumerate(heads))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[union-attr]
             opt.step()
             sched.step()
     return heads

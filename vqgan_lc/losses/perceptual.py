@@ -52,7 +52,7 @@ class PerceptualLoss(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> PerceptualLoss:  # noqa: ARG002 - always eval (no lin dropout)
+    def train(self, mode: bool = True) -> PerceptualLoss:  # always eval (no lin dropout)
         return super().train(False)
 
     def forward(self, images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:

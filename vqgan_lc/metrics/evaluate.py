@@ -162,7 +162,7 @@ def evaluate(
     tok = None
     images: ImageList | None = None
     if mode == "tokens":
-        tok = open_tokens(tokens)
+        tok = open_tokens(tokens)  # type: ignore[arg-type]
         problems = check_compatible(tok.manifest, model)
         if problems and not opts.force:
             raise TokenFormatError(
@@ -195,14 +195,14 @@ def evaluate(
                               ("vgg", opts.lpips_vgg_weights, "--lpips-vgg-weights")):
         metric, entry = _build_optional(
             f"LPIPS ({'AlexNet' if net == 'alex' else 'VGG16'})", option, path, have_data,
-            lambda net=net, path=path: LPIPSMetric(net, path, convention=opts.lpips_convention).to(dev),
+            lambda net=net, path=path: LPIPSMetric(net, path, convention=opts.lpips_convention).to(dev),  # type: ignore[misc]
         )
         if metric is not None:
             lpips_nets[net] = metric
         else:
-            skipped_metrics[f"lpips_{net}"] = entry
+            skipped_metrics[f"lpips_{net}"] = entry  # type: ignore[assignment]
     fid, fid_entry = _build_optional("rFID (Inception-v3)", "--inception-weights", opts.inception_weights, have_data,
-                                     lambda: build_fid(opts.inception_weights, device=dev))
+                                     lambda: build_fid(opts.inception_weights, device=dev))  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------- the pass
     usage = CodebookUsage(model.codebook_size, device=dev)
@@ -236,7 +236,7 @@ def evaluate(
             fid.update(to_uint8(x), real=True)
             fid.update(to_uint8(rec), real=False)
 
-    bar = Progress(len(images) if images is not None else len(tok), "evaluate", enabled=progress)
+    bar = Progress(len(images) if images is not None else len(tok), "evaluate", enabled=progress)  # type: ignore[arg-type]
     with torch.inference_mode():
         if images is not None:
             loader = torch.utils.data.DataLoader(
@@ -255,13 +255,13 @@ def evaluate(
                     if tok is not None:
                         ids = torch.from_numpy(tok[batch.indices].astype(np.int64))
                     else:
-                        ids = enc_timer(lambda x=x: model.encode(x), len(x))
+                        ids = enc_timer(lambda x=x: model.encode(x), len(x))  # type: ignore[misc]
                         usage.update(ids)
                     consume([images.paths[i] for i in batch.indices], x, ids)
                 bar.update(len(batch.indices) + len(batch.failed))
         else:
-            for s in range(0, len(tok), opts.batch_size):
-                ids = torch.from_numpy(tok[s : s + opts.batch_size].astype(np.int64))
+            for s in range(0, len(tok), opts.batch_size):  # type: ignore[arg-type]
+                ids = torch.from_numpy(tok[s : s + opts.batch_size].astype(np.int64))  # type: ignore[index]
                 usage.update(ids)
                 consume([], None, ids)
                 bar.update(len(ids))
@@ -289,7 +289,7 @@ def evaluate(
         else:
             metrics[key] = skipped_metrics[key]
     if fid is None:
-        metrics["rfid"] = fid_entry
+        metrics["rfid"] = fid_entry  # type: ignore[assignment]
     elif n_img < 2:
         metrics["rfid"] = not_computed("FID needs at least 2 images")
     else:

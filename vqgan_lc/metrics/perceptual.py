@@ -62,7 +62,7 @@ class LPIPSMetric(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> LPIPSMetric:  # noqa: ARG002 - a metric: always eval (no lin dropout)
+    def train(self, mode: bool = True) -> LPIPSMetric:  # a metric: always eval (no lin dropout)
         return super().train(False)
 
     @torch.no_grad()

@@ -44,7 +44,7 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
                                       f"with a local copy of {INCEPTION_WEIGHTS_NAME}; nothing is downloaded")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling raises many kinds
+    except Exception as e:  # unpickling raises many kinds
         raise MissingWeightsError(f"{p} is not a plain tensor state dict; pass torch-fidelity's {INCEPTION_WEIGHTS_NAME}") from e
     if not isinstance(state, dict) or "fc.weight" not in state:
         raise MissingWeightsError(f"{p} is not torch-fidelity's Inception state dict (no fc.weight)")

@@ -47,7 +47,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
 
     @property
-    def last_layer(self) -> nn.Parameter:
+    def last_layer(self) -> torch.Tensor:
         """The weight the adaptive GAN weight is computed against (taming: conv_out.weight)."""
         return self.conv_out.weight
 
@@ -56,5 +56,5 @@ class Decoder(nn.Module):
         for level in reversed(self.up):
             h = level(h)
             if hasattr(level, "upsample"):
-                h = level.upsample(h)
+                h = level.upsample(h)  # type: ignore[operator]
         return self.conv_out(swish(self.norm_out(h)))

@@ -75,6 +75,6 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level(h)
             if hasattr(level, "downsample"):
-                h = level.downsample(h)
+                h = level.downsample(h)  # type: ignore[operator]
         h = self.mid(h)
         return self.conv_out(swish(self.norm_out(h)))

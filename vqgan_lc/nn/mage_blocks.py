@@ -151,7 +151,7 @@ class MAGEDecoder(nn.Module):
             level = self.up[i]
             h = level(h)
             if i != 0:
-                h = level.upsample(h)
+                h = level.upsample(h)  # type: ignore[operator]
         return self.conv_out(swish(self.norm_out(h)))
 
 

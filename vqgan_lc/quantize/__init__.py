@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .base import CodebookQuantizer
@@ -16,7 +18,7 @@ def build_quantizer(config: ModelConfig, *, inference_only: bool = False) -> Cod
     """The quantizer named by ``config.quantizer.kind``; ``inference_only`` picks the LC export form."""
     q = config.quantizer
     assert q.distance is not None and q.codebook_weight is not None  # resolved by QuantizerConfig
-    common = dict(distance=q.distance, commit_weight=q.commit_weight, codebook_weight=q.codebook_weight)
+    common: dict[str, Any] = dict(distance=q.distance, commit_weight=q.commit_weight, codebook_weight=q.codebook_weight)
     if inference_only:
         if q.kind != "lc":
             raise ConfigError(f"inference-only export exists for the 'lc' quantizer, not {q.kind!r}; load the full weights")

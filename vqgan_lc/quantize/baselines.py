@@ -73,6 +73,10 @@ class FCQuantizer(VQQuantizer):
 class EMAQuantizer(CodebookQuantizer):
     """VQGAN-EMA: the codes (a buffer) move towards the mean of their latents in training forwards."""
 
+    embedding: torch.Tensor  # registered buffers
+    cluster_size: torch.Tensor
+    embed_avg: torch.Tensor
+
     def __init__(
         self,
         codebook_size: int,

@@ -27,6 +27,8 @@ class LCQuantizer(CodebookQuantizer):
     Initialisation follows the official code: ``P.weight ~ N(0, D'^-1/2)``, default bias.
     """
 
+    codebook: torch.Tensor  # a registered buffer
+
     def __init__(
         self,
         codebook_size: int,
@@ -77,6 +79,8 @@ class ProjectedCodebookQuantizer(CodebookQuantizer):
     It searches and decodes exactly as the ``LCQuantizer`` it was exported from (same table, same
     ids, same vectors) but has nothing to train.
     """
+
+    projected: torch.Tensor  # a registered buffer
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ import torch
 from ..errors import ConfigError
 
 try:  # the optional fused C kernel (built by setup.py where a C compiler exists)
-    from . import _search as _ext
+    from . import _search as _ext  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - exercised on installs without a compiler
     _ext = None
 
@@ -144,8 +144,8 @@ def _blocked_search(z: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor, qb: in
                 # Strictly smaller only: an equal distance in a later tile keeps the lower index.
                 better = v < best_v
                 best_v = torch.where(better, v, best_v)
-                best_i = torch.where(better, i + cs, best_i)
-        ids[qs : qs + zq.shape[0]] = best_i
+                best_i = torch.where(better, i + cs, best_i)  # type: ignore[arg-type]
+        ids[qs : qs + zq.shape[0]] = best_i  # type: ignore[assignment]
     return ids
 
 

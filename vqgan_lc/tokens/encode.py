@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -148,7 +148,7 @@ def _encode_shards(
     """Encode the listed ``(index, start, stop)`` shards and write each as soon as it is complete."""
     if not shards:
         return
-    model = model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[attr-defined]
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     order = [i for _, s, e in shards for i in range(s, e)]
     draft = draft_size(opts.image_size) if opts.jpeg_draft else None
@@ -192,7 +192,7 @@ Encoded = tuple[Batch, "np.ndarray | None"]
 
 
 def _loader_batches(dataset: ImageDataset, order: list[int], opts: EncodeOptions,
-                    encode: Callable[[torch.Tensor], np.ndarray], device: torch.device) -> Iterator[Encoded]:
+                    encode: Callable[[torch.Tensor], np.ndarray], device: torch.device) -> Generator[Encoded, None, None]:
     """``num_workers`` DataLoader processes decode; this thread runs the model (all intra-op threads)."""
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, order), batch_size=opts.batch_size, num_workers=opts.num_workers,
@@ -208,7 +208,7 @@ def _loader_batches(dataset: ImageDataset, order: list[int], opts: EncodeOptions
 
 
 def _parallel_batches(dataset: ImageDataset, order: list[int], opts: EncodeOptions,
-                      encode: Callable[[torch.Tensor], np.ndarray], lanes: int) -> Iterator[Encoded]:
+                      encode: Callable[[torch.Tensor], np.ndarray], lanes: int) -> Generator[Encoded, None, None]:
     """``lanes`` threads, each decoding one whole batch and running the model on it with its share of the
     intra-op threads (PIL and torch release the GIL); batches come back in order. At most ``2 * lanes``
     batches are in flight, so a thread never waits for this one to take a result."""
@@ -288,7 +288,7 @@ def encode_dataset(
         if model_dir == str(out / WORKER_MODEL_DIR):
             shutil.rmtree(model_dir, ignore_errors=True)
     else:
-        dev = torch.device(device) if device is not None else next(model.parameters()).device
+        dev = torch.device(device) if device is not None else next(model.parameters()).device  # type: ignore[attr-defined]
         _encode_shards(model, images, out, todo, opts, dev, progress)
     manifest = write_manifest(out, images, descriptor)
     log.info("%s: %d images -> %d rows of %dx%d tokens in %d shards (%d skipped)", out, len(images),

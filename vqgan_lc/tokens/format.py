@@ -115,7 +115,10 @@ def write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
 
 def write_manifest(out: Path, images: ImageList, descriptor: dict[str, Any]) -> dict[str, Any]:
     """Write ``labels.npy``, ``paths.txt`` and, last, ``manifest.json`` from the finished shards' records."""
-    shards, labels, paths, skipped = [], [], [], []
+    shards: list[dict[str, Any]] = []
+    labels: list[int] = []
+    paths: list[str] = []
+    skipped: list[Any] = []
     row = 0
     for index in range(len(shard_ranges(len(images), descriptor["shard_size"]))):
         rec = json.loads((out / shard_record_name(index)).read_text())
@@ -271,7 +274,7 @@ def describe(path: Path) -> Description:
         "classes": len(m.get("classes") or []),
         "image_size": (m.get("preprocessing") or {}).get("image_size"),
     }
-    details = {k: m[k] for k in ("tokenizer", "grid", "dtype", "num_rows", "num_skipped", "preprocessing") if k in m}
+    details: dict[str, Any] = {k: m[k] for k in ("tokenizer", "grid", "dtype", "num_rows", "num_skipped", "preprocessing") if k in m}
     return Description("token directory", TOKENS_FORMAT, TOKENS_FORMAT_VERSION, fields, details)
 
 

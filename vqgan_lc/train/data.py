@@ -77,7 +77,7 @@ class ImageFolderDataset(Dataset):
             x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
             img = img.crop((x, y, x + s, y + s))
             if self.flip and bool(rng.random() < 0.5):
-                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         else:
             img = pre.crop_image(img)
         return {"image": pre.to_tensor(img), "label": self.images.labels[idx], "path": rel, "cursor": (epoch, pos)}
@@ -151,7 +151,7 @@ class _ShardedSampler(DistributedSampler):
             full += full[: self.per_rank * self.num_replicas - len(full)]
         return full[self.rank :: self.num_replicas]
 
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self.epoch
         start = self.start_fn(epoch) if self.start_fn is not None else 0
         for pos, i in enumerate(self.order(epoch)[start:], start):

@@ -262,7 +262,8 @@ class GPTLightningModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         tc = self.train_config
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.gpt.named_parameters():
             # minGPT: decay Linear weights only; biases, LayerNorms, embeddings and positions are not decayed.
             (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)

@@ -218,10 +218,10 @@ class VQGANLCModule(pl.LightningModule):
             images, scale = images.new_zeros(1, *images.shape[1:]), 0.0
         self._empty_in_row = 0
         self._readable_images += int(images.shape[0]) if scale else 0
-        opt_g, opt_d = self.optimizers()
+        opt_g, opt_d = self.optimizers()  # type: ignore[attr-defined]
         lr_g = lr_d = self.optim_config.lr * self.lr_factor(self.gen_step)  # nanoGPT's way: no scheduler state
-        set_lr(opt_g, lr_g)
-        set_lr(opt_d, lr_d)
+        set_lr(opt_g, lr_g)  # type: ignore[arg-type]
+        set_lr(opt_d, lr_d)  # type: ignore[arg-type]
         gan = self.gan_active
 
         # Generator. (No toggle_optimizer: switching requires_grad off on the discriminator's
@@ -246,7 +246,7 @@ class VQGANLCModule(pl.LightningModule):
         if self._train_usage is not None and scale:
             self._train_usage.add_counts(out.quantizer.counts)
 
-        logs = {f"train/{k}": v for k, v in terms.items()}
+        logs: dict[str, torch.Tensor | float] = {f"train/{k}": v for k, v in terms.items()}
         logs.update({"train/lr": lr_g, "train/lr_disc": lr_d, "train/gen_step": float(self.gen_step)})
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=images.shape[0])
         self.log("rec", terms["rec_loss"], prog_bar=True, on_step=True, on_epoch=False, logger=False,
@@ -268,7 +268,7 @@ class VQGANLCModule(pl.LightningModule):
             return
         self._train_usage.sync()
         logs = {"train/utilization": self._train_usage.utilization, "train/perplexity": self._train_usage.perplexity}
-        dm = self.trainer.datamodule
+        dm = self.trainer.datamodule  # type: ignore[attr-defined]
         if isinstance(dm, ImageDataModule):
             n = torch.tensor(float(len(dm.skipped)), device=self.device)
             logs["train/skipped_images"] = float(self.trainer.strategy.reduce(n, reduce_op="sum"))
