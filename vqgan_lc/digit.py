@@ -297,12 +297,14 @@ class DiscriminativeTokenizer(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ files
     def save_pretrained(self, directory: str | os.PathLike, *, embed_weights: bool | None = None,
-                        provenance: dict[str, Any] | None = None) -> Path:
+                        provenance: dict[str, Any] | None = None, push_to_hub: bool = False,
+                        repo_id: str | None = None, token: str | bool | None = None) -> Path:
         """Write the tokenizer directory (see the module docstring).
 
         The DINOv2 weights are referenced by path + sha256 when the tokenizer was built from a file;
         ``embed_weights=True`` (or no source file) copies them into ``extractor.safetensors``.
-        ``provenance`` replaces ``self.provenance`` in the written file.
+        ``provenance`` replaces ``self.provenance`` in the written file; ``push_to_hub=True`` then uploads
+        the directory to ``repo_id``.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -328,7 +330,7 @@ class DiscriminativeTokenizer(PretrainedMixin, nn.Module):
             "provenance": dict(self.provenance if provenance is None else provenance),
         }
         atomic_write_json(directory / CONFIG_NAME, meta)
-        return directory
+        return self._after_save(directory, push_to_hub=push_to_hub, repo_id=repo_id, token=token)
 
     @classmethod
     def _load_pretrained(cls, directory: Path) -> DiscriminativeTokenizer:

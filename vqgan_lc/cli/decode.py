@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from ..tokenizer import DecodingTokenizer, load_tokenizer
     from ..tokens import TokenFormatError, check_compatible, open_tokens
 
-    model = load_tokenizer(args.model, map_location="cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_tokenizer(args.model, map_location=device)
     if not isinstance(model, DecodingTokenizer):
         raise VQGANLCError(f"{args.model} is a {model.kind} tokenizer, which has no pixel decoder; pass a VQGAN-LC "
                            "or MAGE VQGAN model")
@@ -55,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     rows = parse_indices(args.indices, len(tokens))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
     for s in range(0, len(rows), args.batch_size):
         batch = list(rows[s : s + args.batch_size])
         ids = torch.from_numpy(tokens[batch].astype(np.int64)).to(device)

@@ -64,7 +64,7 @@ def maskgit_logits(gpt: GPT, ids: torch.Tensor, mask: torch.Tensor, labels: torc
     mask = mask.to(ids.device).reshape(ids.shape)
     if ids.shape[1] != c.seq_len:
         raise ValueError(f"expected {c.seq_len} target ids per row, got {ids.shape[1]}")
-    inp = ids.masked_fill(mask, int(c.mask_id))  # type: ignore[arg-type]
+    inp = ids.masked_fill(mask, int(c.mask_id))
     known = inp[~mask]
     if known.numel() and (int(known.min()) < 0 or int(known.max()) >= c.n_codes):
         raise ValueError(f"unmasked ids must lie in [0, {c.n_codes})")
@@ -89,7 +89,7 @@ def maskgit_loss(gpt: GPT, ids: torch.Tensor, labels: torch.Tensor | None = None
     if mask is None:
         mask = random_mask(ids.shape[0], ids.shape[1], device=ids.device, generator=generator)
     c = gpt.config
-    inp = ids.masked_fill(mask, int(c.mask_id))  # type: ignore[arg-type]
+    inp = ids.masked_fill(mask, int(c.mask_id))
     h = gpt.run_blocks(gpt.embed(inp, labels, prefix, cond=cond))[:, c.prefix_len + 1 :]
     return masked_cross_entropy(gpt.logits(h), ids, mask, label_smoothing=label_smoothing)
 

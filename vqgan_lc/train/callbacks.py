@@ -262,5 +262,5 @@ class PeriodicCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The parent writes last.ckpt here only when it never wrote one; the final state is always kept.
-        if self.save_last and self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:
+        if self.save_last and self._last_global_step_saved != trainer.global_step and not trainer.fast_dev_run:  # type: ignore[attr-defined]
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

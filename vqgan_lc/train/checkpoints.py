@@ -21,7 +21,7 @@ def check_lightning_checkpoint(path: Path, option: str = "--ckpt-path") -> None:
                               "(e.g. .../checkpoints/last.ckpt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # truncated zip, foreign pickle (refused, never run), not a torch file at all
+    except Exception as e:  # noqa: BLE001 - torch.load raises many unrelated types for a bad file (truncated zip, refused pickle, not a torch file); each becomes the one sentence
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{option} {path} is not a readable Lightning checkpoint ({reason[:200]}); "
                               "give an intact .ckpt written by vqgan-lc train or train-gpt") from None
