@@ -17,6 +17,7 @@ from vqgan_lc.cli.main import main
 from vqgan_lc.data import Preprocessing, list_images, load_rgb
 from vqgan_lc.digit import DiscriminativeTokenizer
 from vqgan_lc.generate import GPT, GPTConfig
+from vqgan_lc.mage import MAGEVQGAN
 from vqgan_lc.pretrained import PretrainedMixin
 from vqgan_lc.tokenizer import (
     DecodingTokenizer,
@@ -60,7 +61,7 @@ def test_both_tokenizers_satisfy_the_protocol_and_only_vqgan_lc_decodes() -> Non
 
 def test_pretrained_classes_share_one_from_pretrained_signature() -> None:
     expected = ["path", "map_location", "revision", "cache_dir", "local_files_only", "token"]
-    for cls in (VQGANLC, GPT, DiscriminativeTokenizer):
+    for cls in (VQGANLC, GPT, DiscriminativeTokenizer, MAGEVQGAN):
         assert issubclass(cls, PretrainedMixin)
         assert cls.from_pretrained.__func__ is PretrainedMixin.from_pretrained.__func__  # one implementation
         params = inspect.signature(cls.from_pretrained).parameters
@@ -68,7 +69,7 @@ def test_pretrained_classes_share_one_from_pretrained_signature() -> None:
         assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in expected[1:])
     # DiGIT's save_pretrained takes exactly its arguments: VQGANLC's inference_only is refused, not swallowed
     assert list(inspect.signature(DiscriminativeTokenizer.save_pretrained).parameters) == \
-        ["self", "directory", "embed_weights", "provenance"]
+        ["self", "directory", "embed_weights", "provenance", "push_to_hub", "repo_id", "token"]
     with pytest.raises(TypeError):
         tiny_digit_tokenizer().save_pretrained("unused", inference_only=True)  # type: ignore[call-arg]
 
