@@ -117,7 +117,7 @@ def test_codebook_of_another_shape_or_other_values_is_refused(tmp_path, official
 
 
 def test_architecture_mismatch_names_the_keys(official_tiny) -> None:  # noqa: ANN001
-    with pytest.raises(CheckpointError, match="does not fit this model config"):
+    with pytest.raises(CheckpointError, match="does not fit this vqgan-lc model config"):
         convert_official(official_tiny / "vqgan_lc_official_format.pth", preset="vqgan-lc-f16-100k")
 
 

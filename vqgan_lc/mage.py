@@ -27,9 +27,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ._io import state_dict_mismatch
 from .config import check_fields
-from .errors import CheckpointError, ImageShapeError, TokenRangeError
+from .errors import ImageShapeError, TokenRangeError
 from .formats import Description, millions
 from .nn.mage_blocks import MAGEDecoder, MAGEEncoder
 from .pretrained import PretrainedMixin
@@ -250,13 +249,6 @@ class MAGEVQGAN(PretrainedMixin, nn.Module):
     # ------------------------------------------------------------------ files (PretrainedMixin)
     def _config_extra(self) -> dict[str, Any]:
         return {"kind": self.kind, "config_hash": self.config_hash()}
-
-    def load_state_dict_checked(self, state: dict[str, torch.Tensor], *, source: str) -> None:
-        """``load_state_dict`` (strict) that names every missing, unexpected or mis-shaped key in one error."""
-        problem = state_dict_mismatch(self.state_dict(), state)
-        if problem:
-            raise CheckpointError(f"{source} does not fit this MAGE VQGAN config: {problem}")
-        self.load_state_dict(state)
 
 
 def describe(path: Path) -> Description:

@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ._io import state_dict_mismatch
 from .config import ModelConfig
 from .errors import CheckpointError, CodebookError, ImageShapeError, TokenRangeError
 from .formats import Description, millions
@@ -238,13 +237,6 @@ class VQGANLC(PretrainedMixin, nn.Module):
                 raise CheckpointError(f"{directory / 'config.json'} has an invalid preprocessing block: {e}") from e
         return cls(config, inference_only=meta.get("weights") == "inference",
                    provenance=meta.get("provenance") or {}, preprocessing=pre)
-
-    def load_state_dict_checked(self, state: dict[str, torch.Tensor], *, source: str) -> None:
-        """``load_state_dict`` that names every missing, unexpected or mis-shaped key in one error."""
-        problem = state_dict_mismatch(self.state_dict(), state)
-        if problem:
-            raise CheckpointError(f"{source} does not fit this model config: {problem}")
-        self.load_state_dict(state)
 
 
 def describe(path: Path) -> Description:

@@ -165,6 +165,14 @@ class PretrainedMixin:
         return save_weights_dir(directory, meta, state)
 
     # ------------------------------------------------------------------ loading
+    def load_state_dict_checked(self, state: dict[str, torch.Tensor], *, source: str) -> None:
+        """Strict ``load_state_dict`` that names every missing, unexpected or mis-shaped key in one
+        ``CheckpointError`` (``source``: the file the weights came from)."""
+        problem = state_dict_mismatch(self.state_dict(), state)  # type: ignore[attr-defined]
+        if problem:
+            raise CheckpointError(f"{source} does not fit this {self.WHAT} config: {problem}")
+        self.load_state_dict(state)  # type: ignore[attr-defined]
+
     @classmethod
     def read_versions(cls) -> tuple[int, ...]:
         """The ``format_version`` values ``from_pretrained`` reads."""
