@@ -60,7 +60,7 @@ from .extractors.dinov2 import (
 from .formats import Description, millions, numel, safetensors_header
 from .pretrained import PretrainedMixin
 from .quantize.search import nearest_code
-from .tokenizer import check_preprocessing, default_preprocessing
+from .tokenizer import ImageTokenizerMixin, check_preprocessing, default_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def build_dinov2(spec: ExtractorSpec, state: dict[str, torch.Tensor] | None = No
                            model_name=spec.model)
 
 
-class DiscriminativeTokenizer(PretrainedMixin, nn.Module):
+class DiscriminativeTokenizer(ImageTokenizerMixin, PretrainedMixin, nn.Module):
     """DiGIT tokenizer: ``(B, 3, H, W)`` images in [-1, 1] -> ``(B, 16, 16)`` int64 ids in ``[0, K)``.
 
     Images (any square size; DiGIT feeds 256 px) are mapped from [-1, 1] to ImageNet mean/std, resized
@@ -243,13 +243,6 @@ class DiscriminativeTokenizer(PretrainedMixin, nn.Module):
     def preprocessing(self) -> dict[str, Any]:
         """How images are prepared for ``encode`` (a copy; ``image_size`` is the 256 px load size)."""
         return dict(self._preprocessing)
-
-    def preprocess(self, images: Any) -> torch.Tensor:
-        """PIL images or ``(H, W, 3)`` uint8 arrays -> the ``(B, 3, h, w)`` tensor ``vqgan-lc encode`` would feed
-        ``encode`` (this tokenizer's ``preprocessing``: resize, centre crop, range)."""
-        from .tokenizer import preprocess_images
-
-        return preprocess_images(self.preprocessing, images)
 
     def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
         """Token grid for a ``height x width`` input: always ``(224 / 14, 224 / 14) = (16, 16)``."""

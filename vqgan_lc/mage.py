@@ -33,6 +33,7 @@ from .formats import Description, millions
 from .nn.mage_blocks import MAGEDecoder, MAGEEncoder
 from .pretrained import PretrainedMixin
 from .quantize.search import nearest_code
+from .tokenizer import ImageTokenizerMixin, default_preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class MAGEQuantizer(nn.Module):
         return self.embedding(ids).permute(0, 3, 1, 2).contiguous()
 
 
-class MAGEVQGAN(PretrainedMixin, nn.Module):
+class MAGEVQGAN(ImageTokenizerMixin, PretrainedMixin, nn.Module):
     """MAGE's VQGAN behind the package's tokenizer interface.
 
     Images are ``(B, 3, H, W)`` floats in ``[-1, 1]`` with H and W multiples of
@@ -161,20 +162,7 @@ class MAGEVQGAN(PretrainedMixin, nn.Module):
     @property
     def preprocessing(self) -> dict[str, Any]:
         """How images are prepared before ``encode`` (DiGIT's eval transform, then mapped to [-1, 1])."""
-        return {"image_size": self.config.resolution, "resize": "shorter-side", "interpolation": "bicubic",
-                "crop": "center", "range": [-1, 1]}
-
-    def preprocess(self, images: Any) -> torch.Tensor:
-        """PIL images or ``(H, W, 3)`` uint8 arrays -> the ``(B, 3, h, w)`` tensor ``vqgan-lc encode`` would feed
-        ``encode`` (this tokenizer's ``preprocessing``: resize, centre crop, range)."""
-        from .tokenizer import preprocess_images
-
-        return preprocess_images(self.preprocessing, images)
-
-    def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
-        """Token grid ``(h, w)`` of a ``height x width`` image (``width`` defaults to ``height``)."""
-        f = self.downsample_factor
-        return height // f, (height if width is None else width) // f
+        return default_preprocessing(self.config.resolution)
 
     def config_dict(self) -> dict[str, Any]:
         """The kind and the architecture: what ``config_hash`` (recorded by token directories) hashes."""

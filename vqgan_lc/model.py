@@ -28,7 +28,7 @@ from .quantize import (
     QuantizerOutput,
     build_quantizer,
 )
-from .tokenizer import check_preprocessing, default_preprocessing
+from .tokenizer import ImageTokenizerMixin, check_preprocessing, default_preprocessing
 
 MODEL_FORMAT = "vqgan-lc-model"
 MODEL_FORMAT_VERSION = 1
@@ -42,7 +42,7 @@ class ModelOutput:
     quantizer: QuantizerOutput
 
 
-class VQGANLC(PretrainedMixin, nn.Module):
+class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
     """A VQGAN with a (by default) VQGAN-LC quantizer; a ``vqgan_lc.tokenizer.DecodingTokenizer``.
 
     Images are ``(B, 3, H, W)`` floats in ``[-1, 1]`` with H and W multiples of
@@ -125,18 +125,6 @@ class VQGANLC(PretrainedMixin, nn.Module):
         """How images are prepared for ``encode`` (a copy): ``image_size``, ``resize``, ``interpolation``,
         ``crop``, ``range``; ``vqgan-lc encode`` defaults to it."""
         return dict(self._preprocessing)
-
-    def preprocess(self, images: Any) -> torch.Tensor:
-        """PIL images or ``(H, W, 3)`` uint8 arrays -> the ``(B, 3, h, w)`` tensor ``vqgan-lc encode`` would feed
-        ``encode`` (this tokenizer's ``preprocessing``: resize, centre crop, range)."""
-        from .tokenizer import preprocess_images
-
-        return preprocess_images(self.preprocessing, images)
-
-    def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
-        """Token grid ``(h, w)`` of a ``height x width`` image (``width`` defaults to ``height``)."""
-        f = self.downsample_factor
-        return height // f, (height if width is None else width) // f
 
     # ------------------------------------------------------------------ checks
     def _check_images(self, x: torch.Tensor) -> None:

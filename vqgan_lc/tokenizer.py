@@ -109,6 +109,29 @@ class DecodingTokenizer(Tokenizer, Protocol):
     def decode(self, ids: torch.Tensor) -> torch.Tensor: ...
 
 
+class ImageTokenizerMixin:
+    """``preprocess`` and ``latent_shape`` for a tokenizer that has ``preprocessing`` and
+    ``downsample_factor`` (VQGAN-LC, MAGE, DiGIT; DiGIT overrides ``latent_shape``: its grid is fixed)."""
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:  # pragma: no cover - every tokenizer defines it
+        raise NotImplementedError
+
+    @property
+    def downsample_factor(self) -> int:  # pragma: no cover - every tokenizer defines it
+        raise NotImplementedError
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """PIL images or ``(H, W, 3)`` uint8 arrays -> the ``(B, 3, h, w)`` tensor ``vqgan-lc encode`` would feed
+        ``encode`` (this tokenizer's ``preprocessing``: resize, centre crop, range)."""
+        return preprocess_images(self.preprocessing, images)
+
+    def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]:
+        """Token grid ``(h, w)`` of a ``height x width`` image (``width`` defaults to ``height``)."""
+        f = self.downsample_factor
+        return height // f, (height if width is None else width) // f
+
+
 def preprocess_images(block: dict[str, Any], images: Any) -> torch.Tensor:
     """What ``vqgan-lc encode`` feeds a tokenizer whose preprocessing block is ``block``.
 
@@ -190,6 +213,7 @@ def tokenizer_identity(tok: Tokenizer) -> dict[str, Any]:
 __all__ = [
     "PREPROCESSING_DEFAULTS",
     "DecodingTokenizer",
+    "ImageTokenizerMixin",
     "Tokenizer",
     "TokenizerKind",
     "check_preprocessing",
