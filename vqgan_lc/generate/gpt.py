@@ -336,11 +336,9 @@ class GPT(PretrainedMixin, nn.Module):
         self.provenance = dict(provenance or {})
         c = config
         self.tok_emb = nn.Embedding(c.input_vocab, c.n_embd)
-        self.tok_emb._fairseq_scale = c.embed_scale  # type: ignore[assignment]
         self.pos_emb = nn.Parameter(torch.zeros(1, c.n_positions, c.n_embd))
         if c.prefix_vocab:
             self.prefix_emb = nn.Embedding(c.prefix_vocab, c.n_embd)
-            self.prefix_emb._fairseq_scale = c.embed_scale  # type: ignore[assignment]
             self.prefix_pos_emb = nn.Parameter(torch.zeros(1, c.prefix_len, c.n_embd))
         self.drop = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
@@ -356,15 +354,15 @@ class GPT(PretrainedMixin, nn.Module):
         if c.prefix_vocab:
             nn.init.normal_(self.prefix_pos_emb, std=0.02)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
+    def _init_weights(self, m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            # fairseq scales embeddings by sqrt(d) and draws them from N(0, d^-1/2)
-            std = m.embedding_dim ** -0.5 if getattr(m, "_fairseq_scale", False) else 0.02
+            # fairseq scales embeddings by sqrt(d) and draws them from N(0, d^-1/2); the GPT's only embeddings
+            # are the token and prefix tables
+            std = m.embedding_dim ** -0.5 if self.config.embed_scale else 0.02
             nn.init.normal_(m.weight, mean=0.0, std=std)
 
     # ------------------------------------------------------------------ sizes

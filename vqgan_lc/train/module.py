@@ -50,7 +50,7 @@ _DEFAULT_MODEL, _DEFAULT_LOSS, _DEFAULT_OPTIM = ModelSpec(), LossConfig(), Optim
 def _no_readable_images(trainer: pl.Trainer, span: str) -> str:
     """The sentence for training data without a readable image (``span``: where none was found)."""
     dm = trainer.datamodule  # type: ignore[attr-defined]
-    skipped = getattr(dm, "skipped", None)
+    skipped = dm.skipped if isinstance(dm, ImageDataModule) else None
     examples = ""
     if skipped:
         names = [str(p) for p in list(skipped)[:3]]
