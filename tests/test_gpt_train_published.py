@@ -194,3 +194,31 @@ def test_train_gpt_cli_nar_stage2_from_images(online: dict[str, Path], tmp_path:
         main(["train-gpt", "--images", str(online["photos"]), "--config", "gpt_tiny_cpu", "--out", str(tmp_path / "y")])
     with pytest.raises(SystemExit):
         main(["train-gpt", "--config", "gpt_tiny_cpu", "--out", str(tmp_path / "y")])
+
+
+# ------------------------------------------------------------------ the defaults table
+def test_docs_defaults_table_names_real_options_and_values() -> None:
+    """docs/digit.md: every option it tells users to pass exists, and the config values it quotes are the
+    shipped ones."""
+    import argparse
+    import re
+
+    from vqgan_lc.cli import build_codebook, convert, train_gpt
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "digit.md").read_text()
+    known: set[str] = set(train_gpt.build_parser()._option_string_actions)
+    for mod in (build_codebook, convert):
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        known |= set(p._option_string_actions)
+    for opt in ("--recipe", "--image-fraction", "--images", "--tokenizer", "--prefix-tokenizer", "--stage", "--dtype"):
+        assert opt in doc and opt in known, opt
+    stage1 = yaml.safe_load((CONFIGS / "gpt_digit_stage1_base.yaml").read_text())
+    quoted = re.findall(r"config: `(\w+): ([^`]+)`(?:, `(\w+): ([^`]+)`)?", doc)  # what the DiGIT configs set
+    pairs = [(k, v) for row in quoted for k, v in (row[:2], row[2:]) if k]
+    assert {"schedule", "weight_decay_params", "warmup_init_lr"} <= {k for k, _ in pairs}
+    for key, value in pairs:
+        assert stage1["train"][key] == yaml.safe_load(value), key
+    defaults = GPTTrainConfig()
+    assert (defaults.schedule, defaults.weight_decay_params, defaults.lr, defaults.max_steps) == ("cosine", "weights", 4.5e-4, 450_000)
+    assert "4.5e-4 / 450k / 5,000" in doc and "betas (0.9, 0.95)" in doc and defaults.betas == (0.9, 0.95)
