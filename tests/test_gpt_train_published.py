@@ -125,7 +125,7 @@ def test_augmented_variants_are_drawn_at_random_and_paired_with_the_prefix(tmp_p
             assert torch.all(ids == i * 10 + v) and torch.all(prefix == i * 10 + v + 500)  # the same variant
             seen[i].add(v)
     assert all(len(s) == 10 for s in seen.values())  # every variant comes up
-    # a plain (n, h, w) prefix with a variant target is refused only when the counts differ
+    # both directories must hold the same number of variants (the same --augment)
     with pytest.raises(TokenFormatError, match="augmented variants"):
         GPTTokenDataset(_variant_file(tmp_path / "a", 3, 10, 0), _variant_file(tmp_path / "b", 3, 2, 0))[0]
 

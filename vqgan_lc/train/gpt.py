@@ -46,6 +46,7 @@ from ..tokenizer import Tokenizer, tokenizer_identity
 from ..tokens.format import TokenFile, TokenFormatError, open_tokens
 from .callbacks import PeriodicCheckpoint
 from .checkpoints import check_lightning_checkpoint
+from .data import ImageDataModule
 from .schedule import inverse_sqrt_lr, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,13 @@ class GPTTokenData(pl.LightningDataModule):
             num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed),
         )
+
+
+class GPTImageData(ImageDataModule):
+    """Image mode's training batches: ``ImageDataModule`` (Resize + seeded RandomCrop + flip, resumable
+    mid-epoch) without its validation loader, since the GPT has no validation step."""
+
+    val_dataloader = pl.LightningDataModule.val_dataloader  # type: ignore[assignment]
 
 
 def model_config_from_data(spec: dict[str, Any], tokens: TokenFile | DataShape,
@@ -454,14 +462,13 @@ def fit_gpt(
     data: pl.LightningDataModule
     if image_mode:
         from ..tokenizer import load_tokenizer
-        from .data import ImageDataModule
 
         def _open(t: str | os.PathLike | Tokenizer) -> Tokenizer:
             return t if isinstance(t, Tokenizer) else load_tokenizer(t)
 
         online = OnlineTokenizers(_open(tokenizer), None if prefix_tokenizer is None else _open(prefix_tokenizer))  # type: ignore[arg-type]
-        data = ImageDataModule(str(images), None if file_list is None else str(file_list), image_size=tc.image_size,
-                               batch_size=tc.batch_size, num_workers=tc.num_workers, flip=tc.image_flip, seed=tc.seed)
+        data = GPTImageData(str(images), None if file_list is None else str(file_list), image_size=tc.image_size,
+                            batch_size=tc.batch_size, num_workers=tc.num_workers, flip=tc.image_flip, seed=tc.seed)
         data.setup("fit")
         listed = data.train_images
         assert listed is not None
@@ -525,6 +532,7 @@ def fit_gpt(
 
 __all__ = [
     "DataShape",
+    "GPTImageData",
     "GPTLightningModule",
     "GPTTokenData",
     "GPTTokenDataset",
