@@ -190,6 +190,21 @@ def test_train_gpt_cli_nar_stage2_from_images(online: dict[str, Path], tmp_path:
     assert rc == 0
     gpt = GPT.from_pretrained(out)
     assert gpt.config.bidirectional and gpt.config.prefix_grid == (16, 16) and gpt.provenance["steps"] == 2
+    # resumed (the image data module restores its position), then stage 1 from the same images, then sampled
+    assert main(["train-gpt", "--images", str(online["photos"]), "--tokenizer", str(online["vq"]),
+                 "--prefix-tokenizer", str(online["digit"]), "--config", "gpt_digit_stage2_nar_tiny", "--out", str(out),
+                 "--max-steps", "4", "--batch-size", "2", "--no-progress", "--train.image_size", "64", "--resume"]) == 0
+    assert GPT.from_pretrained(out).provenance["steps"] == 4
+    stage1 = tmp_path / "stage1"
+    assert main(["train-gpt", "--images", str(online["photos"]), "--tokenizer", str(online["digit"]), "--config",
+                 "gpt_tiny_cpu", "--out", str(stage1), "--max-steps", "2", "--batch-size", "2", "--no-progress",
+                 "--train.image_size", "64", "--model.n_classes", "0"]) == 0
+    s1 = GPT.from_pretrained(stage1)
+    assert (s1.config.n_codes, s1.config.grid) == (24, (16, 16)) and s1.provenance["tokens"]["tokenizer"]["kind"] == "digit"
+    samples = tmp_path / "samples"
+    assert main(["sample", "--gpt", str(stage1), "--stage2", str(out), "--tokenizer", str(online["vq"]), "--n", "2",
+                 "--out", str(samples), "--device", "cpu"]) == 0
+    assert np.load(samples / "ids.npy").shape == (2, 8, 8) and len(list(samples.glob("*.png"))) == 2
     with pytest.raises(SystemExit):
         main(["train-gpt", "--images", str(online["photos"]), "--config", "gpt_tiny_cpu", "--out", str(tmp_path / "y")])
     with pytest.raises(SystemExit):
