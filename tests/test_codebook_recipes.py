@@ -39,6 +39,13 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_official_codebook_size_follows_the_encoder() -> None:
+    from vqgan_lc.codebook.recipes import digit_kmeans_k
+
+    assert digit_kmeans_k(None) == digit_kmeans_k("vit_base_patch14_reg4_dinov2") == 8192
+    assert digit_kmeans_k("vit_large_patch14_reg4_dinov2") == digit_kmeans_k("dinov2_vitl14_reg") == 16384
+
+
 def test_subsample_is_a_seeded_bernoulli_draw() -> None:
     imgs = ImageList(root=Path("."), paths=tuple(f"{i:05d}.png" for i in range(5000)), labels=(-1,) * 5000)
     a, b = subsample_images(imgs, 0.1, seed=3), subsample_images(imgs, 0.1, seed=3)

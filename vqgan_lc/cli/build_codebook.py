@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--recipe", choices=("default", "digit-official"), default="default",
                      help="k-means data recipe: default (every image, the extractor's center-crop view, float16) or "
                           "digit-official (DiGIT's: ~10%% of the images, Resize 224 + RandomCrop 224 + flip fed to "
-                          "DINOv2 at 224, float32, --k 8192 unless given; seeded by --seed)")
+                          "DINOv2 at 224, float32, --k 8192 (16384 for ViT-L) unless given; seeded by --seed)")
     src.add_argument("--image-fraction", type=float, help="keep each image with this probability (seeded by --seed; "
                                                           "default 1, digit-official 0.1)")
     src.add_argument("--data", help="image folder (classes = first-level sub-folders)")
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..codebook import build
-    from ..codebook.recipes import RECIPES, ImageView
+    from ..codebook.recipes import RECIPES, ImageView, digit_kmeans_k
 
     progress = not args.no_progress
     gpu = {"auto": "auto", "yes": True, "no": False}[args.gpu]
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         args.extractor = "dinov2"
         args.image_size = recipe.image_size
         if args.k is None and args.per_class is None:
-            args.k = recipe.k
+            args.k = digit_kmeans_k(args.model)
     fraction = recipe.fraction if args.image_fraction is None else args.image_fraction
     dtype = args.dtype or recipe.dtype
     if args.from_features is None:

@@ -29,7 +29,14 @@ CODEBOOK_RECIPES: tuple[str, ...] = ("default", "digit-official")
 
 DIGIT_KMEANS_FRACTION = 0.1  # dump_features.py: `if random.random() > 0.1: continue`
 DIGIT_KMEANS_VIEW_SIZE = 224  # data_handler.py: Resize(224, bicubic) + RandomCrop(224) + RandomHorizontalFlip
-DIGIT_KMEANS_K = 8192  # preprocess/run.sh (ViT-B); 16384 for ViT-L
+DIGIT_KMEANS_K = 8192  # preprocess/run.sh (ViT-B)
+DIGIT_KMEANS_K_LARGE = 16384  # README: km_16k.npy for ViT-L
+
+
+def digit_kmeans_k(model: str | None) -> int:
+    """DiGIT's codebook size for a DINOv2 name: 16384 for ViT-L (``vit_large_*``, ``dinov2_vitl14*``), else 8192."""
+    name = (model or "").lower()
+    return DIGIT_KMEANS_K_LARGE if "large" in name or "vitl" in name else DIGIT_KMEANS_K
 
 
 @dataclass(frozen=True)
@@ -129,11 +136,13 @@ __all__ = [
     "CODEBOOK_RECIPES",
     "DIGIT_KMEANS_FRACTION",
     "DIGIT_KMEANS_K",
+    "DIGIT_KMEANS_K_LARGE",
     "DIGIT_KMEANS_VIEW_SIZE",
     "RECIPES",
     "CodebookRecipe",
     "ImageView",
     "RandomCropFlipDataset",
     "RecipeSettings",
+    "digit_kmeans_k",
     "subsample_images",
 ]
