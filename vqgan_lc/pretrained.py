@@ -58,6 +58,9 @@ def _resolve_pretrained(
     (``vqgan-lc-f16-100k``) or a Hub repo id (``org/name``) goes through ``vqgan_lc.hub`` (huggingface_hub's
     client and cache, offline mode honoured); anything else is returned as a ``Path`` so the loader names
     the missing directory in its own sentence."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"expected a model directory, a Hub repo id or a release name, got "
+                              f"{type(path).__name__}; pass e.g. 'vqgan-lc-f16-100k' or the path of a saved model")
     local = Path(path).expanduser()
     if local.exists():
         return local
