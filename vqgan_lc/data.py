@@ -39,6 +39,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import re
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -340,17 +341,18 @@ _LINE_BREAKS = {"\n": "a newline", "\r": "a carriage return", "\v": "a vertical 
                 "\u2029": "a paragraph separator (U+2029)"}
 
 
+_UNSTORABLE = re.compile("[" + "".join(_LINE_BREAKS) + "\ud800-\udfff]")  # breaks, or surrogate-escaped bytes
+
+
 def image_name_problem(name: str) -> str | None:
     """Why the file name ``name`` cannot be listed (a line break of any kind, or bytes that are not UTF-8
     and came through as surrogate escapes), or ``None`` when it is fine."""
-    for ch in name:
-        if ch in _LINE_BREAKS:
-            return f"contains {_LINE_BREAKS[ch]}"
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return "is not valid UTF-8 (a name from another encoding, e.g. an old zip archive)"
-    return None
+    hit = _UNSTORABLE.search(name)
+    if hit is None:
+        return None
+    if hit.group() in _LINE_BREAKS:
+        return f"contains {_LINE_BREAKS[hit.group()]}"
+    return "is not valid UTF-8 (a name from another encoding, e.g. an old zip archive)"
 
 
 def check_image_names(root: str | os.PathLike, names: Iterable[str]) -> None:
