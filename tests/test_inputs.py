@@ -119,6 +119,22 @@ def test_32bit_int_and_float_images_are_scaled_not_clipped(tmp_path: Path) -> No
     assert (out[0, :5] == 0).all() and np.array_equal(out[1:], ref[1:])
 
 
+def test_gray_alpha_and_palette_transparency_are_composited_on_white(tmp_path: Path) -> None:
+    gray = crop(photo("camera")[..., 0], 40, 50)
+    alpha = np.zeros_like(gray)
+    alpha[:, 25:] = 255  # left half transparent
+    Image.fromarray(np.dstack([gray, alpha]), "LA").save(tmp_path / "la.png")
+    out = np.asarray(load_rgb(tmp_path / "la.png"))
+    assert (out[:, :25] == 255).all() and np.array_equal(out[:, 25:, 0], gray[:, 25:])
+    pal = Image.fromarray(crop(photo("astronaut"), 40, 50)).quantize(16)
+    index = np.asarray(pal)[0, 0]
+    pal.save(tmp_path / "p.png", transparency=int(index))
+    out = np.asarray(load_rgb(tmp_path / "p.png"))
+    opaque = np.asarray(pal.convert("RGB"))
+    hole = np.asarray(pal) == index
+    assert hole.any() and (out[hole] == 255).all() and np.array_equal(out[~hole], opaque[~hole])
+
+
 def test_reading_rules_are_recorded_and_old_records_still_open(tmp_path: Path) -> None:
     assert IMAGE_READING == {"orientation": "exif", "alpha": "white"}
     model = tiny_model()
