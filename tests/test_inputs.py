@@ -235,6 +235,16 @@ def test_meta_weights_and_from_pretrained_none_are_one_sentence() -> None:
             load(None)  # type: ignore[arg-type]
 
 
+
+def test_save_pretrained_onto_a_file_is_one_sentence(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("the user's file")
+    for _kind, tok, _ in tokenizers():
+        for target in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+            with pytest.raises(CheckpointError, match=f"cannot save to {target}: {tmp_path / 'taken'} is a file"):
+                tok.save_pretrained(target)
+    assert (tmp_path / "taken").read_text() == "the user's file"
+
+
 # ----------------------------------------------------------------------------------------- CLI
 def write_images(folder: Path, n: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)

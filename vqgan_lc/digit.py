@@ -58,7 +58,7 @@ from .extractors.dinov2 import (
     convert_dinov2_state_dict,
 )
 from .formats import Description, millions, numel, safetensors_header
-from .pretrained import PretrainedMixin
+from .pretrained import PretrainedMixin, check_save_directory
 from .quantize.search import nearest_code
 from .tokenizer import ImageTokenizerMixin, check_preprocessing, default_preprocessing
 
@@ -302,6 +302,7 @@ class DiscriminativeTokenizer(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         ``provenance`` replaces ``self.provenance`` in the written file; ``push_to_hub=True`` then uploads
         the directory to ``repo_id``.
         """
+        check_save_directory(directory)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         spec = self.spec

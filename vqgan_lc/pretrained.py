@@ -74,6 +74,18 @@ def _resolve_pretrained(
     return local
 
 
+def check_save_directory(directory: str | os.PathLike) -> None:
+    """``CheckpointError`` in one sentence when ``directory`` (where ``save_pretrained`` writes) exists and
+    is not a folder, or when one of its parents is a file."""
+    path = Path(directory)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise CheckpointError(f"cannot save to {path}: {p} is a file, and save_pretrained writes a folder; "
+                                      "pass a new or existing folder")
+            return
+
+
 def hash_config(config: dict[str, Any]) -> str:
     """Short sha256 of the canonical (sorted-key) JSON of ``config``: what token files record."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
@@ -158,6 +170,7 @@ class PretrainedMixin:
 
     def _write_pretrained(self, directory: str | os.PathLike, state: dict[str, torch.Tensor], extra: dict[str, Any],
                           provenance: dict[str, Any] | None) -> Path:
+        check_save_directory(directory)
         meta = {
             "format": self.FORMAT,
             "format_version": self.FORMAT_VERSION,
@@ -224,4 +237,4 @@ class PretrainedMixin:
         return model
 
 
-__all__ = ["PretrainedMixin", "hash_config"]
+__all__ = ["PretrainedMixin", "check_save_directory", "hash_config"]
