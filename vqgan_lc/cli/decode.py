@@ -11,14 +11,28 @@ log = logging.getLogger(__name__)
 
 
 def parse_indices(spec: str | None, n: int) -> range:
-    """``"a:b"``, ``"a:"``, ``":b"`` or ``"i"`` -> a range of rows (Python slice semantics)."""
+    """``"a:b"``, ``"a:"``, ``":b"`` or ``"i"`` -> a range of rows (Python slice semantics).
+
+    ``ConfigError`` when ``spec`` is not of that form or selects no row of the ``n``.
+    """
+    from ..errors import ConfigError
+
     if not spec:
-        return range(n)
-    if ":" in spec:
-        a, b = spec.split(":", 1)
-        return range(n)[slice(int(a) if a else None, int(b) if b else None)]
-    i = int(spec)
-    return range(n)[i : i + 1] if i >= 0 else range(n)[i : (i + 1) or None]
+        rows = range(n)
+    else:
+        try:
+            if ":" in spec:
+                a, b = spec.split(":", 1)
+                rows = range(n)[slice(int(a) if a.strip() else None, int(b) if b.strip() else None)]
+            else:
+                i = int(spec)
+                rows = range(n)[i : i + 1] if i >= 0 else range(n)[i : (i + 1) or None]
+        except ValueError:
+            raise ConfigError(f"--indices {spec!r} is not a row range; write e.g. 0:100, 5: or 7") from None
+    if not rows:
+        raise ConfigError(f"--indices {spec!r} selects none of the {n} rows; choose rows in 0:{n}" if spec
+                          else "the token directory has no rows to decode; check --tokens")
+    return rows
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..data import to_uint8
-    from ..errors import VQGANLCError
+    from ..errors import ConfigError, VQGANLCError
     from ..tokenizer import DecodingTokenizer, load_tokenizer
     from ..tokens import TokenFormatError, check_compatible, open_tokens
 
@@ -56,11 +70,15 @@ def run(args: argparse.Namespace) -> int:
     rows = parse_indices(args.indices, len(tokens))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.batch_size < 1:  # argparse refuses it; a Namespace built by hand may not
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    written = 0
     for s in range(0, len(rows), args.batch_size):
         batch = list(rows[s : s + args.batch_size])
         ids = torch.from_numpy(tokens[batch].astype(np.int64)).to(device)
         images = to_uint8(model.decode(ids))
         for r, img in zip(batch, images.permute(0, 2, 3, 1).cpu().numpy()):
             Image.fromarray(img).save(out / f"{r:08d}.png")
-    print(f"wrote {len(rows)} images to {out}")
+            written += 1
+    print(f"wrote {written} images to {out}")
     return 0
