@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..generate.maskgit import MaskGITSampling
     from ..generate.pipeline import digit_stage1_top_k, sample_images, sample_two_stage, save_images
     from ..generate.sampling import SamplingConfig
-    from ..tokenizer import DecodingTokenizer, load_tokenizer
+    from ..tokenizer import DecodingTokenizer, identity_mismatch, load_tokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpt = GPT.from_pretrained(args.gpt, map_location=device)
@@ -113,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
                            "VQGAN-LC or MAGE VQGAN model as --tokenizer")
     last = stage2 or gpt
     made_by = (last.provenance.get("tokens") or {}).get("tokenizer") or {}
-    if made_by.get("config_hash") and made_by["config_hash"] != vq.config_hash():
-        msg = (f"{args.stage2 or args.gpt} was trained on tokens of another model (config hash "
-               f"{made_by['config_hash']}, --tokenizer has {vq.config_hash()})")
+    problems = identity_mismatch(made_by, vq) if made_by.get("config_hash") else []
+    if problems:
+        msg = f"{args.stage2 or args.gpt} was trained on tokens of another model ({'; '.join(problems)})"
         if not args.force:
             raise TokenRangeError(msg + "; pass --force to decode anyway")
         log.warning("%s", msg)

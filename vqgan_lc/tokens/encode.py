@@ -22,19 +22,20 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .._io import TMP_GLOB, atomic_write_json
+from .._io import OutputLock, atomic_write_json, prepare_output_dir
 from ..data import Batch, ImageDataset, ImageList, Preprocessing, collate, draft_size, list_images
 from ..errors import EncodeError
 from ..progress import Progress
 from ..tokenizer import Tokenizer, load_tokenizer, tokenizer_identity
 from .format import (
     MANIFEST,
+    OWN_NAMES,
     RUN_FILE,
     TOKEN_DTYPE,
     TOKENS_FORMAT,
     TOKENS_FORMAT_VERSION,
+    WORKER_MODEL_DIR,
     TokenFormatError,
-    clear_tokens,
     shard_done,
     shard_ranges,
     write_manifest,
@@ -42,8 +43,6 @@ from .format import (
 )
 
 log = logging.getLogger(__name__)
-
-WORKER_MODEL_DIR = ".model-for-workers"
 
 
 
@@ -107,8 +106,11 @@ def _run_descriptor(model: Tokenizer, images: ImageList, opts: EncodeOptions) ->
     }
 
 
-def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool, lock: OutputLock) -> None:
+    """Make ``out`` a token directory of this run (``lock`` held): a folder holding other files is refused
+    (``prepare_output_dir``); token files of another run or of an unknown one are refused unless
+    ``overwrite``, which always starts afresh (even when the options are unchanged)."""
+    prepare_output_dir(out, "token directory", overwrite=overwrite, own_names=OWN_NAMES, resumable=True, lock=lock)
     run_path = out / RUN_FILE
     if run_path.is_file():
         try:
@@ -116,20 +118,14 @@ def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool) -> N
         except ValueError:
             previous = None
         if previous != descriptor:
-            if not overwrite:
-                diff = sorted(k for k in descriptor if previous is None or previous.get(k) != descriptor[k])
-                raise TokenFormatError(
-                    f"{out} holds tokens made with another model, source list or options (differs in: "
-                    f"{', '.join(diff)}); choose another --out or pass --overwrite to replace them"
-                )
-            clear_tokens(out)
+            diff = sorted(k for k in descriptor if not isinstance(previous, dict) or previous.get(k) != descriptor[k])
+            raise TokenFormatError(
+                f"{out} holds tokens made with another model, source list or options (differs in: "
+                f"{', '.join(diff)}); choose another --out or pass --overwrite to replace them"
+            )
     elif any(out.glob("shard-*.npy")) or (out / MANIFEST).exists():
-        if not overwrite:
-            raise TokenFormatError(f"{out} has token files from an unknown run; pass --overwrite to replace them")
-        clear_tokens(out)
-    # Leftovers of a killed run: temporary files and the worker model copy are never part of the result.
-    for p in out.glob(TMP_GLOB):
-        p.unlink()
+        raise TokenFormatError(f"{out} has token files from an unknown run; pass --overwrite to replace them")
+    # The worker model copy of a killed run is never part of the result (temporaries were swept above).
     shutil.rmtree(out / WORKER_MODEL_DIR, ignore_errors=True)
     atomic_write_json(run_path, descriptor)
 
@@ -265,6 +261,26 @@ def encode_dataset(
     starts one process per device (CUDA GPUs, else CPU processes sharing the cores); each writes its
     own shards and this process writes the manifest.
     """
+    lock = OutputLock(out, option="--out")  # taken once the options are checked (_prepare_output)
+    try:
+        return _encode_dataset(model, data, out, file_list=file_list, options=options, overwrite=overwrite,
+                               device=device, progress=progress, lock=lock)
+    finally:
+        lock.release()
+
+
+def _encode_dataset(
+    model: Tokenizer | str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    file_list: str | os.PathLike | None,
+    options: EncodeOptions | None,
+    overwrite: bool,
+    device: str | torch.device | None,
+    progress: bool,
+    lock: OutputLock,
+) -> dict[str, Any]:
     opts = options or EncodeOptions()
     model_dir = None
     if not isinstance(model, Tokenizer):
@@ -273,9 +289,9 @@ def encode_dataset(
     out = Path(out)
     images = list_images(data, file_list)
     descriptor = _run_descriptor(model, images, opts)
-    _prepare_output(out, descriptor, overwrite)
+    _prepare_output(out, descriptor, overwrite, lock)
     ranges = shard_ranges(len(images), opts.shard_size)
-    todo = [(i, s, e) for i, (s, e) in enumerate(ranges) if not shard_done(out, i, s, e)]
+    todo = [(i, s, e) for i, (s, e) in enumerate(ranges) if not shard_done(out, i, s, e, images.sources_digest(s, e))]
     if len(todo) < len(ranges):
         log.info("resuming: %d of %d shards already finished and verified", len(ranges) - len(todo), len(ranges))
     if opts.devices > 1 and todo:
