@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 """The two files of a weights directory (``save_weights_dir`` / ``load_weights_dir``)."""
+WEIGHTS_DIR_NAMES = (r"config\.json", r"model\.safetensors")
+"""``prepare_output_dir``'s own names of a weights directory."""
 
 TMP_GLOB = ".*.tmp-*"
 """Glob of the temporary files ``atomic_path`` leaves behind when a write is interrupted (of any name: a
@@ -460,9 +462,11 @@ class OutputLock:
     inside it, held until ``release`` (or the process ends). A second run on the same folder raises
     ``OutputLockedError`` at once. Where ``fcntl`` does not exist (Windows) nothing is locked."""
 
-    def __init__(self, directory: str | os.PathLike, *, option: str = "--out") -> None:
+    def __init__(self, directory: str | os.PathLike, *, option: str = "--out", path: str | os.PathLike | None = None) -> None:
         self.directory = Path(directory)
         self.option = option
+        self.path = Path(path) if path is not None else self.directory / LOCK_NAME
+        """The lock file: ``LOCK_NAME`` inside the folder, or ``path`` (beside a folder that is replaced whole)."""
         self._fd: int | None = None
 
     @property
@@ -475,8 +479,8 @@ class OutputLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             return self
-        _make_output_dir(self.directory, self.option)
-        path = self.directory / LOCK_NAME
+        path = self.path
+        _make_output_dir(path.parent, self.option)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -593,6 +597,7 @@ __all__ = [
     "LOCK_NAME",
     "TMP_GLOB",
     "WEIGHTS_SHA256_KEY",
+    "WEIGHTS_DIR_NAMES",
     "WEIGHTS_NAME",
     "atomic_path",
     "atomic_save_safetensors",

@@ -10,7 +10,9 @@
 
 ``--class`` takes indices or class names (as recorded from the training tokens); without it a
 class-conditional GPT samples the null class (needs ``class_dropout`` training). PNGs are written as
-``class0003_00000.png`` / ``sample_00000.png`` plus ``ids.npy`` (and ``digit_ids.npy``).
+``class0003_00000.png`` / ``sample_00000.png`` plus ``ids.npy``, ``labels.npy`` (and ``digit_ids.npy``); an
+``--out`` that holds other files or an earlier run's samples is refused unless ``--overwrite`` (which removes
+the earlier samples and keeps the other files).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import logging
 from ._args import device, nonnegative_float, positive_int
 
 log = logging.getLogger(__name__)
+
+SAMPLE_NAMES = (r"class\d{4}_\d{5,}\.png", r"sample_\d{5,}\.png", r"ids\.npy", r"labels\.npy", r"digit_ids\.npy")
+"""What sample writes into --out."""
 
 
 def parse_top_k(value: str) -> int | float:
@@ -71,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", type=device, help="torch device (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="sample even if the tokenizer did not make the GPT's tokens")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that holds other files (kept) or earlier samples (removed first)")
 
 
 def resolve_classes(names: list[str] | None, provenance: dict) -> list[int]:
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from .._io import prepare_output_dir
     from ..errors import TokenRangeError, VQGANLCError
     from ..generate.gpt import GPT
     from ..generate.maskgit import MaskGITSampling
@@ -120,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             raise TokenRangeError(msg + "; pass --force to decode anyway")
         log.warning("%s", msg)
 
+    prepare_output_dir(args.out, "folder of samples", overwrite=args.overwrite, own_names=SAMPLE_NAMES)
     names = resolve_classes(args.classes, gpt.provenance)
     labels = torch.tensor([c for c in names for _ in range(args.n)] if names else [-1] * args.n, dtype=torch.long)
     top_k = args.top_k if args.top_k is not None else (None if stage2 is not None else 0.1)
