@@ -547,11 +547,11 @@ def prepare_output_dir(
     """
     out = Path(path)
     _make_output_dir(out, option)
-    held = lock if isinstance(lock, OutputLock) else OutputLock(out, option=option)
-    if lock is not False and not held.held:
-        held.acquire()
-    try:
-        own, own_tmp = _own_matcher(own_names)
+    own, own_tmp = _own_matcher(own_names)
+    a_kind = f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+    def scan() -> tuple[list[Path], list[tuple[Path, int]]]:
+        """This kind's files and temporaries in ``out``; refuses what is not allowed (see above)."""
         foreign: list[str] = []
         mine: list[Path] = []
         temps: list[tuple[Path, int]] = []
@@ -567,15 +567,23 @@ def prepare_output_dir(
         if foreign and not overwrite:
             shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
             raise OutputExistsError(
-                f"{out} is not empty and is not a {kind} (it holds {shown}); choose an empty or new {option}, or "
+                f"{out} is not empty and is not {a_kind} (it holds {shown}); choose an empty or new {option}, or "
                 "pass --overwrite to write into it (files of other names are kept)"
             )
         if mine and not resumable and not overwrite:
             shown = ", ".join(p.name for p in mine[:3]) + (f" and {len(mine) - 3} more" if len(mine) > 3 else "")
             raise OutputExistsError(
-                f"{out} already holds a {kind} from an earlier run ({shown}); choose another {option} or pass "
+                f"{out} already holds {a_kind} from an earlier run ({shown}); choose another {option} or pass "
                 "--overwrite to replace it"
             )
+        return mine, temps
+
+    scan()  # refuse before the lock file is created: a refused folder is left exactly as it was
+    held = lock if isinstance(lock, OutputLock) else OutputLock(out, option=option)
+    if lock is not False and not held.held:
+        held.acquire()
+    try:
+        mine, temps = scan()  # again under the lock: another run may have written meanwhile
         if overwrite and mine:
             log.info("--overwrite: removing the %d files of the earlier %s in %s", len(mine), kind, out)
             for p in mine:
@@ -584,10 +592,11 @@ def prepare_output_dir(
                 else:
                     p.unlink()
         for p, pid in temps:
-            if lock or pid == os.getpid() or not _pid_alive(pid):
+            if held.held or pid == os.getpid() or not _pid_alive(pid):
                 p.unlink(missing_ok=True)
     except BaseException:
-        held.release()
+        if held is not lock:
+            held.release()
         raise
     return held
 
