@@ -110,7 +110,7 @@ def test_lock_stops_a_second_run_at_once(tmp_path: Path, photos: Path, model_dir
             encode_dataset(model_dir, photos, out, options=OPTS, progress=False)
         assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing of the second run
     encode_dataset(model_dir, photos, out, options=OPTS, progress=False)  # released: a run goes through
-    assert open_tokens(out).manifest["num_rows"] == 9
+    assert open_tokens(out).manifest["num_rows"] == 9 and not (out / LOCK_NAME).exists()  # removed at the end
 
     store = tmp_path / "feat"
     with OutputLock(store, option="--features-dir"), pytest.raises(OutputLockedError, match="--features-dir"):

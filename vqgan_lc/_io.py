@@ -70,8 +70,8 @@ WEIGHTS_SHA256_KEY = "weights_sha256"
 by ``load_weights_dir``; directories written before it existed lack it and load unchecked)."""
 
 LOCK_NAME = ".vqgan-lc.lock"
-"""The advisory lock file ``OutputLock`` keeps inside an output folder (left in place: deleting a lock file
-while another process opens it would let two runs hold two locks)."""
+"""The advisory lock file ``OutputLock`` keeps inside an output folder while a run writes to it (removed when
+it ends; a killed run leaves it, and the next run takes it over: a flock dies with its process)."""
 
 
 def tmp_pattern(name_glob: str) -> str:
@@ -460,7 +460,9 @@ def _make_output_dir(out: Path, option: str) -> None:
 class OutputLock:
     """An advisory lock on an output folder: ``fcntl.flock`` (exclusive, non-blocking) on ``LOCK_NAME``
     inside it, held until ``release`` (or the process ends). A second run on the same folder raises
-    ``OutputLockedError`` at once. Where ``fcntl`` does not exist (Windows) nothing is locked."""
+    ``OutputLockedError`` at once. ``release`` removes the file while still holding the lock, and
+    ``acquire`` checks that the file it locked is still the one at the path, so removal never lets two
+    runs in. Where ``fcntl`` does not exist (Windows) nothing is locked."""
 
     def __init__(self, directory: str | os.PathLike, *, option: str = "--out", path: str | os.PathLike | None = None) -> None:
         self.directory = Path(directory)
@@ -481,26 +483,37 @@ class OutputLock:
             return self
         path = self.path
         _make_output_dir(path.parent, self.option)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
-                holder = f" (pid {int(path.read_text().strip())})"
-            except (OSError, ValueError):
-                holder = ""
-            raise OutputLockedError(
-                f"another vqgan-lc run{holder} is writing to {self.directory}; wait for it to finish or choose "
-                f"another {self.option}"
-            ) from None
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                try:
+                    holder = f" (pid {int(path.read_text().strip())})"
+                except (OSError, ValueError):
+                    holder = ""
+                raise OutputLockedError(
+                    f"another vqgan-lc run{holder} is writing to {self.directory}; wait for it to finish or choose "
+                    f"another {self.option}"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file between our open and flock: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
 
     def release(self) -> None:
+        """Remove the lock file, then drop the lock (a waiting run that opened the old file notices the
+        removal and locks a new one)."""
         if self._fd is not None:
+            self.path.unlink(missing_ok=True)
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
@@ -525,6 +538,7 @@ def prepare_output_dir(
     resumable: bool = False,
     lock: bool | OutputLock = False,
     option: str = "--out",
+    create: bool = True,
 ) -> OutputLock:
     """Make the folder ``path`` ready for a command that writes a ``kind`` (e.g. ``"token directory"``) into
     it; returns the folder's ``OutputLock`` (held when ``lock`` is true, or acquired when it is an ``OutputLock``
@@ -543,9 +557,12 @@ def prepare_output_dir(
     * the command's own temporaries are removed when their process is gone (or always under ``lock``):
       nothing of another name is ever deleted.
 
-    ``option`` names the flag of the folder in the sentences.
+    ``option`` names the flag of the folder in the sentences. ``create=False`` leaves a missing folder
+    missing (for a command that creates it once its work succeeded; nothing is locked then).
     """
     out = Path(path)
+    if not create and not out.exists():
+        return lock if isinstance(lock, OutputLock) else OutputLock(out, option=option)
     _make_output_dir(out, option)
     own, own_tmp = _own_matcher(own_names)
     a_kind = f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"

@@ -51,7 +51,7 @@ def _prepare_out(args: argparse.Namespace) -> None:
 
     digit = args.format == "digit"
     prepare_output_dir(args.out, "DiGIT conversion" if digit else "model directory", overwrite=args.overwrite,
-                       own_names=DIGIT_OUT_NAMES if digit else WEIGHTS_DIR_NAMES)
+                       own_names=DIGIT_OUT_NAMES if digit else WEIGHTS_DIR_NAMES, create=False)
 
 
 def run(args: argparse.Namespace) -> int:

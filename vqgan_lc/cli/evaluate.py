@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    prepare_output_dir(args.out, "evaluation report", overwrite=args.overwrite, own_names=REPORT_NAMES)
+    prepare_output_dir(args.out, "evaluation report", overwrite=args.overwrite, own_names=REPORT_NAMES, create=False)
     opts = EvaluateOptions(
         image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
         lpips_alex_weights=args.lpips_alex_weights, lpips_vgg_weights=args.lpips_vgg_weights,

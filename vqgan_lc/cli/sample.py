@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             raise TokenRangeError(msg + "; pass --force to decode anyway")
         log.warning("%s", msg)
 
-    prepare_output_dir(args.out, "folder of samples", overwrite=args.overwrite, own_names=SAMPLE_NAMES)
+    prepare_output_dir(args.out, "folder of samples", overwrite=args.overwrite, own_names=SAMPLE_NAMES, create=False)
     names = resolve_classes(args.classes, gpt.provenance)
     labels = torch.tensor([c for c in names for _ in range(args.n)] if names else [-1] * args.n, dtype=torch.long)
     top_k = args.top_k if args.top_k is not None else (None if stage2 is not None else 0.1)

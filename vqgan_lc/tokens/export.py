@@ -228,7 +228,7 @@ def export_tokens(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; pass a folder path to --out")
-    # Beside the folder, which an export replaces whole; never removed (see OutputLock).
+    # Beside the folder, which an export replaces whole (removed when the export ends).
     with OutputLock(out, path=out.parent / f".{out.name}.vqgan-lc.lock"):
         return _export_tokens(tokens_dir, out, to, overwrite=overwrite, verify=verify, chunk_rows=chunk_rows, eos=eos,
                               llamagen_prefix=llamagen_prefix)
