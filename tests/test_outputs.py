@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +117,29 @@ def test_lock_stops_a_second_run_at_once(tmp_path: Path, photos: Path, model_dir
     store = tmp_path / "feat"
     with OutputLock(store, option="--features-dir"), pytest.raises(OutputLockedError, match="--features-dir"):
         extract_features(photos, PixelExtractor(image_size=32), store, progress=False)
+
+
+def test_a_second_process_on_one_output_stops_with_a_sentence(
+        tmp_path: Path, photos: Path, model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "tok"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from vqgan_lc._io import OutputLock; "
+         f"lock = OutputLock({str(out)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        rc, err = run_cli(capsys, "encode", "--model", model_dir, "--data", photos, "--out", out, "--image-size", "64",
+                          "--num-workers", "0")
+        line = one_error_line(err, "encode")
+        assert rc == 1 and f"another vqgan-lc run (pid {holder.pid}) is writing to {out}" in line
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()
+    # the killed holder's lock died with it: the next run takes the folder over and removes the file
+    assert run_cli(capsys, "encode", "--model", model_dir, "--data", photos, "--out", out, "--image-size", "64",
+                   "--num-workers", "0")[0] == 0
+    assert not (out / LOCK_NAME).exists() and open_tokens(out).manifest["num_rows"] == 9
 
 
 # ----------------------------------------------------------------------------------------- D2-D4 per command
@@ -283,6 +308,17 @@ def test_feature_shards_have_checksums_and_a_flipped_shard_is_redone(photos: Pat
     extract_features(photos, ext, tmp_path / "f", shard_size=4, progress=False, dtype="float32")
     assert tree(tmp_path / "f") == tree(tmp_path / "clean")
 
+    # a replaced source image: its shard is extracted again (and only it), as a fresh store would hold it
+    victim = sorted(photos.rglob("*.jpg"))[1]  # source 1: shard 0
+    Image.open(sorted(photos.rglob("*.jpg"))[8]).save(victim, "JPEG")
+    before = tree(tmp_path / "f")
+    extract_features(photos, ext, tmp_path / "f", shard_size=4, progress=False, dtype="float32")
+    after = tree(tmp_path / "f")
+    extract_features(photos, ext, tmp_path / "fresh", shard_size=4, progress=False, dtype="float32")
+    assert after == tree(tmp_path / "fresh")
+    assert after["features-00000.npy"] != before["features-00000.npy"]
+    assert after["features-00001.npy"] == before["features-00001.npy"]
+
 
 # ----------------------------------------------------------------------------------------- S2 changed sources
 def test_changed_sources_are_encoded_again_and_overwrite_always_re_encodes(
@@ -353,3 +389,13 @@ def test_an_unavailable_device_is_not_called_a_corrupt_file(model_dir: Path, dev
     with pytest.raises(DeviceError):
         load_tokenizer(model_dir, map_location=device)
     assert np.isfinite(VQGANLC.from_pretrained(model_dir, map_location="cpu").quant_conv.weight.sum().item())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_evaluate_on_an_unavailable_device_is_one_sentence(token_dir: Path, model_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    rc, err = run_cli(capsys, "evaluate", "--model", model_dir, "--tokens", token_dir, "--out", tmp_path / "eval",
+                      "--device", "cuda", "--num-workers", "0")
+    line = one_error_line(err, "evaluate")
+    assert rc == 1 and "device 'cuda' is unavailable" in line and "corrupt" not in line
+    assert not (tmp_path / "eval").exists()
