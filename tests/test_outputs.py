@@ -228,6 +228,29 @@ def test_export_tokens_says_what_the_folder_holds(token_dir: Path, tmp_path: Pat
         export_tokens(token_dir, tmp_path / "exp", "memmap")
 
 
+def test_train_refuses_a_locked_root_and_an_earlier_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from train_helpers import write_codebook
+    from train_helpers import write_photos as write_train_photos
+
+    photos = write_train_photos(tmp_path / "photos")[0].parent
+    cb = write_codebook(tmp_path / "codebook.safetensors")
+    root = tmp_path / "run"
+    argv = ["train", "--config", "tiny_cpu", "--data.data", photos, "--codebook", cb, "--data.image_size", "32",
+            "--data.batch_size", "2", "--data.num_workers", "0", "--model.optim.max_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", root]
+    with OutputLock(root):
+        rc, err = run_cli(capsys, *argv)
+    line = one_error_line(err, "train")
+    assert rc == 1 and f"is writing to {root}; wait for it to finish or choose another --trainer.default_root_dir" in line
+    assert sorted(tree(root)) == []  # the holder's lock file went with it; nothing was trained
+    (root / "checkpoints").mkdir()
+    (root / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run")
+    rc, err = run_cli(capsys, *argv)
+    line = one_error_line(err, "train")
+    assert rc == 1 and "already holds a training run (checkpoints/last.ckpt)" in line and "--overwrite" in line
+    assert tree(root) == {"checkpoints/last.ckpt": b"an earlier run"}
+
+
 def test_train_root_with_an_earlier_run(tmp_path: Path) -> None:
     root = tmp_path / "run"
     check_fresh_root(root, overwrite=False)  # nothing there yet
@@ -241,6 +264,9 @@ def test_train_root_with_an_earlier_run(tmp_path: Path) -> None:
         check_fresh_root(root, overwrite=False)
     check_fresh_root(root, overwrite=True)
     assert tree(root) == {"notes.txt": b"mine"}
+    from vqgan_lc.cli.train import translate
+
+    assert translate(["--overwrite", "--ckpt-path", "last"]) == ["--overwrite=true", "--ckpt_path", "last"]
 
 
 # ----------------------------------------------------------------------------------------- S1 identity

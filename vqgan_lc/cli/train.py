@@ -28,7 +28,9 @@ CSV logs to ``<default_root_dir>/csv`` (and TensorBoard logs to ``<default_root_
 ``<default_root_dir>/reconstructions`` and the exported model directory to ``<default_root_dir>/model``.
 A root that already holds a run's checkpoints or exported model is refused without ``--ckpt-path``
 (resume it) unless ``--overwrite`` (the earlier checkpoints and exports are removed first; other files
-are kept), so a second run never replaces the first one's ``model/`` silently.
+are kept), so a second run never replaces the first one's ``model/`` silently; and while a run trains,
+rank 0 holds an advisory lock (``<default_root_dir>/.vqgan-lc.lock``) that stops a second run into the
+same root at once.
 """
 
 from __future__ import annotations
@@ -139,10 +141,22 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
                                           "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file)."},
         )
     if run:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        from .._io import OutputLock
+
         ckpt_path = resolve_ckpt_path(cli.config.get("ckpt_path"), cli.trainer)
-        if ckpt_path is None and cli.trainer.is_global_zero:
-            check_fresh_root(cli.trainer.default_root_dir, overwrite=bool(cli.config.get("overwrite")))
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        # Rank from the launcher's environment: the strategy learns its rank only inside fit.
+        first = getattr(rank_zero_only, "rank", 0) == 0 and os.environ.get("NODE_RANK", "0") == "0"
+        lock = OutputLock(cli.trainer.default_root_dir, option="--trainer.default_root_dir")
+        try:
+            if first:  # one run per root: a second `vqgan-lc train` into it stops at once
+                lock.acquire()
+                if ckpt_path is None:
+                    check_fresh_root(cli.trainer.default_root_dir, overwrite=bool(cli.config.get("overwrite")))
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        finally:
+            lock.release()
     return cli
 
 
