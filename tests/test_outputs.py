@@ -154,6 +154,13 @@ def test_encode_refuses_a_users_folder_and_overwrite_keeps_other_names(
     assert rc == 1 and str(user) in line and "is not a token directory" in line and "--overwrite" in line
     assert tree(user) == before
 
+    only_format_names = tmp_path / "only_format_names"  # no foreign name, but no run of ours either
+    before_names = user_folder(only_format_names, {"labels.npy": b"user labels", "paths.txt": b"user paths"})
+    rc, err = run_cli(capsys, "encode", "--model", model_dir, "--data", photos, "--out", only_format_names,
+                      "--image-size", "64", "--num-workers", "0")
+    assert rc == 1 and "token files from an unknown run (labels.npy, paths.txt)" in one_error_line(err, "encode")
+    assert tree(only_format_names) == before_names
+
     rc, err = run_cli(capsys, "encode", "--model", model_dir, "--data", photos, "--out", user, "--image-size", "64",
                       "--num-workers", "0", "--overwrite")
     assert rc == 0, err
@@ -170,6 +177,12 @@ def test_feature_store_refuses_a_users_folder(photos: Path, tmp_path: Path, caps
     line = one_error_line(err, "build-codebook")
     assert rc == 1 and str(feat) in line and "not a feature store" in line and "--overwrite" in line
     assert tree(feat) == before
+    only_sources = tmp_path / "only_sources"
+    before = user_folder(only_sources, {"sources.tsv": b"mine"})
+    rc, err = run_cli(capsys, "build-codebook", "--data", photos, "--extractor", "pixels", "--image-size", "32",
+                      "--features-only", only_sources, "--workers", "0", "--no-progress")
+    assert rc == 1 and "without a manifest (sources.tsv)" in one_error_line(err, "build-codebook")
+    assert tree(only_sources) == before
 
 
 def test_decode_refuses_an_earlier_decode_and_a_users_folder(

@@ -325,6 +325,10 @@ class FeatureStoreWriter(FeatureStore):
     def _create_or_resume(cls, root: Path, images: ImageList, manifest: dict[str, Any], sources_text: str,
                           overwrite: bool, lock: OutputLock) -> FeatureStoreWriter:
         mpath = root / MANIFEST
+        stray = sorted(f.name for f in root.iterdir() if re.fullmatch("|".join(OWN_NAMES[:2]), f.name))
+        if not mpath.exists() and stray and not overwrite:
+            raise FeatureStoreError(f"{root} holds feature-store files without a manifest ({', '.join(stray[:3])}); "
+                                    "choose another --features-dir or pass --overwrite to replace them")
         if mpath.exists():
             try:
                 old = FeatureStore.open(root, require_complete=False)

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 from collections import deque
 from collections.abc import Callable, Generator
@@ -28,7 +29,6 @@ from ..errors import EncodeError
 from ..progress import Progress
 from ..tokenizer import Tokenizer, load_tokenizer, tokenizer_identity
 from .format import (
-    MANIFEST,
     OWN_NAMES,
     RUN_FILE,
     TOKEN_DTYPE,
@@ -123,8 +123,14 @@ def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool, lock
                 f"{out} holds tokens made with another model, source list or options (differs in: "
                 f"{', '.join(diff)}); choose another --out or pass --overwrite to replace them"
             )
-    elif any(out.glob("shard-*.npy")) or (out / MANIFEST).exists():
-        raise TokenFormatError(f"{out} has token files from an unknown run; pass --overwrite to replace them")
+    else:
+        # Files of this format's names without the run's identity (e.g. a user's own labels.npy): never ours
+        # to overwrite. (``--overwrite`` removed them in prepare_output_dir.)
+        own = re.compile("|".join(OWN_NAMES))
+        stray = sorted(p.name for p in out.iterdir() if p.name != WORKER_MODEL_DIR and own.fullmatch(p.name))
+        if stray:
+            raise TokenFormatError(f"{out} has token files from an unknown run ({', '.join(stray[:3])}); choose another "
+                                   "--out or pass --overwrite to replace them")
     # The worker model copy of a killed run is never part of the result (temporaries were swept above).
     shutil.rmtree(out / WORKER_MODEL_DIR, ignore_errors=True)
     atomic_write_json(run_path, descriptor)
