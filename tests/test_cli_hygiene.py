@@ -106,7 +106,7 @@ def test_result_on_stdout_and_no_other_library_info_on_stderr(tmp_path: Path, ca
         assert "Loading faiss" not in err and "a real warning from another library" in err
         assert "INFO vqgan_lc.convert: a vqgan_lc progress line" in err
         assert not any(" INFO " in line and " vqgan_lc" not in line for line in err.splitlines())
-        assert main(["-v", *argv]) == 0  # -v shows other libraries' INFO lines
+        assert main(["-v", *argv, "--overwrite"]) == 0  # -v shows other libraries' INFO lines
         assert "Loading faiss with AVX2 support." in capsys.readouterr().err
     finally:
         conv.convert_official = real  # type: ignore[assignment]

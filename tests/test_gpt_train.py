@@ -100,6 +100,14 @@ def test_train_gpt_cli_exports_a_gpt_and_sample_cli_writes_pngs(tokens: dict[str
     # a decoder that did not make the GPT's tokens is refused
     other = tiny_model(seed=1, embed_dim=4).save_pretrained(tmp_path / "other")
     assert main(["sample", "--gpt", str(out), "--tokenizer", str(other), "--n", "1", "--out", str(tmp_path / "x")]) == 1
+    same_arch = tiny_model(seed=1).save_pretrained(tmp_path / "same_arch")  # same architecture, other weights
+    assert main(["sample", "--gpt", str(out), "--tokenizer", str(same_arch), "--n", "1", "--out", str(tmp_path / "x")]) == 1
+    assert not (tmp_path / "x").exists()
+    # an earlier run's samples are never mixed with new ones silently
+    before = {p.name: p.read_bytes() for p in samples.iterdir()}
+    assert main(["sample", "--gpt", str(out), "--tokenizer", str(tokens["vq"]), "--n", "1", "--out", str(samples),
+                 "--device", "cpu"]) == 1
+    assert {p.name: p.read_bytes() for p in samples.iterdir()} == before
     # resume continues from last.ckpt to the new max_steps
     rc = main(["train-gpt", "--tokens", str(tokens["tok"]), "--config", str(CONFIGS / "gpt_tiny_cpu.yaml"),
                "--out", str(out), "--train.max_steps=8", "--no-progress", "--resume", "--set", "train.seed=0"])

@@ -328,7 +328,7 @@ def test_the_dataset_encoder_takes_a_mage_model(tmp_path: Path) -> None:
     manifest = encode_dataset(model, tmp_path / "photos", tmp_path / "tok", options=opts, progress=False)
     assert manifest["grid"] == [16, 16]
     assert manifest["tokenizer"] == {"kind": "mage-vqgan", "config_hash": model.config_hash(), "codebook_size": 64,
-                                     "downsample_factor": 2}
+                                     "downsample_factor": 2, "weights_hash": model.weights_hash()}
     images = list_images(tmp_path / "photos")
     pre = Preprocessing(32)
     x = torch.stack([pre(load_rgb(tmp_path / "photos" / p)) for p in images.paths])

@@ -55,7 +55,8 @@ def test_both_tokenizers_satisfy_the_protocol_and_only_vqgan_lc_decodes() -> Non
     assert (digit.codebook_size, digit.downsample_factor, digit.latent_shape(256), digit.latent_shape(512)) == \
         (32, 16, (16, 16), (16, 16))
     assert tokenizer_identity(model) == {"kind": "vqgan-lc", "config_hash": model.config_hash(),
-                                         "codebook_size": 512, "downsample_factor": 8}
+                                         "codebook_size": 512, "downsample_factor": 8,
+                                         "weights_hash": model.weights_hash()}
     assert tokenizer_identity(digit)["kind"] == "digit"
 
 

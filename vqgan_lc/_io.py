@@ -10,7 +10,13 @@
   fit; ``sha256_file`` and ``state_dict_sha256`` identify a weights file and a module's weights.
 * ``atomic_path`` and the ``atomic_write_*`` writers: write to a temporary name next to the target,
   fsync, rename over the target and fsync the directory, so a crash never leaves a partial file
-  visible. Temporary names are ``.NAME.tmp-PID`` (``TMP_GLOB`` finds leftovers).
+  visible. Temporary names are ``.NAME.tmp-PID`` (``TMP_GLOB`` finds leftovers). The file gets the mode
+  ``0o666 & ~umask`` (safetensors alone would leave it 0600), and safetensors headers are written in a fixed
+  order, so identical runs give byte-identical files.
+* ``prepare_output_dir`` and ``OutputLock``: the one guard of every command that writes a folder: a non-empty
+  folder that holds files of another kind (or of another run) is refused unless ``--overwrite``, only the
+  command's own temporary names are swept, and an advisory lock (``fcntl.flock`` on ``.vqgan-lc.lock``
+  inside the folder) stops a second run on the same output at once.
 """
 
 from __future__ import annotations
@@ -18,16 +24,28 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import re
+import shutil
+import struct
 import zipfile
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .errors import CheckpointError, FormatVersionError, MissingWeightsError, VQGANLCError
+from .errors import (
+    CheckpointError,
+    DeviceError,
+    FormatVersionError,
+    MissingWeightsError,
+    OutputExistsError,
+    OutputLockedError,
+    VQGANLCError,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -35,12 +53,31 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 """The two files of a weights directory (``save_weights_dir`` / ``load_weights_dir``)."""
+WEIGHTS_DIR_NAMES = (r"config\.json", r"model\.safetensors")
+"""``prepare_output_dir``'s own names of a weights directory."""
 
 TMP_GLOB = ".*.tmp-*"
-"""Glob of the temporary files ``atomic_path`` leaves behind when a write is interrupted."""
+"""Glob of the temporary files ``atomic_path`` leaves behind when a write is interrupted (of any name: a
+writer sweeps only its own names, ``tmp_pattern``)."""
+
+WEIGHTS_SHA256_KEY = "weights_sha256"
+"""The ``config.json`` key holding the sha256 of ``model.safetensors`` (written by ``save_weights_dir``, checked
+by ``load_weights_dir``; directories written before it existed lack it and load unchecked)."""
+
+LOCK_NAME = ".vqgan-lc.lock"
+"""The advisory lock file ``OutputLock`` keeps inside an output folder while a run writes to it (removed when
+it ends; a killed run leaves it, and the next run takes it over: a flock dies with its process)."""
+
+
+def tmp_pattern(name_glob: str) -> str:
+    """Glob of ``atomic_path``'s temporary names for targets matching ``name_glob`` (``"shard-*.npy"`` ->
+    ``".shard-*.npy.tmp-*"``)."""
+    return f".{name_glob}.tmp-*"
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -136,11 +173,51 @@ def load_weights_dir(
         config = parse_config(meta["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_path} has an invalid {what} config: {e}") from e
+    recorded = meta.get(WEIGHTS_SHA256_KEY)
+    if recorded is not None and sha256_file(w_path) != recorded:
+        raise CheckpointError(f"{w_path} is corrupt or truncated (its sha256 differs from the one {CONFIG_NAME} "
+                              "records); re-download or re-export it")
+    check_device(device)
     try:
         state = load_file(str(w_path), device=device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{w_path} is corrupt or truncated ({e}); re-download or re-export it") from e
     return meta, config, state, w_path
+
+
+def check_device(device: Any) -> None:
+    """Raise ``DeviceError`` (one sentence) when ``device`` (``"cuda"``, ``"cuda:1"``, ``torch.device``, None =
+    CPU) is not a usable torch device on this machine, instead of letting a later load fail with a message
+    that blames the file."""
+    import torch
+
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise DeviceError(f"{str(device)!r} is not a torch device type; pass e.g. 'cpu' or 'cuda'") from e
+    if dev.type == "cpu" or dev.type == "meta":
+        return
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DeviceError(f"device {str(dev)!r} is unavailable: torch sees no CUDA GPU on this machine; "
+                              "pass map_location='cpu' (or --device cpu)")
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(f"device {str(dev)!r} is unavailable: this machine has {n} CUDA GPU(s) (cuda:0 to "
+                              f"cuda:{n - 1}); pass one of those or 'cpu'")
+        return
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DeviceError(f"device {str(dev)!r} is unavailable on this machine; pass map_location='cpu'")
+        return
+    backend = getattr(torch, dev.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if not callable(is_available) or not is_available():
+        raise DeviceError(f"device {str(dev)!r} is unavailable on this machine (torch has no usable {dev.type} "
+                          "backend); pass map_location='cpu'")
 
 
 def state_dict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any], *, show: int = 5) -> str:
@@ -259,6 +336,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # safetensors creates 0600; the visible file follows the umask
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -291,22 +369,57 @@ def atomic_write_npy(path: str | os.PathLike, array: np.ndarray) -> str:
 
 
 def atomic_save_safetensors(path: str | os.PathLike, tensors: dict[str, Any],
-                            metadata: dict[str, str] | None = None) -> None:
-    """``safetensors.torch.save_file`` through ``atomic_path``."""
-    from safetensors.torch import save_file
+                            metadata: dict[str, str] | None = None) -> str:
+    """Write ``tensors`` (and string ``metadata``) as a safetensors file through ``atomic_path``; returns its
+    sha256.
 
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    The header is rewritten in a fixed order (metadata keys sorted, tensors by offset): safetensors itself
+    serialises the metadata from a hash map, so two identical saves could differ byte for byte.
+    """
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    ordered: dict[str, Any] = {}
+    if "__metadata__" in header:
+        ordered["__metadata__"] = dict(sorted(header.pop("__metadata__").items()))
+    ordered.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"][0], kv[0])))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    h = hashlib.sha256()
+    data = memoryview(blob)[8 + n :]
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for part in (struct.pack("<Q", len(text)), text, data):
+            f.write(part)
+            h.update(part)
+    return h.hexdigest()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where ``/proc`` says it (changing it, even briefly, is
+    not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):  # pragma: no cover - no /proc (macOS)
+        pass
+    mask = os.umask(0o022)  # pragma: no cover
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
 
 
 def save_weights_dir(directory: str | os.PathLike, meta: dict[str, Any], state: dict[str, Any]) -> Path:
     """Write a weights directory: ``state`` to ``model.safetensors`` (with ``meta``'s format and version as
-    string metadata) and ``meta`` to ``config.json``, both atomically. Returns the directory."""
+    string metadata) and ``meta`` plus the weights file's sha256 (``weights_sha256``) to ``config.json``, both
+    atomically. Returns the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tags = {"format": str(meta["format"]), "format_version": str(meta["format_version"])}
-    atomic_save_safetensors(directory / WEIGHTS_NAME, state, tags)
-    atomic_write_json(directory / CONFIG_NAME, meta)
+    digest = atomic_save_safetensors(directory / WEIGHTS_NAME, state, tags)
+    atomic_write_json(directory / CONFIG_NAME, {**meta, WEIGHTS_SHA256_KEY: digest})
     return directory
 
 
@@ -324,9 +437,193 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+# ----------------------------------------------------------------------------------------- output folders
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _make_output_dir(out: Path, option: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{option} {out} is a file, not a folder; pass a folder path (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputExistsError(f"cannot create the folder {out} ({e.strerror or e}); choose another {option}") from e
+
+
+class OutputLock:
+    """An advisory lock on an output folder: ``fcntl.flock`` (exclusive, non-blocking) on ``LOCK_NAME``
+    inside it, held until ``release`` (or the process ends). A second run on the same folder raises
+    ``OutputLockedError`` at once. ``release`` removes the file while still holding the lock, and
+    ``acquire`` checks that the file it locked is still the one at the path, so removal never lets two
+    runs in. Where ``fcntl`` does not exist (Windows) nothing is locked."""
+
+    def __init__(self, directory: str | os.PathLike, *, option: str = "--out", path: str | os.PathLike | None = None) -> None:
+        self.directory = Path(directory)
+        self.option = option
+        self.path = Path(path) if path is not None else self.directory / LOCK_NAME
+        """The lock file: ``LOCK_NAME`` inside the folder, or ``path`` (beside a folder that is replaced whole)."""
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> OutputLock:
+        """Take the lock (creating the folder if needed); ``OutputLockedError`` when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        path = self.path
+        _make_output_dir(path.parent, self.option)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                try:
+                    holder = f" (pid {int(path.read_text().strip())})"
+                except (OSError, ValueError):
+                    holder = ""
+                raise OutputLockedError(
+                    f"another vqgan-lc run{holder} is writing to {self.directory}; wait for it to finish or choose "
+                    f"another {self.option}"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed the file between our open and flock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file, then drop the lock (a waiting run that opened the old file notices the
+        removal and locks a new one)."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _own_matcher(own_names: Sequence[str]) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    names = "|".join(f"(?:{n})" for n in own_names)
+    return re.compile(f"(?:{names})"), re.compile(rf"\.(?:{names})\.tmp-(\d+)")
+
+
+def prepare_output_dir(
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    overwrite: bool,
+    own_names: Sequence[str],
+    resumable: bool = False,
+    lock: bool | OutputLock = False,
+    option: str = "--out",
+    create: bool = True,
+) -> OutputLock:
+    """Make the folder ``path`` ready for a command that writes a ``kind`` (e.g. ``"token directory"``) into
+    it; returns the folder's ``OutputLock`` (held when ``lock`` is true, or acquired when it is an ``OutputLock``
+    the caller releases; release it when the command is done). A held lock raises ``OutputLockedError``.
+
+    ``own_names``: regular expressions (matched against whole names) of the files and folders the command
+    writes; ``atomic_path``'s temporaries of those names (``.NAME.tmp-PID``) count as its own too. Then:
+
+    * a missing or empty folder is created;
+    * a folder that holds other names is refused (``OutputExistsError``: "X is not empty and is not a KIND
+      ...") unless ``overwrite``; with ``overwrite`` the other files are kept and the command writes beside
+      them;
+    * a folder that holds this kind's files of an earlier run is refused unless ``resumable`` (the caller
+      then checks that the run is its own, e.g. ``encode.json``) or ``overwrite``; with ``overwrite``
+      those files (and only those) are removed first;
+    * the command's own temporaries are removed when their process is gone (or always under ``lock``):
+      nothing of another name is ever deleted.
+
+    ``option`` names the flag of the folder in the sentences. ``create=False`` leaves a missing folder
+    missing (for a command that creates it once its work succeeded; nothing is locked then).
+    """
+    out = Path(path)
+    if not create and not out.exists():
+        return lock if isinstance(lock, OutputLock) else OutputLock(out, option=option)
+    _make_output_dir(out, option)
+    own, own_tmp = _own_matcher(own_names)
+    a_kind = f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+    def scan() -> tuple[list[Path], list[tuple[Path, int]]]:
+        """This kind's files and temporaries in ``out``; refuses what is not allowed (see above)."""
+        foreign: list[str] = []
+        mine: list[Path] = []
+        temps: list[tuple[Path, int]] = []
+        for p in sorted(out.iterdir()):
+            if p.name == LOCK_NAME:
+                continue
+            if (m := own_tmp.fullmatch(p.name)) is not None:
+                temps.append((p, int(m.group(1))))
+            elif own.fullmatch(p.name):
+                mine.append(p)
+            else:
+                foreign.append(p.name)
+        if foreign and not overwrite:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputExistsError(
+                f"{out} is not empty and is not {a_kind} (it holds {shown}); choose an empty or new {option}, or "
+                "pass --overwrite to write into it (files of other names are kept)"
+            )
+        if mine and not resumable and not overwrite:
+            shown = ", ".join(p.name for p in mine[:3]) + (f" and {len(mine) - 3} more" if len(mine) > 3 else "")
+            raise OutputExistsError(
+                f"{out} already holds {a_kind} from an earlier run ({shown}); choose another {option} or pass "
+                "--overwrite to replace it"
+            )
+        return mine, temps
+
+    scan()  # refuse before the lock file is created: a refused folder is left exactly as it was
+    held = lock if isinstance(lock, OutputLock) else OutputLock(out, option=option)
+    if lock is not False and not held.held:
+        held.acquire()
+    try:
+        mine, temps = scan()  # again under the lock: another run may have written meanwhile
+        if overwrite and mine:
+            log.info("--overwrite: removing the %d files of the earlier %s in %s", len(mine), kind, out)
+            for p in mine:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        for p, pid in temps:
+            if held.held or pid == os.getpid() or not _pid_alive(pid):
+                p.unlink(missing_ok=True)
+    except BaseException:
+        if held is not lock:
+            held.release()
+        raise
+    return held
+
+
 __all__ = [
     "CONFIG_NAME",
+    "LOCK_NAME",
     "TMP_GLOB",
+    "WEIGHTS_SHA256_KEY",
+    "WEIGHTS_DIR_NAMES",
     "WEIGHTS_NAME",
     "atomic_path",
     "atomic_save_safetensors",
@@ -334,15 +631,20 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_npy",
     "atomic_write_text",
+    "OutputLock",
+    "check_device",
     "check_format",
+    "current_umask",
     "fsync_dir",
     "is_torchscript",
     "load_state_dict_strict",
     "load_weights_dir",
     "load_weights_file",
+    "prepare_output_dir",
     "read_format_json",
     "save_weights_dir",
     "sha256_file",
     "state_dict_mismatch",
     "state_dict_sha256",
+    "tmp_pattern",
 ]

@@ -235,6 +235,24 @@ class ImageList:
             h.update(f"{p}\t{self.classes[lab] if lab >= 0 else ''}\n".encode())
         return h.hexdigest()
 
+    def source_stamp(self, index: int) -> list[int]:
+        """What a rerun compares to notice a changed source: ``[size in bytes, mtime in ns]`` of the file of
+        ``paths[index]`` (``[-1, -1]`` when it cannot be stat'ed). Sources other than plain files supply their
+        own (a tar member: the tar's size and mtime and the member's offset; a dataset: its fingerprint)."""
+        try:
+            st = (self.root / self.paths[index]).stat()
+        except OSError:
+            return [-1, -1]
+        return [int(st.st_size), int(st.st_mtime_ns)]
+
+    def sources_digest(self, start: int, stop: int) -> str:
+        """sha256 of ``source_stamp`` of the sources ``[start, stop)``: what a shard records to be redone when
+        one of its sources changed."""
+        h = hashlib.sha256()
+        for i in range(start, stop):
+            h.update(f"{i}:{self.source_stamp(i)}\n".encode())
+        return h.hexdigest()
+
 
 def list_images(root: str | os.PathLike, file_list: str | os.PathLike | None = None) -> ImageList:
     """List the images under ``root``, or those named by ``file_list`` (paths relative to ``root``).

@@ -259,6 +259,10 @@ class DiscriminativeTokenizer(ImageTokenizerMixin, PretrainedMixin, nn.Module):
                          "sha256": _tensor_sha256(self.centroids)},
         }
 
+    def weights_hash(self) -> str:
+        """The config hash already covers the weights (the extractor's state-dict sha256, the centroids')."""
+        return self.config_hash()
+
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__

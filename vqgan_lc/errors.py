@@ -119,3 +119,16 @@ class SampleEvaluationError(VQGANLCError, ValueError):
 
 class ExportError(VQGANLCError, ValueError):
     """A token export that cannot be written or read as asked (bad target, non-empty output, missing package)."""
+
+
+# ----------------------------------------------------------------------------------------- outputs, devices
+class OutputExistsError(VQGANLCError, FileExistsError):
+    """An output folder that holds files of another kind or of another run (pass ``--overwrite``), or a file."""
+
+
+class OutputLockedError(VQGANLCError, RuntimeError):
+    """An output folder another running vqgan-lc process is writing to (its advisory lock is held)."""
+
+
+class DeviceError(VQGANLCError, ValueError):
+    """A torch device that does not exist or is unavailable on this machine (``map_location``, ``--device``)."""

@@ -3,7 +3,9 @@
 Directory (``format: vqgan-lc-model``, version 1): ``config.json`` (``format``, ``format_version``,
 ``weights`` (``full`` / ``inference``), ``config`` (the ``ModelConfig``), ``preprocessing`` (how images
 were prepared: see ``vqgan_lc.tokenizer``; directories written before it existed get the default for
-the model's resolution) and ``provenance``) plus ``model.safetensors``.
+the model's resolution), ``provenance``, ``weights_sha256`` (of ``model.safetensors``, checked on load) and,
+for an inference export, ``quantizer_hash`` (the full model's, so that both exports have one
+``weights_hash``)) plus ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
         self.quantize: CodebookQuantizer = build_quantizer(config, inference_only=inference_only)
+        self._source_quantizer_hash: str | None = None
+        """An inference export's record of the full model's ``quantizer_hash`` (its projected codes are derived)."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -197,9 +201,21 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         q = self.quantize(self.encode_latents(images))
         return ModelOutput(reconstruction=self.decode_latents(q.z_q), quantizer=q)
 
+    # ------------------------------------------------------------------ identity
+    def quantizer_hash(self) -> str:
+        """sha256 of the quantizer's tensors; an inference export loaded from a directory reports the full
+        model's (recorded at export), so tokens of the full model and of its inference export match."""
+        if self.inference_only and self._source_quantizer_hash is not None:
+            return self._source_quantizer_hash
+        return super().quantizer_hash()
+
     # ------------------------------------------------------------------ files
     def _config_extra(self) -> dict[str, Any]:
-        return {"weights": "inference" if self.inference_only else "full", "preprocessing": self.preprocessing}
+        extra: dict[str, Any] = {"weights": "inference" if self.inference_only else "full",
+                                 "preprocessing": self.preprocessing}
+        if self.inference_only:
+            extra["quantizer_hash"] = self.quantizer_hash()
+        return extra
 
     def save_pretrained(
         self, directory: str | os.PathLike, *, inference_only: bool = False, provenance: dict[str, Any] | None = None,
@@ -219,7 +235,8 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
             raise ValueError("inference-only export exists for the 'lc' quantizer only")
         state = {k: v for k, v in self._state_to_save().items() if not k.startswith("quantize.")}
         state["quantize.projected"] = self.quantize.projected_codebook().detach().cpu().contiguous()
-        out = self._write_pretrained(directory, state, {**self._config_extra(), "weights": "inference"}, provenance)
+        extra = {**self._config_extra(), "weights": "inference", "quantizer_hash": self.quantizer_hash()}
+        out = self._write_pretrained(directory, state, extra, provenance)
         return self._after_save(out, push_to_hub=push_to_hub, repo_id=repo_id, token=token)
 
     @classmethod
@@ -230,8 +247,12 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
                 pre = check_preprocessing(pre)
             except ValueError as e:
                 raise CheckpointError(f"{directory / 'config.json'} has an invalid preprocessing block: {e}") from e
-        return cls(config, inference_only=meta.get("weights") == "inference",
-                   provenance=meta.get("provenance") or {}, preprocessing=pre)
+        model = cls(config, inference_only=meta.get("weights") == "inference",
+                     provenance=meta.get("provenance") or {}, preprocessing=pre)
+        recorded = meta.get("quantizer_hash")
+        if model.inference_only and isinstance(recorded, str):
+            model._source_quantizer_hash = recorded
+        return model
 
 
 def describe(path: Path) -> Description:
@@ -250,6 +271,7 @@ def describe(path: Path) -> Description:
         "weights": "inference (projected codes only)" if model.inference_only else "full",
         "parameters": millions(sum(p.numel() for p in model.parameters())),
         "config_hash": model.config_hash(),
+        "weights_hash": model.weights_hash(),
     }
     return Description("model directory", MODEL_FORMAT, MODEL_FORMAT_VERSION, fields,
                        {"config": c.to_dict(), "preprocessing": model.preprocessing, "provenance": model.provenance})

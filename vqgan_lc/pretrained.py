@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 
-from ._io import load_weights_dir, save_weights_dir, state_dict_mismatch
+from ._io import check_device, load_weights_dir, save_weights_dir, state_dict_mismatch
 from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,46 @@ class PretrainedMixin:
         """A short hash of ``config_dict()`` (token directories record it to refuse a mismatched model)."""
         return hash_config(self.config_dict())
 
+    IDENTITY_PREFIXES: ClassVar[tuple[str, ...]] = ("encoder.", "quant_conv.")
+    """State-dict prefixes of the tensors that decide which id an image gets (with the quantizer's tensors,
+    ``QUANTIZER_PREFIX``, which also decide what each id means): what ``weights_hash`` hashes. The decoder
+    is left out, so a decoder-only fine-tune still reads the tokens."""
+    QUANTIZER_PREFIX: ClassVar[str] = "quantize."
+
+    def _tensors_digest(self, prefixes: tuple[str, ...]) -> str:
+        """sha256 over the names, dtypes, shapes and bytes of the state-dict tensors under ``prefixes``;
+        cached until one of them changes (in-place updates bump a tensor's version counter)."""
+        state: dict[str, torch.Tensor] = self.state_dict(keep_vars=True)  # type: ignore[attr-defined]
+        tensors = sorted((k, v) for k, v in state.items() if k.startswith(prefixes))
+        key = tuple((k, v.data_ptr(), v._version, str(v.device)) for k, v in tensors)
+        cache: dict[tuple[str, ...], tuple[Any, str]] = self.__dict__.setdefault("_digest_cache", {})
+        hit = cache.get(prefixes)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        h = hashlib.sha256()
+        for name, t in tensors:
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        cache[prefixes] = (key, h.hexdigest())
+        return h.hexdigest()
+
+    def quantizer_hash(self) -> str:
+        """sha256 of the quantizer's tensors (``QUANTIZER_PREFIX``): the codebook the ids index."""
+        return self._tensors_digest((self.QUANTIZER_PREFIX,))
+
+    def weights_hash(self) -> str:
+        """A short hash of the weights that decide the ids: the tensors under ``IDENTITY_PREFIXES`` plus
+        ``quantizer_hash()``.
+
+        Token directories record it next to ``config_hash`` so that tokens of another model of the same
+        architecture (a retrained encoder, another codebook) are refused. Cheap after the first call
+        (cached while the tensors are unchanged).
+        """
+        h = hashlib.sha256(self._tensors_digest(self.IDENTITY_PREFIXES).encode())
+        h.update(b"|quantizer|" + self.quantizer_hash().encode())
+        return h.hexdigest()[:16]
+
     # ------------------------------------------------------------------ saving
     def _config_extra(self) -> dict[str, Any]:
         """Top-level ``config.json`` keys besides format, version, config and provenance."""
@@ -212,6 +252,7 @@ class PretrainedMixin:
         once and cached). ``revision``, ``cache_dir``, ``local_files_only`` and ``token`` mean what they mean in
         huggingface_hub; ``HF_HUB_OFFLINE=1`` uses the caches only.
         """
+        check_device(map_location)  # before reading: an unusable device is not a corrupt file
         directory = _resolve_pretrained(path, kind=cls.HUB_KIND, revision=revision, cache_dir=cache_dir,
                                         local_files_only=local_files_only, token=token)
         model = cls._load_pretrained(directory)

@@ -8,7 +8,10 @@ Every image tokenizer of vqgan-lc (``VQGANLC``, the DiGIT ``DiscriminativeTokeni
   (``width`` defaults to ``height``; DiGIT's grid is fixed by its extractor, whatever the size);
 * ``preprocessing``: how an image file becomes the ``(3, S, S)`` input of ``encode`` that
   ``vqgan-lc encode`` uses (the dict below); its ``image_size`` is the default image size;
-* ``config_hash()``: the short hash token directories record to refuse a mismatched tokenizer;
+* ``config_hash()``: the short hash of the architecture token directories record to refuse a mismatched tokenizer;
+* ``weights_hash()``: the short hash of the weights that decide the ids (encoder, quant_conv, codebook; for
+  DiGIT the extractor and the centroids), recorded beside it so another model of the same architecture
+  is refused too;
 * ``encode(images (B, 3, H, W) in [-1, 1]) -> ids (B, h, w) int64``: float16/bfloat16/float64 images are
   cast to the weights' dtype; NaN/Inf or values outside [-1, 1] (by more than 1e-2) are refused;
 * ``save_pretrained(directory)``: a directory ``load_tokenizer`` opens again.
@@ -111,6 +114,8 @@ class Tokenizer(Protocol):
     def latent_shape(self, height: int, width: int | None = None) -> tuple[int, int]: ...
 
     def config_hash(self) -> str: ...
+
+    def weights_hash(self) -> str: ...
 
     def preprocess(self, images: Any) -> torch.Tensor: ...
 
@@ -251,10 +256,12 @@ def load_tokenizer(
     Raises ``CheckpointError`` for a directory of another kind (a GPT, a token directory, ...) or of no
     known format, ``FormatVersionError`` for an unknown format version.
     """
+    from ._io import check_device
     from .errors import UnknownFormatError
     from .formats import detect
     from .pretrained import _resolve_pretrained
 
+    check_device(map_location)
     path = _resolve_pretrained(path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                                token=token)
     try:
@@ -272,13 +279,35 @@ def load_tokenizer(
 
 
 def tokenizer_identity(tok: Tokenizer) -> dict[str, Any]:
-    """What a token directory records about the tokenizer that made it."""
+    """What a token directory records about the tokenizer that made it: kind, architecture hash, weights hash
+    (``weights_hash``), codebook size and downsampling factor."""
     return {
         "kind": tok.kind,
         "config_hash": tok.config_hash(),
+        "weights_hash": tok.weights_hash(),
         "codebook_size": tok.codebook_size,
         "downsample_factor": tok.downsample_factor,
     }
+
+
+def identity_mismatch(recorded: dict[str, Any], tok: Tokenizer) -> list[str]:
+    """Why ``tok`` is not the tokenizer a token directory (or a GPT's provenance) records in ``recorded``
+    (a ``tokenizer_identity`` dict): the differing architecture and weights hashes (empty when it fits).
+
+    A record made before vqgan-lc recorded the weights (no ``weights_hash``) is accepted on the architecture
+    alone, with a warning: re-encode to get the full check.
+    """
+    problems = []
+    if recorded.get("config_hash") != tok.config_hash():
+        problems.append(f"model config hash {tok.config_hash()} != {recorded.get('config_hash')} recorded")
+    if "weights_hash" not in recorded:
+        log.warning(
+            "the tokens were made before vqgan-lc recorded the weights hash: only the architecture is checked; "
+            "re-encode them to check the weights too")
+    elif recorded["weights_hash"] != tok.weights_hash():
+        problems.append(f"weights hash {tok.weights_hash()} != {recorded['weights_hash']} recorded (same architecture, "
+                        "other weights)")
+    return problems
 
 
 __all__ = [
@@ -290,6 +319,7 @@ __all__ = [
     "TokenizerKind",
     "check_preprocessing",
     "default_preprocessing",
+    "identity_mismatch",
     "load_tokenizer",
     "preprocess_images",
     "tokenizer_identity",

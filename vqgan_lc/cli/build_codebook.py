@@ -63,7 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard")
     st.add_argument("--batch-size", type=positive_int, default=32)
     st.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader worker processes")
-    st.add_argument("--overwrite", action="store_true", help="rebuild a store made with other options")
+    st.add_argument("--overwrite", action="store_true",
+                    help="extract the store afresh (also one made with other options); files of other names in "
+                         "the folder are kept")
 
     km = p.add_argument_group("k-means")
     km.add_argument("--k", type=positive_int, help="codebook size N (global k-means; with --per-class it must equal K x classes)")

@@ -37,7 +37,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inference-only", action="store_true",
                    help="store only the projected N x D' codes (3.2 MB at 100k) instead of the raw codebook")
     p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model directory already in --out (other files there are kept)")
     p.set_defaults(_convert_parser=p)
+
+
+DIGIT_OUT_NAMES = (r"gpt", r"tokenizer", r"codebook\.safetensors")
+"""What ``--format digit`` writes into --out."""
+
+
+def _prepare_out(args: argparse.Namespace) -> None:
+    """Refuse an --out holding other files or another model unless --overwrite (before the slow conversion)."""
+    from .._io import WEIGHTS_DIR_NAMES, prepare_output_dir
+
+    digit = args.format == "digit"
+    prepare_output_dir(args.out, "DiGIT conversion" if digit else "model directory", overwrite=args.overwrite,
+                       own_names=DIGIT_OUT_NAMES if digit else WEIGHTS_DIR_NAMES, create=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,14 +63,17 @@ def run(args: argparse.Namespace) -> int:
         given = [f"--{k.replace('_', '-')}" for k in (*_VQGAN_LC_ONLY, "config") if getattr(args, k)]
         if given:
             parser.error(f"{', '.join(given)} do not apply to --format digit")
+        _prepare_out(args)
         return _run_digit(args)
     if args.format == "mage":
         given = [f"--{k.replace('_', '-')}" for k in _VQGAN_LC_ONLY if getattr(args, k)]
         if given:
             parser.error(f"{', '.join(given)} apply to --format vqgan-lc only")
+        _prepare_out(args)
         return _run_mage(args)
     if args.config is None and args.preset is None:
         parser.error("one of the arguments --config --preset is required")
+    _prepare_out(args)
 
     from ..convert import convert_official
 

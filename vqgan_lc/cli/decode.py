@@ -9,6 +9,9 @@ from ._args import positive_int
 
 log = logging.getLogger(__name__)
 
+DECODED_NAMES = (r"\d{8,}\.png",)
+"""What decode writes into --out: one ``{row:08d}.png`` per row."""
+
 
 def parse_indices(spec: str | None, n: int) -> range:
     """``"a:b"``, ``"a:"``, ``":b"`` or ``"i"`` -> a range of rows (Python slice semantics).
@@ -42,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--indices", help="rows to decode, e.g. 0:100 (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--force", action="store_true", help="decode even if the model does not match the manifest")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that holds other files (kept) or an earlier decode (removed first)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from .._io import prepare_output_dir
     from ..data import to_uint8
     from ..errors import ConfigError, VQGANLCError
     from ..tokenizer import DecodingTokenizer, load_tokenizer
@@ -69,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         log.warning("decoding despite: %s", p)
     rows = parse_indices(args.indices, len(tokens))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.batch_size < 1:  # argparse refuses it; a Namespace built by hand may not
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    prepare_output_dir(out, "folder of decoded images", overwrite=args.overwrite, own_names=DECODED_NAMES)
     written = 0
     for s in range(0, len(rows), args.batch_size):
         batch = list(rows[s : s + args.batch_size])

@@ -50,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=positive_int, default=4096, help="source images per shard")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="an unreadable image is skipped and recorded (skip) or stops the run (fail)")
-    p.add_argument("--overwrite", action="store_true", help="replace tokens made with another model or options")
+    p.add_argument("--overwrite", action="store_true",
+                   help="encode everything again, replacing the tokens already in --out (made with this or another "
+                        "model or options); files of other names there are kept")
     p.add_argument("--device", type=device, help="torch device for a single-process run (default: cuda if available)")
 
 

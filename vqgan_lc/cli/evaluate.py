@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="FID Inception-v3 state dict (pt_inception-2015-12-05-6726825d.pth); enables rFID")
     p.add_argument("--device", type=device, help="torch device (default: cuda if available)")
     p.add_argument("--force", action="store_true", help="evaluate --tokens even if the model does not match the manifest")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that holds other files (kept) or an earlier report (replaced)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,14 +37,16 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .._io import prepare_output_dir
     from ..metrics import EvaluateOptions, evaluate
-    from ..metrics.report import METRIC_LABELS
+    from ..metrics.report import METRIC_LABELS, REPORT_NAMES
 
     if args.data is None and args.tokens is None:
         print("vqgan-lc evaluate: error: pass --data FOLDER, or --tokens DIR (with --data for image metrics)",
               file=sys.stderr)
         return 2
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    prepare_output_dir(args.out, "evaluation report", overwrite=args.overwrite, own_names=REPORT_NAMES, create=False)
     opts = EvaluateOptions(
         image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
         lpips_alex_weights=args.lpips_alex_weights, lpips_vgg_weights=args.lpips_vgg_weights,

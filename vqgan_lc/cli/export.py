@@ -14,11 +14,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="a .ckpt written by vqgan-lc train")
     p.add_argument("--out", required=True, help="output model directory")
     p.add_argument("--inference-only", action="store_true", help="keep only the projected N x D' codes")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a model directory already in --out (other files there are kept)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._io import WEIGHTS_DIR_NAMES, prepare_output_dir
     from ..export import export_checkpoint
 
+    prepare_output_dir(args.out, "model directory", overwrite=args.overwrite, own_names=WEIGHTS_DIR_NAMES, create=False)
     path = export_checkpoint(args.checkpoint, args.out, inference_only=args.inference_only)
     print(path)
     return 0

@@ -10,7 +10,9 @@
 
 ``--class`` takes indices or class names (as recorded from the training tokens); without it a
 class-conditional GPT samples the null class (needs ``class_dropout`` training). PNGs are written as
-``class0003_00000.png`` / ``sample_00000.png`` plus ``ids.npy`` (and ``digit_ids.npy``).
+``class0003_00000.png`` / ``sample_00000.png`` plus ``ids.npy``, ``labels.npy`` (and ``digit_ids.npy``); an
+``--out`` that holds other files or an earlier run's samples is refused unless ``--overwrite`` (which removes
+the earlier samples and keeps the other files).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import logging
 from ._args import device, nonnegative_float, positive_int
 
 log = logging.getLogger(__name__)
+
+SAMPLE_NAMES = (r"class\d{4}_\d{5,}\.png", r"sample_\d{5,}\.png", r"ids\.npy", r"labels\.npy", r"digit_ids\.npy")
+"""What sample writes into --out."""
 
 
 def parse_top_k(value: str) -> int | float:
@@ -71,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", type=device, help="torch device (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="sample even if the tokenizer did not make the GPT's tokens")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that holds other files (kept) or earlier samples (removed first)")
 
 
 def resolve_classes(names: list[str] | None, provenance: dict) -> list[int]:
@@ -97,12 +104,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from .._io import prepare_output_dir
     from ..errors import TokenRangeError, VQGANLCError
     from ..generate.gpt import GPT
     from ..generate.maskgit import MaskGITSampling
     from ..generate.pipeline import digit_stage1_top_k, sample_images, sample_two_stage, save_images
     from ..generate.sampling import SamplingConfig
-    from ..tokenizer import DecodingTokenizer, load_tokenizer
+    from ..tokenizer import DecodingTokenizer, identity_mismatch, load_tokenizer
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpt = GPT.from_pretrained(args.gpt, map_location=device)
@@ -113,13 +121,14 @@ def run(args: argparse.Namespace) -> int:
                            "VQGAN-LC or MAGE VQGAN model as --tokenizer")
     last = stage2 or gpt
     made_by = (last.provenance.get("tokens") or {}).get("tokenizer") or {}
-    if made_by.get("config_hash") and made_by["config_hash"] != vq.config_hash():
-        msg = (f"{args.stage2 or args.gpt} was trained on tokens of another model (config hash "
-               f"{made_by['config_hash']}, --tokenizer has {vq.config_hash()})")
+    problems = identity_mismatch(made_by, vq) if made_by.get("config_hash") else []
+    if problems:
+        msg = f"{args.stage2 or args.gpt} was trained on tokens of another model ({'; '.join(problems)})"
         if not args.force:
             raise TokenRangeError(msg + "; pass --force to decode anyway")
         log.warning("%s", msg)
 
+    prepare_output_dir(args.out, "folder of samples", overwrite=args.overwrite, own_names=SAMPLE_NAMES, create=False)
     names = resolve_classes(args.classes, gpt.provenance)
     labels = torch.tensor([c for c in names for _ in range(args.n)] if names else [-1] * args.n, dtype=torch.long)
     top_k = args.top_k if args.top_k is not None else (None if stage2 is not None else 0.1)

@@ -26,6 +26,11 @@ Lightning's ``global_step`` counts both optimizers) and every ``--checkpoint.tra
 CSV logs to ``<default_root_dir>/csv`` (and TensorBoard logs to ``<default_root_dir>/tensorboard`` with
 ``--tensorboard true``, which needs the ``tensorboard`` package), reconstruction grids to
 ``<default_root_dir>/reconstructions`` and the exported model directory to ``<default_root_dir>/model``.
+A root that already holds a run's checkpoints or exported model is refused without ``--ckpt-path``
+(resume it) unless ``--overwrite`` (the earlier checkpoints and exports are removed first; other files
+are kept), so a second run never replaces the first one's ``model/`` silently; and while a run trains,
+rank 0 holds an advisory lock (``<default_root_dir>/.vqgan-lc.lock``) that stops a second run into the
+same root at once.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ def translate(rest: list[str]) -> list[str]:
                 out.append(a)
                 config_next = True
             continue
+        if a == "--overwrite":  # a plain flag, like the other commands' (LightningCLI wants a value)
+            out.append("--overwrite=true")
+            continue
         out.append(_SHORTCUTS[name] + eq + value if name in _SHORTCUTS else a)
     return out
 
@@ -94,6 +102,9 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             parser.add_argument("--ckpt_path", type=str | None, default=None,
                                 help="resume from this .ckpt, or 'last' (<default_root_dir>/checkpoints/last.ckpt)")
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="train afresh into a default_root_dir that holds an earlier run (its "
+                                     "checkpoints and exported models are removed first)")
             parser.add_argument("--tensorboard", type=bool, default=False,
                                 help="also log to <default_root_dir>/tensorboard (needs the tensorboard package)")
             parser.add_lightning_class_args(PeriodicCheckpoint, "checkpoint")
@@ -130,9 +141,44 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
                                           "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file)."},
         )
     if run:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        from .._io import OutputLock
+
         ckpt_path = resolve_ckpt_path(cli.config.get("ckpt_path"), cli.trainer)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        # Rank from the launcher's environment: the strategy learns its rank only inside fit.
+        first = getattr(rank_zero_only, "rank", 0) == 0 and os.environ.get("NODE_RANK", "0") == "0"
+        lock = OutputLock(cli.trainer.default_root_dir, option="--trainer.default_root_dir")
+        try:
+            if first:  # one run per root: a second `vqgan-lc train` into it stops at once
+                lock.acquire()
+                if ckpt_path is None:
+                    check_fresh_root(cli.trainer.default_root_dir, overwrite=bool(cli.config.get("overwrite")))
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+        finally:
+            lock.release()
     return cli
+
+
+def check_fresh_root(root: str | os.PathLike, *, overwrite: bool) -> None:
+    """Refuse (``OutputExistsError``) to start a new run in ``root`` when an earlier one left checkpoints or
+    exported models there, unless ``overwrite``, which removes those (and nothing else)."""
+    import shutil
+
+    from ..errors import OutputExistsError
+
+    root = Path(root)
+    earlier = sorted((root / "checkpoints").glob("*.ckpt")) if (root / "checkpoints").is_dir() else []
+    earlier += sorted(d for d in root.glob("model*") if (d / "config.json").is_file()) if root.is_dir() else []
+    if not earlier:
+        return
+    if not overwrite:
+        shown = ", ".join(str(p.relative_to(root)) for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
+        raise OutputExistsError(f"{root} already holds a training run ({shown}); resume it with --ckpt-path last, "
+                                "choose another --trainer.default_root_dir, or pass --overwrite to train afresh there")
+    log.info("--overwrite: removing the earlier run's checkpoints and exported models in %s", root)
+    for p in earlier:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def resolve_ckpt_path(value: str | None, trainer: Any) -> str | None:

@@ -84,26 +84,28 @@ def extract_features(
     if view is not None and not view.is_default:  # the default view adds nothing: existing stores still resume
         options["view"] = view.describe()
     store = FeatureStoreWriter.create_or_resume(out_dir, images, options, overwrite=overwrite)
+    try:  # the store's lock is held until the extraction ends
+        h, w = ext.image_size
+        with torch.inference_mode():  # the grid and dim, known before any image is read
+            probe = pool_features(ext(torch.zeros(1, 3, h, w, device=device)), pool)
+        store.set_geometry((probe.shape[1], probe.shape[2]), probe.shape[3])
 
-    h, w = ext.image_size
-    with torch.inference_mode():  # the grid and dim, known before any image is read
-        probe = pool_features(ext(torch.zeros(1, 3, h, w, device=device)), pool)
-    store.set_geometry((probe.shape[1], probe.shape[2]), probe.shape[3])
-
-    pending = store.pending()
-    done = store.num_shards - len(pending)
-    if not pending:
-        log.info("feature store %s is complete (%d shards); nothing to extract", store.root, store.num_shards)
-        return FeatureStore.open(store.root)
-    if done:
-        log.info("resuming %s: %d of %d shards already done", store.root, done, store.num_shards)
-    _run_extraction(store, images, ext, pending, device, pool=pool, batch_size=batch_size,
-                    num_workers=num_workers, progress=progress, view=view or ImageView())
-    result = FeatureStore.open(store.root)
-    if result.skipped:
-        log.warning("%d unreadable images were skipped (listed in %s/manifest.json)", len(result.skipped), store.root)
-    log.info("feature store %s: %d images, grid %s, dim %d", store.root, result.num_images, result.grid, result.dim)
-    return result
+        pending = store.pending()
+        done = store.num_shards - len(pending)
+        if not pending:
+            log.info("feature store %s is complete (%d shards); nothing to extract", store.root, store.num_shards)
+            return FeatureStore.open(store.root)
+        if done:
+            log.info("resuming %s: %d of %d shards already done", store.root, done, store.num_shards)
+        _run_extraction(store, images, ext, pending, device, pool=pool, batch_size=batch_size,
+                        num_workers=num_workers, progress=progress, view=view or ImageView())
+        result = FeatureStore.open(store.root)
+        if result.skipped:
+            log.warning("%d unreadable images were skipped (listed in %s/manifest.json)", len(result.skipped), store.root)
+        log.info("feature store %s: %d images, grid %s, dim %d", store.root, result.num_images, result.grid, result.dim)
+        return result
+    finally:
+        store.release()
 
 
 def _batches(pending: list[ShardPlan], batch_size: int) -> list[list[int]]:

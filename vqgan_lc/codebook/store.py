@@ -9,10 +9,15 @@ Layout::
 
 A shard covers a fixed range of source indices; unreadable images inside the range are left out
 and listed (index, path, reason) both in the shard's entry and in the top-level ``skipped`` list.
-Shards are written to a temporary name, flushed, fsynced and renamed, and the manifest is rewritten
-atomically after each one, so a crash never leaves a partial shard visible. A rerun with the same
-options verifies the finished shards (file present, right shape) and only extracts the rest; with
-different options it refuses unless asked to overwrite.
+Each shard's entry also records its file's ``sha256`` and ``sources_digest`` (the sizes and mtimes of
+its sources, ``ImageList.sources_digest``). Shards are written to a temporary name, flushed, fsynced
+and renamed, and the manifest is rewritten atomically after each one, so a crash never leaves a
+partial shard visible. A rerun with the same options verifies the finished shards (file present,
+right shape, sha256) and extracts again those whose sources changed and the rest; with different
+options it refuses unless asked to overwrite, and ``overwrite`` always extracts afresh. A folder that
+holds other files is refused unless ``overwrite`` (which keeps them), and an advisory lock
+(``.vqgan-lc.lock``) stops a second run on the same store. Entries written before the checksums existed
+are kept after the shape check.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +34,15 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._io import TMP_GLOB, atomic_path, atomic_write_json, atomic_write_text, read_format_json
+from .._io import (
+    OutputLock,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    prepare_output_dir,
+    read_format_json,
+    sha256_file,
+)
 from ..data import UNLABELLED, ImageList
 from ..errors import FeatureStoreError, FormatVersionError
 from ..formats import Description
@@ -41,7 +55,10 @@ MANIFEST = "manifest.json"
 SOURCES = "sources.tsv"
 
 StoreDtype = Literal["float16", "float32"]
-TMP_PATTERNS = (TMP_GLOB, "*.tmp")  # temporary files of interrupted writes (``*.tmp``: older versions)
+OWN_NAMES = (r"features-\d{5,}\.npy", r"sources\.tsv", r"manifest\.json",
+             r"(?:features-\d{5,}\.npy|sources\.tsv|manifest\.json)\.tmp")
+"""Regular expressions of the names a feature store holds (the last: temporaries of older vqgan-lc versions)."""
+LEGACY_TMP = r"(?:features-\d{5,}\.npy|sources\.tsv|manifest\.json)\.tmp"
 
 
 def options_hash(options: dict[str, Any]) -> str:
@@ -295,7 +312,23 @@ class FeatureStoreWriter(FeatureStore):
             "skipped": [],
             "complete": False,
         }
+        lock = OutputLock(root, option="--features-dir")
+        prepare_output_dir(root, "feature store", overwrite=overwrite, own_names=OWN_NAMES, resumable=True,
+                           lock=lock, option="--features-dir")
+        try:
+            return cls._create_or_resume(root, images, manifest, sources_text, overwrite, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _create_or_resume(cls, root: Path, images: ImageList, manifest: dict[str, Any], sources_text: str,
+                          overwrite: bool, lock: OutputLock) -> FeatureStoreWriter:
         mpath = root / MANIFEST
+        stray = sorted(f.name for f in root.iterdir() if re.fullmatch("|".join(OWN_NAMES[:2]), f.name))
+        if not mpath.exists() and stray and not overwrite:
+            raise FeatureStoreError(f"{root} holds feature-store files without a manifest ({', '.join(stray[:3])}); "
+                                    "choose another --features-dir or pass --overwrite to replace them")
         if mpath.exists():
             try:
                 old = FeatureStore.open(root, require_complete=False)
@@ -314,21 +347,30 @@ class FeatureStoreWriter(FeatureStore):
                 manifest["grid"], manifest["dim"] = old.manifest["grid"], old.manifest["dim"]
                 manifest["shards"] = old.manifest["shards"]
                 manifest["skipped"] = old.manifest["skipped"]
-        root.mkdir(parents=True, exist_ok=True)
-        for pattern in TMP_PATTERNS:  # leftovers of an interrupted write
-            for tmp in root.glob(pattern):
+        for tmp in root.iterdir():  # an older vqgan-lc's leftovers of an interrupted write (ours were swept)
+            if re.fullmatch(LEGACY_TMP, tmp.name):
                 tmp.unlink()
         if not (root / SOURCES).is_file() or not manifest["shards"]:
             atomic_write_text(root / SOURCES, sources_text)
         store = cls(root, manifest, list(images.paths), np.asarray(images.labels, dtype=np.int64))
+        store.images = images
+        store.lock = lock
         store._verify_finished()
         store.save_manifest()
         return store
 
+    images: ImageList
+    lock: OutputLock
+    """Held while this writer runs (``release`` when done; ``extract_features`` does)."""
+
+    def release(self) -> None:
+        """Drop the store's advisory lock (another run may then write to it)."""
+        self.lock.release()
+
     @staticmethod
     def _remove_files(root: Path) -> None:
-        for pattern in ("features-*.npy", *TMP_PATTERNS, SOURCES, MANIFEST):
-            for f in root.glob(pattern):
+        for f in root.iterdir():
+            if re.fullmatch("|".join(OWN_NAMES), f.name):
                 f.unlink()
 
     def _verify_finished(self) -> None:
@@ -338,8 +380,15 @@ class FeatureStoreWriter(FeatureStore):
             entry = shards[key]
             try:
                 self.load_shard(int(key))
+                if "sha256" in entry and sha256_file(self.root / entry["file"]) != entry["sha256"]:
+                    raise FeatureStoreError(f"{entry['file']} is corrupt (its sha256 differs from the manifest)")
             except (FeatureStoreError, OSError, ValueError) as e:
                 log.warning("shard %s of %s is missing or damaged (%s); it will be extracted again", key, self.root, e)
+                del shards[key]
+                continue
+            if "sources_digest" in entry and entry["sources_digest"] != self.images.sources_digest(
+                    int(entry["start"]), int(entry["stop"])):
+                log.info("shard %s of %s: its source images changed; it will be extracted again", key, self.root)
                 del shards[key]
                 continue
             log.debug("shard %s (%d rows) verified", key, entry["rows"])
@@ -394,6 +443,7 @@ class FeatureStoreWriter(FeatureStore):
             mm[...] = out
             mm.flush()
             del mm
+            digest = sha256_file(tmp)
         labels = sorted({int(v) for v in self.source_labels[np.asarray(rows, dtype=np.int64)]} - {UNLABELLED})
         self.manifest["shards"][str(plan.index)] = {
             "file": plan.file,
@@ -402,6 +452,8 @@ class FeatureStoreWriter(FeatureStore):
             "rows": len(rows),
             "labels": labels,
             "skipped": [{"index": int(i), "path": self.paths[i], "reason": r} for i, r in sorted(skipped)],
+            "sha256": digest,
+            "sources_digest": self.images.sources_digest(plan.start, plan.stop),
         }
         self._rebuild_skipped()
         self.manifest["complete"] = len(self.manifest["shards"]) == self.num_shards

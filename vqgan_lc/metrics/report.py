@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ REPORT_MD = "report.md"
 PER_IMAGE_CSV = "per_image.csv"
 GRID_PNG = "reconstructions.png"
 USAGE_PNG = "code_usage.png"
+REPORT_NAMES = tuple(re.escape(n) for n in (REPORT_JSON, REPORT_MD, PER_IMAGE_CSV, GRID_PNG, USAGE_PNG))
+"""The names an evaluation writes into its folder (regular expressions, for ``prepare_output_dir``)."""
 
 # Display order, label and number format of the metrics in report.md.
 METRIC_LABELS: dict[str, tuple[str, str]] = {

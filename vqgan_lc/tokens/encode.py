@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -27,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .._io import TMP_GLOB, atomic_write_json
+from .._io import OutputLock, atomic_write_json, prepare_output_dir
 from ..data import (
     IMAGE_READING,
     Batch,
@@ -42,13 +43,13 @@ from ..errors import EncodeError
 from ..progress import Progress
 from ..tokenizer import Tokenizer, load_tokenizer, tokenizer_identity
 from .format import (
-    MANIFEST,
+    OWN_NAMES,
     RUN_FILE,
     TOKEN_DTYPE,
     TOKENS_FORMAT,
     TOKENS_FORMAT_VERSION,
+    WORKER_MODEL_DIR,
     TokenFormatError,
-    clear_tokens,
     shard_done,
     shard_ranges,
     write_manifest,
@@ -56,8 +57,6 @@ from .format import (
 )
 
 log = logging.getLogger(__name__)
-
-WORKER_MODEL_DIR = ".model-for-workers"
 
 
 
@@ -121,8 +120,11 @@ def _run_descriptor(model: Tokenizer, images: ImageList, opts: EncodeOptions) ->
     }
 
 
-def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool, lock: OutputLock) -> None:
+    """Make ``out`` a token directory of this run (``lock`` held): a folder holding other files is refused
+    (``prepare_output_dir``); token files of another run or of an unknown one are refused unless
+    ``overwrite``, which always starts afresh (even when the options are unchanged)."""
+    prepare_output_dir(out, "token directory", overwrite=overwrite, own_names=OWN_NAMES, resumable=True, lock=lock)
     run_path = out / RUN_FILE
     if run_path.is_file():
         try:
@@ -130,20 +132,20 @@ def _prepare_output(out: Path, descriptor: dict[str, Any], overwrite: bool) -> N
         except ValueError:
             previous = None
         if previous != descriptor:
-            if not overwrite:
-                diff = sorted(k for k in descriptor if previous is None or previous.get(k) != descriptor[k])
-                raise TokenFormatError(
-                    f"{out} holds tokens made with another model, source list or options (differs in: "
-                    f"{', '.join(diff)}); choose another --out or pass --overwrite to replace them"
-                )
-            clear_tokens(out)
-    elif any(out.glob("shard-*.npy")) or (out / MANIFEST).exists():
-        if not overwrite:
-            raise TokenFormatError(f"{out} has token files from an unknown run; pass --overwrite to replace them")
-        clear_tokens(out)
-    # Leftovers of a killed run: temporary files and the worker model copy are never part of the result.
-    for p in out.glob(TMP_GLOB):
-        p.unlink()
+            diff = sorted(k for k in descriptor if not isinstance(previous, dict) or previous.get(k) != descriptor[k])
+            raise TokenFormatError(
+                f"{out} holds tokens made with another model, source list or options (differs in: "
+                f"{', '.join(diff)}); choose another --out or pass --overwrite to replace them"
+            )
+    else:
+        # Files of this format's names without the run's identity (e.g. a user's own labels.npy): never ours
+        # to overwrite. (``--overwrite`` removed them in prepare_output_dir.)
+        own = re.compile("|".join(OWN_NAMES))
+        stray = sorted(p.name for p in out.iterdir() if p.name != WORKER_MODEL_DIR and own.fullmatch(p.name))
+        if stray:
+            raise TokenFormatError(f"{out} has token files from an unknown run ({', '.join(stray[:3])}); choose another "
+                                   "--out or pass --overwrite to replace them")
+    # The worker model copy of a killed run is never part of the result (temporaries were swept above).
     shutil.rmtree(out / WORKER_MODEL_DIR, ignore_errors=True)
     atomic_write_json(run_path, descriptor)
 
@@ -303,6 +305,26 @@ def encode_dataset(
     starts one process per device (CUDA GPUs, else CPU processes sharing the cores); each writes its
     own shards and this process writes the manifest.
     """
+    lock = OutputLock(out, option="--out")  # taken once the options are checked (_prepare_output)
+    try:
+        return _encode_dataset(model, data, out, file_list=file_list, options=options, overwrite=overwrite,
+                               device=device, progress=progress, lock=lock)
+    finally:
+        lock.release()
+
+
+def _encode_dataset(
+    model: Tokenizer | str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    file_list: str | os.PathLike | None,
+    options: EncodeOptions | None,
+    overwrite: bool,
+    device: str | torch.device | None,
+    progress: bool,
+    lock: OutputLock,
+) -> dict[str, Any]:
     opts = options or EncodeOptions()
     model_dir = None
     if not isinstance(model, Tokenizer):
@@ -311,9 +333,9 @@ def encode_dataset(
     out = Path(out)
     images = list_images(data, file_list)
     descriptor = _run_descriptor(model, images, opts)
-    _prepare_output(out, descriptor, overwrite)
+    _prepare_output(out, descriptor, overwrite, lock)
     ranges = shard_ranges(len(images), opts.shard_size)
-    todo = [(i, s, e) for i, (s, e) in enumerate(ranges) if not shard_done(out, i, s, e)]
+    todo = [(i, s, e) for i, (s, e) in enumerate(ranges) if not shard_done(out, i, s, e, images.sources_digest(s, e))]
     if len(todo) < len(ranges):
         log.info("resuming: %d of %d shards already finished and verified", len(ranges) - len(todo), len(ranges))
     if opts.devices > 1 and todo:

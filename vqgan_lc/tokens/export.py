@@ -38,7 +38,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from .._io import atomic_write_json, fsync_dir
+from .._io import OutputLock, atomic_write_json, fsync_dir
 from ..errors import ExportError
 from .format import TokenFile, open_tokens, read_paths_file
 
@@ -228,8 +228,22 @@ def export_tokens(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; pass a folder path to --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
+    # Beside the folder, which an export replaces whole (removed when the export ends).
+    with OutputLock(out, path=out.parent / f".{out.name}.vqgan-lc.lock"):
+        return _export_tokens(tokens_dir, out, to, overwrite=overwrite, verify=verify, chunk_rows=chunk_rows, eos=eos,
+                              llamagen_prefix=llamagen_prefix)
+
+
+def _export_tokens(tokens_dir: str | os.PathLike, out: Path, to: ExportTarget, *, overwrite: bool, verify: bool,
+                   chunk_rows: int, eos: bool, llamagen_prefix: str | None) -> Path:
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        if (out / EXPORT_RECORD).is_file():
+            raise ExportError(f"{out} holds an earlier token export; pass --overwrite to replace it, or choose "
+                              "another --out")
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise ExportError(f"{out} is not empty and is not a token export (it holds {shown}); choose an empty or new "
+                          "--out (--overwrite would replace the whole folder)")
     tokens = open_tokens(tokens_dir, verify=verify)
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(out)

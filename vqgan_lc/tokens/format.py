@@ -9,7 +9,8 @@ Layout (format version 1)::
       encode.json          the run's identity, written first: a rerun must match it
       manifest.json        format, version, tokenizer, grid, dtype, counts, shards, options, skipped
       shard-00000.npy      (n, h, w) uint32 ids of the images of source range [start, stop)
-      shard-00000.json     that shard's record: source range, kept source indices, skipped files, sha256
+      shard-00000.json     that shard's record: source range, kept source indices, skipped files, sha256,
+                           sources_digest (the sources' sizes and mtimes: a rerun redoes the shard when they change)
       labels.npy           (N,) int64 class index per row (-1 without a class)
       paths.txt            the source path of each row, in row order
 
@@ -33,7 +34,6 @@ import numpy as np
 import torch
 
 from .._io import (
-    TMP_GLOB,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_npy,
@@ -56,7 +56,10 @@ RUN_FILE = "encode.json"  # the run's identity, written first: a rerun must matc
 LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
 TOKEN_DTYPE = np.dtype("<u4")
-
+WORKER_MODEL_DIR = ".model-for-workers"  # encode's copy of the model for its worker processes (removed after)
+OWN_NAMES = (r"shard-\d{5,}\.(?:npy|json)", r"encode\.json", r"manifest\.json", r"labels\.npy", r"paths\.txt",
+             r"\.model-for-workers")
+"""Regular expressions of every name this format writes in a token directory (``prepare_output_dir``)."""
 
 
 def shard_name(index: int) -> str:
@@ -73,8 +76,10 @@ def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
 
 
-def shard_done(out: Path, index: int, start: int, stop: int) -> bool:
-    """Whether shard ``index`` of ``[start, stop)`` is finished: its ``.npy`` and record exist and the sha256 matches."""
+def shard_done(out: Path, index: int, start: int, stop: int, sources_digest: str | None = None) -> bool:
+    """Whether shard ``index`` of ``[start, stop)`` is finished: its ``.npy`` and record exist, the sha256
+    matches and, when ``sources_digest`` is given, the sources are unchanged since it was written (a record
+    without one, from an older vqgan-lc, is redone)."""
     rec_path = out / shard_record_name(index)
     npy = out / shard_name(index)
     if not rec_path.is_file() or not npy.is_file():
@@ -83,15 +88,24 @@ def shard_done(out: Path, index: int, start: int, stop: int) -> bool:
         rec = json.loads(rec_path.read_text())
     except ValueError:
         return False
-    return rec.get("source_range") == [start, stop] and sha256_file(npy) == rec.get("sha256")
+    if rec.get("source_range") != [start, stop]:
+        return False
+    if sources_digest is not None and rec.get("sources_digest") != sources_digest:
+        log.info("shard %d: its sources changed since it was written; encoding it again", index)
+        return False
+    return sha256_file(npy) == rec.get("sha256")
 
 
 def clear_tokens(out: Path) -> None:
-    """Remove only the files this format writes."""
-    for p in [*out.glob("shard-*.npy"), *out.glob("shard-*.json"), *out.glob(TMP_GLOB)]:
-        p.unlink()
-    for name in (MANIFEST, RUN_FILE, LABELS_FILE, PATHS_FILE):
-        (out / name).unlink(missing_ok=True)
+    """Remove only the files this format writes (``OWN_NAMES`` and their temporaries)."""
+    import re
+    import shutil
+
+    own = re.compile("|".join(OWN_NAMES))
+    own_tmp = re.compile(rf"\.(?:{'|'.join(OWN_NAMES)})\.tmp-\d+")
+    for p in list(out.iterdir()):
+        if own.fullmatch(p.name) or own_tmp.fullmatch(p.name):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
@@ -108,6 +122,7 @@ def write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
         "kept": kept,
         "skipped": [{"index": i, "path": images.paths[i], "reason": failed.pop(i)} for i in range(start, stop) if i in failed],
         "sha256": digest,
+        "sources_digest": images.sources_digest(start, stop),
     }
     atomic_write_json(out / shard_record_name(index), record)
     log.debug("wrote shard %d (%d rows)", index, len(kept))
@@ -313,13 +328,16 @@ class TokenDataset(torch.utils.data.Dataset):
 
 
 def check_compatible(manifest: dict[str, Any], tokenizer: Tokenizer) -> list[str]:
-    """Reasons why ``tokenizer`` should not decode these tokens (empty when it fits)."""
+    """Reasons why ``tokenizer`` should not decode these tokens (empty when it fits): another codebook size,
+    architecture (``config_hash``) or weights (``weights_hash``; a manifest written before vqgan-lc recorded
+    it is checked on the architecture only, with a warning)."""
+    from ..tokenizer import identity_mismatch
+
     problems = []
     tok = manifest["tokenizer"]
     if tok.get("codebook_size") != tokenizer.codebook_size:
         problems.append(f"codebook size {tokenizer.codebook_size} != {tok.get('codebook_size')} in the manifest")
-    if tok.get("config_hash") != tokenizer.config_hash():
-        problems.append(f"model config hash {tokenizer.config_hash()} != {tok.get('config_hash')} in the manifest")
+    problems.extend(identity_mismatch(tok, tokenizer))
     return problems
 
 
@@ -346,11 +364,13 @@ def describe(path: Path) -> Description:
 __all__ = [
     "LABELS_FILE",
     "MANIFEST",
+    "OWN_NAMES",
     "PATHS_FILE",
     "RUN_FILE",
     "TOKENS_FORMAT",
     "TOKENS_FORMAT_VERSION",
     "TOKEN_DTYPE",
+    "WORKER_MODEL_DIR",
     "TokenDataset",
     "TokenFile",
     "TokenFormatError",
