@@ -239,7 +239,7 @@ class GPTImageData(ImageDataModule):
     """Image mode's training batches: ``ImageDataModule`` (Resize + seeded RandomCrop + flip, resumable
     mid-epoch) without its validation loader, since the GPT has no validation step."""
 
-    val_dataloader = pl.LightningDataModule.val_dataloader  # type: ignore[assignment]
+    val_dataloader = pl.LightningDataModule.val_dataloader
 
 
 def model_config_from_data(spec: dict[str, Any], tokens: TokenFile | DataShape,
