@@ -253,7 +253,7 @@ def trainer_metric(module: Any, key: str) -> float:
     return float(module.trainer.callback_metrics[key])
 
 
-@pytest.mark.parametrize("kind", ["vq", "fc", "ema"])
+@pytest.mark.parametrize("kind", ["vq", "fc", "fc-cosine", "ema"])
 def test_baseline_quantizers_train(files: dict[str, Path], tmp_path: Path, kind: str) -> None:
     pl.seed_everything(0, verbose=False)
     module = tiny_module(None, quantizer=kind, codebook_size=512, max_steps=2, disc_start=1)

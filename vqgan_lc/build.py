@@ -29,8 +29,9 @@ class ModelSpec:
     preset: a registry name (``tiny``, ``vqgan-lc-f16-100k``, ``vqgan-lc-f8-100k``, ...).
     config: a full ``ModelConfig`` dict instead of a preset.
     overrides: fields changed on the preset/config (``quantizer`` may be a dict of its fields).
-    quantizer: ``lc`` (VQGAN-LC), ``vq`` (taming), ``fc`` (factorised codes), ``ema``; default the
-        preset's (``lc``).
+    quantizer: ``lc`` (VQGAN-LC), ``vq`` (taming), ``fc`` (the official random trainable codebook,
+        U(+-1/N), Euclidean), ``fc-cosine`` (L2-normalised factorised codes), ``ema`` (U(+-1/N), moving
+        averages); default the preset's (``lc``).
     codebook_size: codebook size of the ``vq``/``fc``/``ema`` baselines (``lc`` takes it from the file).
     codebook: the frozen codebook file of the ``lc`` quantizer (ours ``.safetensors`` or the official
         ``codebook-100K.pth``); required for ``lc`` unless ``init_from`` is given.

@@ -12,10 +12,12 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-QuantizerKind = Literal["lc", "vq", "fc", "ema"]
+QuantizerKind = Literal["lc", "vq", "fc", "fc-cosine", "ema"]
 Distance = Literal["euclidean", "cosine"]
+EMAUpdate = Literal["training", "every_forward"]
 
-_QUANTIZER_KINDS = ("lc", "vq", "fc", "ema")
+_QUANTIZER_KINDS = ("lc", "vq", "fc", "fc-cosine", "ema")
+_EMA_UPDATES = ("training", "every_forward")
 _DISTANCES = ("euclidean", "cosine")
 
 
@@ -28,9 +30,14 @@ def check_fields(cls: type, d: dict[str, Any], what: str, hint: str = "") -> Non
         raise ValueError(f"unknown {what} keys: {', '.join(unknown)} (known: {', '.join(sorted(known))}){hint}")
 
 
-# What a baseline fixes: VQGAN-FC searches unit vectors; VQGAN-EMA moves its codes by moving averages,
-# so it has no codebook loss. A config of that kind must say so (or leave the field out).
-_KIND_FIXED: dict[str, dict[str, Any]] = {"fc": {"distance": "cosine"}, "ema": {"codebook_weight": 0.0}}
+# What a baseline fixes: the official VQGAN-FC searches by Euclidean distance, the fc-cosine variant
+# searches unit vectors; VQGAN-EMA moves its codes by moving averages, so it has no codebook loss. A
+# config of that kind must say so (or leave the field out).
+_KIND_FIXED: dict[str, dict[str, Any]] = {
+    "fc": {"distance": "euclidean"},
+    "fc-cosine": {"distance": "cosine"},
+    "ema": {"codebook_weight": 0.0},
+}
 _FIELD_DEFAULTS: dict[str, Any] = {"distance": "euclidean", "codebook_weight": 0.33}
 
 
@@ -46,15 +53,23 @@ class QuantizerConfig:
         ``lc``  -- VQGAN-LC: frozen ``codebook_size x codebook_dim`` codebook (k-means centres of a
                    pretrained extractor's features) and a trainable ``Linear(codebook_dim -> embed_dim)``.
         ``vq``  -- taming VQGAN: trainable ``codebook_size x embed_dim`` codebook, uniform(+-1/N) init.
-        ``fc``  -- VQGAN-FC: factorised low-dimensional codes; latents and codes L2-normalised
-                   (``distance`` must be ``cosine``).
+        ``fc``  -- VQGAN-FC as the official code builds it: a random trainable ``codebook_size x
+                   embed_dim`` codebook of small D', uniform(+-1/N) init, Euclidean search.
+        ``fc-cosine`` -- factorised codes with latents and codes L2-normalised, ``N(0, 1)`` init
+                   (``distance`` must be ``cosine``); the variant this package shipped as ``fc`` before. A saved
+                   config with ``kind: fc, distance: cosine`` loads as this kind.
         ``ema`` -- VQGAN-EMA: codebook updated by exponential moving averages, Laplace-smoothed
-                   (``codebook_weight`` must be 0.0: no gradient trains the codes).
+                   (``codebook_weight`` must be 0.0: no gradient trains the codes), uniform(+-1/N)
+                   init as the official code.
+    ema_update:
+        ``training`` (default) updates the EMA codes in training forwards only; ``every_forward``
+        is the official behaviour (evaluation forwards and the discriminator step's re-forward
+        update them too).
     distance:
         ``euclidean`` is what the official code does (squared L2 on the projected 8-d vectors);
         ``cosine`` L2-normalises both sides first, as the paper's text says.
     distance, codebook_weight:
-        left out (``None``), they take the kind's value: ``cosine`` for ``fc``, 0.0 for ``ema``,
+        left out (``None``), they take the kind's value: ``cosine`` for ``fc-cosine``, 0.0 for ``ema``,
         otherwise ``euclidean`` and 0.33. After construction they are never ``None``. A value that
         contradicts the kind raises ``ConfigError``.
     """
@@ -67,6 +82,7 @@ class QuantizerConfig:
     codebook_weight: float | None = None
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
+    ema_update: EMAUpdate = "training"
 
     def __post_init__(self) -> None:
         if self.kind not in _QUANTIZER_KINDS:
@@ -86,6 +102,8 @@ class QuantizerConfig:
             raise ConfigError("codebook_size and codebook_dim must be positive")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.ema_update not in _EMA_UPDATES:
+            raise ConfigError(f"ema_update must be one of {_EMA_UPDATES}, got {self.ema_update!r}")
 
     def replace(self, **changes: Any) -> QuantizerConfig:
         """A copy with fields changed. A new ``kind`` brings its own ``distance``/``codebook_weight``
@@ -146,7 +164,10 @@ class ModelConfig:
         d = dict(d)
         if "quantizer" in d and isinstance(d["quantizer"], dict):
             check_fields(QuantizerConfig, d["quantizer"], "quantizer config", newer)
-            d["quantizer"] = QuantizerConfig(**d["quantizer"])
+            q = dict(d["quantizer"])
+            if q.get("kind") == "fc" and q.get("distance") == "cosine":
+                q["kind"] = "fc-cosine"  # saved before 'fc' became the official Euclidean baseline
+            d["quantizer"] = QuantizerConfig(**q)
         return cls(**d)
 
     def replace(self, **changes: Any) -> ModelConfig:

@@ -7,7 +7,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .base import CodebookQuantizer
-from .baselines import EMAQuantizer, FCQuantizer, VQQuantizer
+from .baselines import EMAQuantizer, FCCosineQuantizer, FCQuantizer, VQQuantizer
 from .lc import LCQuantizer, ProjectedCodebookQuantizer
 from .output import QuantizerOutput, usage_perplexity
 from .search import full_matrix_nearest_code, fused_search_available, nearest_code
@@ -29,13 +29,18 @@ def build_quantizer(config: ModelConfig, *, inference_only: bool = False) -> Cod
         return VQQuantizer(q.codebook_size, config.embed_dim, **common)
     if q.kind == "fc":
         return FCQuantizer(q.codebook_size, config.embed_dim, **common)
-    return EMAQuantizer(q.codebook_size, config.embed_dim, decay=q.ema_decay, eps=q.ema_eps, **common)
+    if q.kind == "fc-cosine":
+        return FCCosineQuantizer(q.codebook_size, config.embed_dim, **common)
+    return EMAQuantizer(
+        q.codebook_size, config.embed_dim, decay=q.ema_decay, eps=q.ema_eps, update=q.ema_update, **common
+    )
 
 
 __all__ = [
     "CodebookQuantizer",
     "CodebookUsage",
     "EMAQuantizer",
+    "FCCosineQuantizer",
     "FCQuantizer",
     "LCQuantizer",
     "ProjectedCodebookQuantizer",
