@@ -162,9 +162,16 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ the API
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> pre-quantization latent ``(B, D', H/f, W/f)``."""
+        """``(B, 3, H, W)`` in [-1, 1] -> pre-quantization latent ``(B, D', H/f, W/f)``.
+
+        ``quant_conv`` runs with autocast off, in the weights' dtype (float32 unless the model was
+        cast): under bf16 mixed precision the D'-dim latent reaches the nearest-code search unrounded,
+        as in the official fp32 code (only the encoder runs in bf16).
+        """
         self._check_images(images)
-        return self.quant_conv(self.encoder(images))
+        h = self.encoder(images)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.quant_conv(h.to(self.quant_conv.weight.dtype))
 
     def quantize_latents(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize a ``(B, D', h, w)`` latent (the LDM/DiT/SiT latent) to the nearest codes."""
