@@ -17,11 +17,10 @@ which registers LPIPS as a submodule of the model so that ``model.train()`` swit
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import torch
 from torch import nn
-
-from typing import Literal
 
 from ..errors import ConfigError, MissingWeightsError
 from .lpips import build_lpips
