@@ -4,8 +4,9 @@
   directory (DiGIT stage 2: DiGIT ids of the same images) rows are paired by position after checking
   that both directories list the same images in the same order.
 * ``GPTLightningModule``: next-token cross-entropy, AdamW (official VQGAN-LC GPT: lr 4.5e-4, betas
-  (0.9, 0.95), weight decay 0.01 on Linear weights only, as minGPT), linear warmup -> optional constant
-  hold -> cosine decay, ``pkeep`` input corruption and class dropout for CFG.
+  (0.9, 0.95), weight decay 0.01 on *all* parameters (DeepSpeed's AdamW over ``transformer.parameters()``;
+  ``weight_decay_on: all``; the default ``linear_weights`` is minGPT's split), the warmup -> hold ->
+  cosine schedule (``lr_at``), ``pkeep`` input corruption and class dropout for CFG.
 * ``fit_gpt``: the whole run -- model config from the data, Trainer, export to a GPT directory.
 """
 
@@ -51,9 +52,17 @@ class GPTTrainConfig:
     ``vqgan_lc.generate.maskgit``; DiGIT uses ``label_smoothing`` 0.1). ``fit_gpt`` sets the model's
     attention from it when the model config does not name one.
 
-    Schedule: lr rises linearly over ``warmup_steps``, stays at ``lr`` until ``decay_start`` (default: end
-    of warmup), then follows a half cosine to ``min_lr`` at ``max_steps`` (official: warmup 5,000, hold to
-    80,000, cosine to 0 at 450,000).
+    Schedule (``lr_at``, the official ``adjust_learning_rate_gpt`` shape): lr rises linearly over
+    ``warmup_steps``, stays at ``lr`` until ``decay_start`` (default: end of warmup), then follows a half
+    cosine to ``min_lr`` at ``max_steps``. ``max_epochs`` stops the run earlier without changing the
+    schedule: the official run is warmup 5,000, hold to 80,000, cosine towards ``min_lr`` 1e-5 at
+    450,000, stopped by ``--epochs 100`` (~125k iterations at batch 1024), so its lr never decays far.
+
+    Official options: ``weight_decay_on`` ``all`` (DeepSpeed AdamW decays every parameter) or
+    ``linear_weights`` (minGPT's split; the default); ``init`` ``mingpt`` (N(0, 0.02) on every Linear
+    and Embedding, zero biases and positional tables, as the official minGPT) or ``gpt2`` (the
+    default: also GPT-2's 0.02/sqrt(2 n_layer) residual projections and N(0, 0.02) positions);
+    ``grad_clip`` null (the official DeepSpeed config clips nothing).
     """
 
     batch_size: int = 32
@@ -77,8 +86,17 @@ class GPTTrainConfig:
     checkpoint_every_n_steps: int = 1000
     objective: Literal["ar", "maskgit"] = "ar"
     checkpoint_every_minutes: float | None = 30.0  # last.ckpt also after this much wall time (None: steps only)
+    max_epochs: int | None = None
+    weight_decay_on: Literal["linear_weights", "all"] = "linear_weights"
+    init: Literal["gpt2", "mingpt"] = "gpt2"
 
     def __post_init__(self) -> None:
+        if self.weight_decay_on not in ("linear_weights", "all"):
+            raise ValueError(f"weight_decay_on must be 'linear_weights' or 'all', got {self.weight_decay_on!r}")
+        if self.init not in ("gpt2", "mingpt"):
+            raise ValueError(f"init must be 'gpt2' or 'mingpt', got {self.init!r}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be positive or null, got {self.max_epochs}")
         if self.objective not in ("ar", "maskgit"):
             raise ValueError(f"objective must be 'ar' or 'maskgit', got {self.objective!r}")
         if self.objective == "maskgit" and self.pkeep < 1.0:
@@ -224,6 +242,8 @@ class GPTLightningModule(pl.LightningModule):
             raise ValueError(f"objective {tc.objective!r} needs model.attention "
                              f"{'bidirectional' if tc.objective == 'maskgit' else 'causal'}, got {mc.attention!r}")
         self.gpt = GPT(mc)
+        if tc.init == "mingpt":
+            mingpt_init(self.gpt)
 
     def corrupt(self, ids: torch.Tensor) -> torch.Tensor:
         """``pkeep``: each input id is kept with probability ``pkeep``, else replaced by a random id of the
@@ -266,10 +286,31 @@ class GPTLightningModule(pl.LightningModule):
         no_decay: list[torch.nn.Parameter] = []
         for name, p in self.gpt.named_parameters():
             # minGPT: decay Linear weights only; biases, LayerNorms, embeddings and positions are not decayed.
-            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+            # The official run (DeepSpeed AdamW over all parameters) decays everything: weight_decay_on "all".
+            linear = p.dim() >= 2 and "emb" not in name
+            (decay if linear or tc.weight_decay_on == "all" else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         # No scheduler: training_step sets the learning rate from global_step before each step.
         return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
+
+
+@torch.no_grad()
+def mingpt_init(gpt: GPT) -> None:
+    """The official minGPT initialisation: N(0, 0.02) on every Linear and Embedding weight, zero biases,
+    LayerNorm weight 1 and bias 0, zero positional tables (no GPT-2 residual scaling)."""
+    for m in gpt.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if isinstance(m, torch.nn.Linear) and m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+        elif isinstance(m, torch.nn.LayerNorm):
+            if m.weight is not None:
+                torch.nn.init.ones_(m.weight)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    for name, p in gpt.named_parameters():
+        if name.endswith("pos_emb"):
+            torch.nn.init.zeros_(p)
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -317,7 +358,7 @@ def fit_gpt(
                               every_n_train_steps=tc.checkpoint_every_n_steps,
                               train_time_interval=None if minutes is None else timedelta(minutes=minutes))
     trainer = pl.Trainer(
-        max_steps=tc.max_steps, accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision,  # type: ignore[arg-type]
+        max_steps=tc.max_steps, max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision,  # type: ignore[arg-type]
         gradient_clip_val=tc.grad_clip, log_every_n_steps=tc.log_every_n_steps, default_root_dir=str(work),
         callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
         logger=pl.loggers.CSVLogger(str(work), name="logs"), num_sanity_val_steps=0,
@@ -350,5 +391,6 @@ __all__ = [
     "check_paired",
     "fit_gpt",
     "lr_at",
+    "mingpt_init",
     "model_config_from_data",
 ]
