@@ -436,3 +436,13 @@ def test_lpips_dropout_official_is_on_in_training_only() -> None:
         assert torch.equal(a, b) != noisy
         host.eval()
         assert torch.equal(p(x, y), p(x, y))  # evaluation is deterministic either way
+
+
+def test_training_with_the_official_resize_records_it_in_the_export(files: dict[str, Path], tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    module = tiny_module(files["codebook"], max_steps=1)
+    assert module.model.preprocessing["resize"] == "shorter-side"
+    trainer(tmp_path, limit_val_batches=0).fit(module, datamodule=data_module(files["photos"], resize="official"))
+    module.export(tmp_path / "m")
+    pre = VQGANLC.from_pretrained(tmp_path / "m").preprocessing
+    assert (pre["resize"], pre["interpolation"]) == ("official", "bilinear")

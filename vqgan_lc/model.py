@@ -126,6 +126,16 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         ``crop``, ``range``; ``vqgan-lc encode`` defaults to it."""
         return dict(self._preprocessing)
 
+    def set_preprocessing(self, **fields: Any) -> None:
+        """Change fields of the preprocessing block (validated), e.g. ``resize="official"`` after training
+        on images prepared by the official rule; it is saved with the weights."""
+        block = {**self._preprocessing, **fields}
+        if fields.get("resize") == "official":
+            block["interpolation"] = "bilinear"
+        elif fields.get("resize") == "shorter-side" and "interpolation" not in fields:
+            block["interpolation"] = "bicubic"
+        self._preprocessing = check_preprocessing(block)
+
     # ------------------------------------------------------------------ checks
     def _check_images(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:

@@ -169,6 +169,9 @@ class VQGANLCModule(pl.LightningModule):
         # codebook (307 MB at 100k, identical on every rank), the EMA codebook (updated from
         # all-reduced statistics) and the PatchGAN's BatchNorm running statistics (never used: D
         # always runs in training mode); broadcasting them before every forward would only cost bandwidth.
+        dm = getattr(self.trainer, "datamodule", None)
+        if isinstance(dm, ImageDataModule) and self.model.preprocessing.get("resize") != dm.resize:
+            self.model.set_preprocessing(resize=dm.resize)  # the export records how its images were prepared
         if self.trainer.max_steps not in (-1, None):
             log.warning("trainer.max_steps=%d counts the steps of both optimizers; set model.optim.max_steps "
                         "(generator steps) instead", self.trainer.max_steps)
