@@ -175,7 +175,7 @@ def test_official_baselines_start_from_uniform_codes(kind: str) -> None:
     q.eval()
     assert torch.equal(q.search(z).reshape(-1), torch.cdist(zf, codes).argmin(1))  # no normalisation
     cos = FCCosineQuantizer(4096, 8)
-    assert float(cos.embedding.std()) == pytest.approx(1.0, rel=0.05)  # the variant keeps N(0, 1)
+    assert float(cos.embedding.detach().std()) == pytest.approx(1.0, rel=0.05)  # the variant keeps N(0, 1)
 
 
 def test_ema_every_forward_updates_in_eval_as_the_official_code() -> None:
@@ -361,3 +361,61 @@ def test_weights_of_another_shape_are_refused_with_the_keys_named(tmp_path) -> N
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"quant_conv.weight: file \(8, 64, 1, 1\) vs model \(4, 64, 1, 1\)"):
         VQGANLC.from_pretrained(tmp_path / "m")
+
+
+# ---------------------------------------------------------------- the paper's ablation switches (Tables 6, 10)
+def test_mlp_projector_and_trainable_codebook(crops64: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    m = create_model("tiny", codebook=torch.randn(256, 768) * 0.03,
+                     quantizer={"projector": "mlp", "codebook_trainable": True}).train()
+    q = m.quantize
+    names = {n: tuple(p.shape) for n, p in q.named_parameters()}
+    assert names == {"codebook": (256, 768), "projection.0.weight": (256, 768), "projection.0.bias": (256,),
+                     "projection.2.weight": (8, 256), "projection.2.bias": (8,)}
+    table = torch.relu(q.codebook @ q.projection[0].weight.T + q.projection[0].bias) @ q.projection[2].weight.T \
+        + q.projection[2].bias
+    assert torch.allclose(q.search_table(), table.detach(), atol=1e-6)
+    out = m(crops64)
+    (F.l1_loss(out.reconstruction, crops64) + out.quantizer.loss).backward()
+    used = out.quantizer.ids.unique()
+    grad_rows = q.codebook.grad.abs().sum(1) > 0
+    assert torch.equal(grad_rows.nonzero().reshape(-1), used)  # the codebook loss reaches the chosen rows only
+    assert q.projection[0].weight.grad.abs().sum() > 0
+    frozen = create_model("tiny", codebook=torch.randn(256, 768) * 0.03).quantize
+    assert "codebook" not in dict(frozen.named_parameters()) and "codebook" in dict(frozen.named_buffers())
+
+
+def test_projector_free_mode_normalises_the_latent_only(tmp_path, crops64: torch.Tensor) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    cb = torch.randn(128, 768) * 3.0
+    m = create_model("tiny", codebook=cb, embed_dim=768, quantizer={"projector": "none"}).eval()
+    assert not hasattr(m.quantize, "projection") and m.quantize.latent_l2
+    with torch.no_grad():
+        z = m.encode_latents(crops64[:2])
+    zf = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, 768), dim=1)
+    expected = ((zf[:, None] - cb[None]) ** 2).sum(-1).argmin(1)
+    assert torch.equal(m.quantize.search(z).reshape(-1), expected)
+    out = m.quantize(z)
+    assert torch.equal(out.z_q.permute(0, 2, 3, 1).reshape(-1, 768), cb[expected])  # codes raw, not normalised
+    assert float(out.commit_loss) == pytest.approx(float(((cb[expected] - zf) ** 2).mean()), rel=1e-5)
+    m.save_pretrained(tmp_path / "inf", inference_only=True)
+    mi = VQGANLC.from_pretrained(tmp_path / "inf")
+    assert mi.quantize.latent_l2 and torch.equal(mi.encode(crops64[:2]), m.encode(crops64[:2]))
+    with pytest.raises(ConfigError, match="embed_dim must equal codebook_dim"):
+        get_config("tiny", quantizer={"projector": "none"})
+    with pytest.raises(ConfigError, match="switches of the 'lc' quantizer"):
+        get_config("tiny", quantizer={"kind": "vq", "projector": "mlp"})
+
+
+def test_random_frozen_codebook_with_projector() -> None:
+    from vqgan_lc.build import ModelSpec, build_model
+
+    m = build_model(ModelSpec(preset="tiny", codebook_init="random", codebook_size=500, codebook_seed=3))
+    cb = m.quantize.codebook
+    assert cb.shape == (500, 768) and not cb.requires_grad and float(cb.abs().max()) <= 1 / 500
+    assert float(cb.std()) == pytest.approx(1 / 500 / 3**0.5, rel=0.02)
+    assert m.provenance["codebook"]["random"] == {"init": "uniform(-1/N, 1/N)", "seed": 3}
+    again = build_model(ModelSpec(preset="tiny", codebook_init="random", codebook_size=500, codebook_seed=3))
+    assert torch.equal(again.quantize.codebook, cb)
+    with pytest.raises(ConfigError, match="codebook_init 'random'"):
+        build_model(ModelSpec(preset="tiny", codebook_init="random", codebook="file.safetensors"))

@@ -15,6 +15,8 @@ from .errors import ConfigError
 QuantizerKind = Literal["lc", "vq", "fc", "fc-cosine", "ema"]
 Distance = Literal["euclidean", "cosine"]
 EMAUpdate = Literal["training", "every_forward"]
+Projector = Literal["linear", "mlp", "none"]
+_PROJECTORS = ("linear", "mlp", "none")
 
 _QUANTIZER_KINDS = ("lc", "vq", "fc", "fc-cosine", "ema")
 _EMA_UPDATES = ("training", "every_forward")
@@ -61,6 +63,11 @@ class QuantizerConfig:
         ``ema`` -- VQGAN-EMA: codebook updated by exponential moving averages, Laplace-smoothed
                    (``codebook_weight`` must be 0.0: no gradient trains the codes), uniform(+-1/N)
                    init as the official code.
+    projector, codebook_trainable (``lc`` only; the paper's ablations, official ``--use_cblinear`` /
+        ``--tuning_codebook``): ``linear`` (default) ``Linear(codebook_dim -> D')``; ``mlp`` Linear ->
+        256 -> ReLU -> Linear; ``none``: no projector, D' must equal ``codebook_dim`` and only the latent is
+        L2-normalised (the official 768-d mode). ``codebook_trainable`` makes the k-means codebook a
+        trained parameter (Table 10) instead of a frozen buffer.
     ema_update:
         ``training`` (default) updates the EMA codes in training forwards only; ``every_forward``
         is the official behaviour (evaluation forwards and the discriminator step's re-forward
@@ -83,6 +90,8 @@ class QuantizerConfig:
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
     ema_update: EMAUpdate = "training"
+    projector: Projector = "linear"
+    codebook_trainable: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in _QUANTIZER_KINDS:
@@ -104,6 +113,11 @@ class QuantizerConfig:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.ema_update not in _EMA_UPDATES:
             raise ConfigError(f"ema_update must be one of {_EMA_UPDATES}, got {self.ema_update!r}")
+        if self.projector not in _PROJECTORS:
+            raise ConfigError(f"projector must be one of {_PROJECTORS}, got {self.projector!r}")
+        if self.kind != "lc" and (self.projector != "linear" or self.codebook_trainable):
+            raise ConfigError(f"projector and codebook_trainable are switches of the 'lc' quantizer; the "
+                              f"{self.kind!r} baseline has neither, leave them out")
 
     def replace(self, **changes: Any) -> QuantizerConfig:
         """A copy with fields changed. A new ``kind`` brings its own ``distance``/``codebook_weight``
@@ -146,6 +160,10 @@ class ModelConfig:
             raise ValueError("every channel count must be a multiple of 32 (GroupNorm with 32 groups)")
         if not self.ch_mult or self.num_res_blocks < 1 or self.embed_dim < 1:
             raise ValueError("ch_mult must be non-empty; num_res_blocks and embed_dim must be positive")
+        q = self.quantizer
+        if q.kind == "lc" and q.projector == "none" and self.embed_dim != q.codebook_dim:
+            raise ConfigError(f"projector 'none' uses the codes as they are, so embed_dim must equal codebook_dim "
+                              f"({q.codebook_dim}), got {self.embed_dim}; set embed_dim to {q.codebook_dim}")
 
     @property
     def downsample_factor(self) -> int:

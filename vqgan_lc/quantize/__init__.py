@@ -22,9 +22,10 @@ def build_quantizer(config: ModelConfig, *, inference_only: bool = False) -> Cod
     if inference_only:
         if q.kind != "lc":
             raise ConfigError(f"inference-only export exists for the 'lc' quantizer, not {q.kind!r}; load the full weights")
-        return ProjectedCodebookQuantizer(q.codebook_size, config.embed_dim, **common)
+        return ProjectedCodebookQuantizer(q.codebook_size, config.embed_dim, latent_l2=q.projector == "none", **common)
     if q.kind == "lc":
-        return LCQuantizer(q.codebook_size, q.codebook_dim, config.embed_dim, **common)
+        return LCQuantizer(q.codebook_size, q.codebook_dim, config.embed_dim, projector=q.projector,
+                           codebook_trainable=q.codebook_trainable, **common)
     if q.kind == "vq":
         return VQQuantizer(q.codebook_size, config.embed_dim, **common)
     if q.kind == "fc":
