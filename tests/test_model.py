@@ -419,3 +419,16 @@ def test_random_frozen_codebook_with_projector() -> None:
     assert torch.equal(again.quantize.codebook, cb)
     with pytest.raises(ConfigError, match="codebook_init 'random'"):
         build_model(ModelSpec(preset="tiny", codebook_init="random", codebook="file.safetensors"))
+
+
+def test_config_hash_of_earlier_models_is_unchanged() -> None:
+    """Token directories record the model's config hash: fields added for issue 15 (at their defaults) must not
+    change it. The value below is the hash of this config computed before those fields existed."""
+    import hashlib
+
+    cfg = get_config("tiny").to_dict()
+    for key in ("ema_update", "projector", "codebook_trainable"):
+        cfg["quantizer"].pop(key)
+    before = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    assert VQGANLC(get_config("tiny")).config_hash() == before
+    assert VQGANLC(get_config("tiny", quantizer={"projector": "mlp"})).config_hash() != before

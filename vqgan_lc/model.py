@@ -42,6 +42,9 @@ class ModelOutput:
     quantizer: QuantizerOutput
 
 
+_HASH_DEFAULTS: dict[str, Any] = {"ema_update": "training", "projector": "linear", "codebook_trainable": False}
+
+
 class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
     """A VQGAN with a (by default) VQGAN-LC quantizer; a ``vqgan_lc.tokenizer.DecodingTokenizer``.
 
@@ -125,6 +128,19 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         """How images are prepared for ``encode`` (a copy): ``image_size``, ``resize``, ``interpolation``,
         ``crop``, ``range``; ``vqgan-lc encode`` defaults to it."""
         return dict(self._preprocessing)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config ``config_hash`` hashes: quantizer fields added after token directories were first
+        written are left out at their defaults (and ``fc-cosine`` hashes as the ``fc`` it was saved as), so
+        every earlier model keeps its hash and its token directories stay valid."""
+        d = self.config.to_dict()
+        q = d["quantizer"]
+        for key, default in _HASH_DEFAULTS.items():
+            if q.get(key) == default:
+                q.pop(key)
+        if q.get("kind") == "fc-cosine":
+            q["kind"] = "fc"
+        return d
 
     def set_preprocessing(self, **fields: Any) -> None:
         """Change fields of the preprocessing block (validated), e.g. ``resize="official"`` after training
