@@ -29,8 +29,7 @@ class LossConfig:
     - ``disc_input``: ``reuse`` (default) gives the discriminator the generator step's reconstruction
       from before the generator update; ``reforward`` runs the whole VQ forward again with the
       just-updated generator, as the official ``engine_training_vqgan.py`` does (one more forward
-      per step; an EMA quantizer with ``ema_update: every_forward`` then updates twice per step,
-      like the official one).
+      per step, in training mode: an EMA quantizer then updates twice per step, like the official one).
     - ``lpips_dropout``: ``off`` (default) keeps LPIPS deterministic; ``official`` switches the
       dropout (p = 0.5) of the lin layers on in training, as the official code does by registering
       LPIPS under the model that ``model.train()`` reaches (noisier perceptual term and adaptive
