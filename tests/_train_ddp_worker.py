@@ -34,7 +34,7 @@ def main() -> None:
     mode, devices, photos, model_dir, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
-    module = VQGANLCModule(model=ModelSpec(init_from=model_dir), loss=LossConfig(perceptual_weight=0.0, disc_start=1),
+    module = VQGANLCModule(model=ModelSpec(init_from=model_dir), loss=LossConfig(perceptual_weight=0.0, disc_start=0),
                            optim=OptimConfig(warmup_steps=0, max_steps=3))
     dm = ImageDataModule(photos, image_size=32, batch_size=2, val_batch_size=3, num_workers=0, samples_per_epoch=8)
     trainer = pl.Trainer(

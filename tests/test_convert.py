@@ -14,7 +14,7 @@ import torch
 from vqgan_lc import VQGANLC, CheckpointError, CodebookError
 from vqgan_lc.cli.main import main
 from vqgan_lc.codebook import load_codebook
-from vqgan_lc.convert import convert_official
+from vqgan_lc.convert import convert_official, load_official_checkpoint
 
 IN_REPO_FIXTURE = Path(__file__).parent / "fixtures" / "official_tiny"
 
@@ -149,3 +149,108 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys) -> None:  # noqa: ANN0
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not exist" in err[0]
+
+
+# ----------------------------------------------------------------------------------------- the paper's ablations
+def _crafted(tmp_path: Path, name: str, edit) -> Path:  # noqa: ANN001
+    """The in-repo official checkpoint with its state dict and args changed by ``edit(state, args)``."""
+    state, args = load_official_checkpoint(IN_REPO_FIXTURE / "vqgan_lc_official_format.pth")
+    torch.manual_seed(0)
+    edit(state, args)
+    path = tmp_path / f"{name}.pth"
+    torch.save({"model": state, "args": argparse.Namespace(**args)}, path)
+    return path
+
+
+def _ids_by_hand(m: VQGANLC, x: torch.Tensor, table: torch.Tensor, *, l2: bool = False) -> torch.Tensor:
+    """Nearest row of ``table`` by squared Euclidean distance, re-derived without the package's search."""
+    with torch.no_grad():
+        z = m.encode_latents(x).permute(0, 2, 3, 1).reshape(-1, table.shape[1])
+        if l2:
+            z = torch.nn.functional.normalize(z, dim=1)
+        d = (z[:, None, :] - table[None]).pow(2).sum(-1)
+    return d.argmin(1).reshape(x.shape[0], *m.encode(x).shape[1:])
+
+
+def test_mlp_projector_checkpoint_converts(tmp_path: Path) -> None:
+    def mlp(state: dict, args: dict) -> None:
+        for k in ("codebook_projection.weight", "codebook_projection.bias"):
+            del state[k]
+        state.update({"codebook_projection.0.weight": torch.randn(256, 64) * 0.1,
+                      "codebook_projection.0.bias": torch.randn(256) * 0.1,
+                      "codebook_projection.2.weight": torch.randn(8, 256) * 0.1,
+                      "codebook_projection.2.bias": torch.randn(8) * 0.1})
+        args["use_cblinear"] = 2
+
+    path = _crafted(tmp_path, "mlp", mlp)
+    m = convert_official(path, yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+    assert m.config.quantizer.projector == "mlp" and not m.config.quantizer.codebook_trainable
+    st = load_official_checkpoint(path)[0]
+    cb = st["tok_embeddings.weight"]
+    table = torch.relu(cb @ st["codebook_projection.0.weight"].T + st["codebook_projection.0.bias"]) \
+        @ st["codebook_projection.2.weight"].T + st["codebook_projection.2.bias"]
+    x = _load(IN_REPO_FIXTURE, "input.npy")
+    ids = m.encode(x)
+    assert torch.equal(ids, _ids_by_hand(m, x, table)) and ids.unique().numel() > 1
+    assert torch.allclose(m.quantize.search_table(), table, atol=1e-6)
+    m.save_pretrained(tmp_path / "mlp-inf", inference_only=True)  # the export keeps the MLP's codes
+    assert torch.equal(VQGANLC.from_pretrained(tmp_path / "mlp-inf").encode(x), ids)
+    bad = _crafted(tmp_path, "liar", lambda s, a: a.update(use_cblinear=2))  # linear weights, args say MLP
+    with pytest.raises(CheckpointError, match="use_cblinear=2 means a mlp projector"):
+        convert_official(bad, yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+
+
+def test_projector_free_768d_checkpoint_normalises_only_the_latent(tmp_path: Path) -> None:
+    def none(state: dict, args: dict) -> None:
+        for k in ("codebook_projection.weight", "codebook_projection.bias"):
+            del state[k]
+        state["tok_embeddings.weight"] = torch.randn(256, 768)  # codes far from unit norm: used raw
+        state["quant_conv.weight"], state["quant_conv.bias"] = torch.randn(768, 16, 1, 1), torch.randn(768)
+        state["post_quant_conv.weight"] = torch.randn(16, 768, 1, 1) * 0.01
+        args.update(use_cblinear=0, embed_dim=768)
+
+    path = _crafted(tmp_path, "none", none)
+    m = convert_official(path, yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+    q = m.config.quantizer
+    assert (q.projector, q.codebook_dim, m.config.embed_dim, q.distance) == ("none", 768, 768, "euclidean")
+    cb = load_official_checkpoint(path)[0]["tok_embeddings.weight"]
+    x = _load(IN_REPO_FIXTURE, "input.npy")
+    ids = m.encode(x)
+    assert torch.equal(ids, _ids_by_hand(m, x, cb, l2=True))
+    assert not torch.equal(ids, _ids_by_hand(m, x, cb, l2=False))  # the normalisation matters here
+    assert not torch.equal(ids, _ids_by_hand(m, x, torch.nn.functional.normalize(cb, dim=1), l2=True))  # not cosine
+    with torch.no_grad():
+        assert torch.equal(m.quantize.decode(ids).permute(0, 2, 3, 1).reshape(-1, 768), cb[ids.reshape(-1)])
+
+
+def test_trained_and_random_codebook_checkpoints_convert(tmp_path: Path) -> None:
+    official = IN_REPO_FIXTURE / "vqgan_lc_official_format.pth"
+    kmeans = load_official_checkpoint(official)[0]["tok_embeddings.weight"]
+    torch.save(kmeans, tmp_path / "codebook.pth")
+    moved = kmeans + 0.01 * torch.randn_like(kmeans)
+    trained = _crafted(tmp_path, "tuned", lambda s, a: (s.update({"tok_embeddings.weight": moved}),
+                                                       a.update(tuning_codebook=1)))
+    m = convert_official(trained, codebook=tmp_path / "codebook.pth", yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+    assert m.config.quantizer.codebook_trainable and isinstance(m.quantize.codebook, torch.nn.Parameter)
+    assert torch.equal(m.quantize.codebook.detach(), moved)  # the trained rows, not the k-means file
+    with pytest.raises(CheckpointError, match="different values"):  # without the args, a moved codebook is refused
+        convert_official(_crafted(tmp_path, "moved", lambda s, a: s.update({"tok_embeddings.weight": moved})),
+                         codebook=tmp_path / "codebook.pth", yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+    rand = torch.empty(256, 64).uniform_(-1 / 256, 1 / 256)
+    frozen = _crafted(tmp_path, "random", lambda s, a: (s.update({"tok_embeddings.weight": rand}),
+                                                       a.update(tuning_codebook=-2)))
+    m2 = convert_official(frozen, yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+    assert not m2.config.quantizer.codebook_trainable and torch.equal(m2.quantize.codebook, rand)
+    assert "quantize.codebook" in dict(m2.named_buffers())
+
+    def fc(state: dict, args: dict) -> None:  # random trainable N x D' codebook, no projector: VQGAN-FC
+        for k in ("codebook_projection.weight", "codebook_projection.bias"):
+            del state[k]
+        state["tok_embeddings.weight"] = torch.empty(256, 8).uniform_(-1 / 256, 1 / 256)
+        args.update(use_cblinear=0, tuning_codebook=-1)
+
+    m3 = convert_official(_crafted(tmp_path, "fc", fc), yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+    assert m3.config.quantizer.kind == "fc" and m3.quantize.embedding.shape == (256, 8)
+    with pytest.raises(CheckpointError, match="quantizer_type='ema'"):
+        convert_official(_crafted(tmp_path, "ema", lambda s, a: a.update(quantizer_type="ema")),
+                         yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")

@@ -195,3 +195,82 @@ def test_rfid_with_local_inception_weights(setup, monkeypatch) -> None:  # noqa:
     rep = evaluate(setup["model"], setup["data"], setup["root"] / "report-fid", options=opts, progress=False)
     fid = rep["metrics"]["rfid"]
     assert fid["computed"] and math.isfinite(fid["value"]) and fid["value"] > 0 and fid["num_images"] == 6
+
+
+def _fake_inception(x: torch.Tensor) -> torch.Tensor:
+    """Stands in for clean-fid's Inception: (B, 3, 299, 299) in [0, 255] -> 4 features per image."""
+    assert x.shape[1:] == (3, 299, 299)
+    return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(1, 2, 3))[:, None]], dim=1)
+
+
+def test_official_protocol_report(setup, monkeypatch) -> None:  # noqa: ANN001
+    """`--protocol official`: OpenCV resize, unclamped pyiqa-convention LPIPS, clean-fid of PNG reconstructions
+    against the uncropped originals; the report names the protocol."""
+    import torchvision
+    from cleanfid import fid as cfid
+
+    from vqgan_lc.data import Preprocessing, list_images, load_rgb
+    from vqgan_lc.metrics import clean_fid, psnr, to_unit
+
+    monkeypatch.setattr(clean_fid, "cleanfid_feature_model", lambda weights, device: _fake_inception)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), setup["root"] / "alex-off.pth")
+    data = setup["root"] / "data-wide"  # 96 x 72 originals: the 64 px crops differ from the files
+    for p in list_images(setup["data"]).paths:
+        if not p.endswith("broken.png"):
+            (data / p).parent.mkdir(parents=True, exist_ok=True)
+            load_rgb(setup["data"] / p).resize((96, 72), Image.BICUBIC).save((data / p).with_suffix(".png"))
+    out = setup["root"] / "report-official"
+    opts = EvaluateOptions(batch_size=4, num_workers=0, protocol="official",
+                           lpips_alex_weights=str(setup["root"] / "alex-off.pth"))
+    rep = evaluate(setup["model"], data, out, options=opts, progress=False)
+    assert rep["protocol"] == "official" and rep["data"]["resize"] == "official"
+    assert rep["options"]["lpips_convention"] == "official" and rep["metrics"]["lpips_alex"]["convention"] == "official"
+    assert "Protocol**: official" in (out / "report.md").read_text()
+    # PSNR-Y over the officially resized crops
+    images = list_images(data)
+    readable = list(images.paths)
+    x = torch.stack([Preprocessing(64, resize="official")(load_rgb(images.root / p)) for p in readable])
+    with torch.inference_mode():
+        rec = setup["model"].decode(setup["model"].encode(x))
+    assert rep["metrics"]["psnr_y"]["value"] == pytest.approx(psnr(to_unit(rec), to_unit(x), channel="y").mean().item(),
+                                                              rel=1e-6)
+    # every reconstruction as a PNG, truncated to uint8 as the official script saves it
+    pngs = sorted((out / "reconstructions-png").rglob("*.png"))
+    assert len(pngs) == 6
+    first = np.asarray(Image.open(out / "reconstructions-png" / Path(readable[0]).with_suffix(".png")))
+    assert np.array_equal(first, rec[0].clamp(-1, 1).add(1).mul(127.5).permute(1, 2, 0).numpy().astype(np.uint8))
+    # rFID = clean-fid between those PNGs and the uncropped original files (96 x 72, not the 64 px crops)
+    assert Image.open(images.root / readable[0]).size == (96, 72)
+    kw = dict(model=_fake_inception, num_workers=0, batch_size=4, device=torch.device("cpu"), mode="clean", verbose=False)
+    ref = cfid.get_files_features([str(images.root / p) for p in readable], **kw)
+    crops = cfid.get_files_features([str(p) for p in pngs], **kw)
+    fid = rep["metrics"]["rfid"]
+    assert fid["computed"] and fid["value"] == pytest.approx(float(cfid.fid_from_feats(crops, ref)), rel=1e-6)
+    centre = setup["root"] / "centre-crops"
+    for p, xi in zip(readable, x):
+        (centre / p).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(xi.add(1).mul(127.5).round().permute(1, 2, 0).numpy().astype(np.uint8)).save(centre / p)
+    cropped = cfid.get_files_features([str(centre / p) for p in readable], **kw)
+    assert abs(float(cfid.fid_from_feats(crops, cropped)) - fid["value"]) > 1e-3  # not the standard reference
+    assert "clean-fid" in fid["implementation"] and "uncropped" in rep["implementation"]["rfid"]
+
+
+def test_official_rfid_finds_inception_in_the_cleanfid_cache(setup: dict, monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    from vqgan_lc.errors import MissingWeightsError
+    from vqgan_lc.metrics import clean_fid
+
+    monkeypatch.setattr(clean_fid, "cleanfid_cache_dir", lambda: tmp_path)
+    with pytest.raises(MissingWeightsError, match="inception-2015-12-05.pt"):
+        clean_fid.find_cleanfid_inception()
+    rep = evaluate(setup["model"], setup["data"], tmp_path / "rep", progress=False,
+                   options=EvaluateOptions(batch_size=4, num_workers=0, protocol="official"))
+    assert rep["metrics"]["rfid"]["computed"] is False
+    assert rep["metrics"]["rfid"]["enable_with"] == "--cleanfid-inception PATH" and str(tmp_path) in rep["metrics"]["rfid"]["reason"]
+    (tmp_path / "inception-2015-12-05.pt").write_bytes(b"x")  # a pre-populated clean-fid cache
+    assert clean_fid.find_cleanfid_inception() == tmp_path / "inception-2015-12-05.pt"
+    assert clean_fid.find_cleanfid_inception(tmp_path) == tmp_path / "inception-2015-12-05.pt"
+    (tmp_path / "other.pt").write_bytes(b"x")
+    with pytest.raises(MissingWeightsError, match="named inception-2015-12-05.pt"):
+        clean_fid.find_cleanfid_inception(tmp_path / "other.pt")

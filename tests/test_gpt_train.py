@@ -195,3 +195,52 @@ def test_train_gpt_resume_without_a_usable_checkpoint_is_one_sentence(tokens: di
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"vqgan-lc train-gpt: error: --resume {last} is not a readable Lightning checkpoint (")
     assert not (out / "model.safetensors").exists()
+
+
+def test_the_404m_recipe_equals_the_official_run() -> None:
+    """Audit finding 1: 100 epochs (~125k steps at 1024), warmup 5k, hold to 80k, cosine towards 450k with
+    floor 1e-5, no clipping, wd 0.01 on all parameters, minGPT init, the 101,000-way training softmax."""
+    from vqgan_lc.cli.train_gpt import load_config
+
+    cfg = load_config("gpt_vqgan_lc_404m", [])
+    tc = GPTTrainConfig.from_dict(cfg["train"])
+    assert (tc.lr, tc.warmup_steps, tc.decay_start, tc.max_steps, tc.max_epochs, tc.min_lr) == (
+        4.5e-4, 5000, 80_000, 450_000, 100, 1e-5)
+    assert (tc.grad_clip, tc.weight_decay, tc.weight_decay_on, tc.init, tc.pkeep) == (None, 0.01, "all", "mingpt", 0.8)
+    assert (cfg["model"]["head"], cfg["model"]["null_class"]) == ("vocabulary", False)
+    steps = 100 * (1_281_167 // 1024)  # 100 epochs of ImageNet-1k at batch 1024
+    assert 125_000 <= steps <= 125_200
+    assert lr_at(steps, tc) == pytest.approx(4.34e-4, abs=0.01e-4)  # never decays far
+    assert lr_at(450_000, tc) == pytest.approx(1e-5) and lr_at(10**6, tc) == pytest.approx(1e-5)
+
+
+def test_official_head_init_and_weight_decay_options() -> None:
+    from vqgan_lc.train.gpt import GPTLightningModule
+
+    mc = GPTConfig(n_codes=50, grid=(2, 2), n_classes=7, null_class=False, n_layer=2, n_head=2, n_embd=16,
+                   head="vocabulary")
+    torch.manual_seed(0)
+    m = GPTLightningModule(mc, GPTTrainConfig(init="mingpt", weight_decay_on="all"))
+    g = m.gpt
+    assert g.head.weight.shape == (57, 16)  # n_codes + n_classes logits, as the official head
+    ids, labels = torch.randint(0, 50, (3, 4)), torch.tensor([0, 3, 6])
+    assert g(ids[:, :3], labels).shape == (3, 4, 50)  # sampling sees image logits only
+    # the training softmax spans all 57 ids: it equals the cross-entropy over the full head by hand
+    h = g.run_blocks(g.embed(ids[:, :-1], labels))
+    full = g.head(g.ln_f(h))
+    assert torch.allclose(g.loss(ids, labels), torch.nn.functional.cross_entropy(full.reshape(-1, 57), ids.reshape(-1)))
+    assert not torch.allclose(g.loss(ids, labels), torch.nn.functional.cross_entropy(full[..., :50].reshape(-1, 50),
+                                                                                     ids.reshape(-1)))
+    # minGPT init: N(0, 0.02) everywhere (no scaled residual projections), zero positions
+    assert float(g.pos_emb.detach().abs().max()) == 0.0
+    proj = torch.cat([p.reshape(-1) for n, p in g.named_parameters() if n.endswith("proj.weight")])
+    assert float(proj.std()) == pytest.approx(0.02, rel=0.1)
+    opt = m.configure_optimizers()
+    decayed = [gr for gr in opt.param_groups if gr["weight_decay"] == 0.01]
+    assert {id(p) for gr in decayed for p in gr["params"]} == {id(p) for p in g.parameters()}
+    default = GPTLightningModule(mc.replace(head="codes"), GPTTrainConfig())
+    assert default.gpt.head.weight.shape == (50, 16) and float(default.gpt.pos_emb.std()) > 0.01
+    no_decay = [gr for gr in default.configure_optimizers().param_groups if gr["weight_decay"] == 0.0]
+    assert any(p is default.gpt.pos_emb for gr in no_decay for p in gr["params"])
+    with pytest.raises(ValueError, match="head 'vocabulary'"):
+        GPTConfig(n_codes=50, n_classes=7, head="vocabulary", tie_weights=True)

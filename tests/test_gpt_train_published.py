@@ -46,8 +46,8 @@ def test_inverse_sqrt_is_fairseqs_schedule() -> None:
     assert inverse_sqrt_lr(0, lr=1e-3, warmup_steps=0) == 1e-3 and inverse_sqrt_lr(100, lr=1e-3, warmup_steps=0) == 1e-4
     with pytest.raises(ValueError, match="schedule"):
         GPTTrainConfig(schedule="linear")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="weight_decay_params"):
-        GPTTrainConfig(weight_decay_params="norms")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weight_decay_on"):
+        GPTTrainConfig(weight_decay_on="norms")  # type: ignore[arg-type]
 
 
 def test_weight_decay_on_every_parameter_or_on_linear_weights_only() -> None:
@@ -56,11 +56,11 @@ def test_weight_decay_on_every_parameter_or_on_linear_weights_only() -> None:
     names = dict(GPTLightningModule(mc, GPTTrainConfig()).gpt.named_parameters())
 
     def groups(which: str) -> list[tuple[float, set[str]]]:
-        m = GPTLightningModule(mc, GPTTrainConfig(weight_decay=0.01, weight_decay_params=which))  # type: ignore[arg-type]
+        m = GPTLightningModule(mc, GPTTrainConfig(weight_decay=0.01, weight_decay_on=which))  # type: ignore[arg-type]
         ids = {id(p): n for n, p in m.gpt.named_parameters()}
         return [(g["weight_decay"], {ids[id(p)] for p in g["params"]}) for g in m.configure_optimizers().param_groups]
 
-    (wd, decayed), (wd0, kept) = groups("weights")
+    (wd, decayed), (wd0, kept) = groups("linear_weights")
     assert (wd, wd0) == (0.01, 0.0) and decayed | kept == set(names) and not decayed & kept
     assert "blocks.0.attn.qkv.weight" in decayed and "head.weight" in decayed
     for n in ("tok_emb.weight", "pos_emb", "prefix_emb.weight", "prefix_pos_emb", "blocks.0.ln_1.weight",
@@ -72,19 +72,19 @@ def test_weight_decay_on_every_parameter_or_on_linear_weights_only() -> None:
 
 def test_decay_on_all_shrinks_an_embedding_row_without_gradient() -> None:
     """Decoupled decay: a row that gets no gradient still shrinks by lr * wd per step with "all", not with
-    "weights"."""
+    "linear_weights"."""
     mc = GPTConfig(n_codes=16, grid=(2, 2), n_layer=1, n_head=2, n_embd=8)
     out = {}
-    for which in ("weights", "all"):
+    for which in ("linear_weights", "all"):
         torch.manual_seed(0)
-        m = GPTLightningModule(mc, GPTTrainConfig(lr=0.1, weight_decay=0.5, weight_decay_params=which))  # type: ignore[arg-type]
+        m = GPTLightningModule(mc, GPTTrainConfig(lr=0.1, weight_decay=0.5, weight_decay_on=which))  # type: ignore[arg-type]
         opt = m.configure_optimizers()
         row = m.gpt.tok_emb.weight[15].detach().clone()  # id 15 never appears in the batch
         ids = torch.zeros(2, 4, dtype=torch.long)
         m.gpt.loss(ids).backward()
         opt.step()
         out[which] = (row, m.gpt.tok_emb.weight[15].detach())
-    torch.testing.assert_close(out["weights"][1], out["weights"][0])
+    torch.testing.assert_close(out["linear_weights"][1], out["linear_weights"][0])
     torch.testing.assert_close(out["all"][1], out["all"][0] * (1 - 0.1 * 0.5))
 
 
@@ -96,7 +96,7 @@ def test_digit_configs_carry_the_official_recipe() -> None:
         t = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["train"]
         tc = GPTTrainConfig.from_dict(t)
         assert (tc.schedule, tc.warmup_steps, tc.warmup_init_lr, tc.lr, tc.max_steps) == ("inverse-sqrt", 6250, 1e-7, lr, steps)
-        assert (tc.weight_decay, tc.weight_decay_params, tc.betas, tc.grad_clip, tc.label_smoothing) == (
+        assert (tc.weight_decay, tc.weight_decay_on, tc.betas, tc.grad_clip, tc.label_smoothing) == (
             0.01, "all", (0.9, 0.98), 1.0, 0.1)
         assert tc.image_size == 256 and tc.image_flip  # randcrop: Resize 256 + RandomCrop 256 + flip
 
@@ -162,7 +162,7 @@ def test_online_tokenizers_encode_each_augmented_crop(online: dict[str, Path]) -
 
 def test_fit_gpt_from_images_with_a_prefix_tokenizer(online: dict[str, Path], tmp_path: Path) -> None:
     train = dict(batch_size=3, max_steps=3, warmup_steps=1, num_workers=0, accelerator="cpu", image_size=64,
-                 log_every_n_steps=1, schedule="inverse-sqrt", weight_decay_params="all", checkpoint_every_minutes=None)
+                 log_every_n_steps=1, schedule="inverse-sqrt", weight_decay_on="all", checkpoint_every_minutes=None)
     out = fit_gpt(None, tmp_path / "gpt", model={"preset": "gpt-tiny", "n_classes": 0}, train=train,
                   images=online["photos"], tokenizer=online["vq"], prefix_tokenizer=online["digit"], progress=False)
     gpt = GPT.from_pretrained(out)
@@ -231,9 +231,9 @@ def test_docs_defaults_table_names_real_options_and_values() -> None:
     stage1 = yaml.safe_load((CONFIGS / "gpt_digit_stage1_base.yaml").read_text())
     quoted = re.findall(r"config: `(\w+): ([^`]+)`(?:, `(\w+): ([^`]+)`)?", doc)  # what the DiGIT configs set
     pairs = [(k, v) for row in quoted for k, v in (row[:2], row[2:]) if k]
-    assert {"schedule", "weight_decay_params", "warmup_init_lr"} <= {k for k, _ in pairs}
+    assert {"schedule", "weight_decay_on", "warmup_init_lr"} <= {k for k, _ in pairs}
     for key, value in pairs:
         assert stage1["train"][key] == yaml.safe_load(value), key
     defaults = GPTTrainConfig()
-    assert (defaults.schedule, defaults.weight_decay_params, defaults.lr, defaults.max_steps) == ("cosine", "weights", 4.5e-4, 450_000)
+    assert (defaults.schedule, defaults.weight_decay_on, defaults.lr, defaults.max_steps) == ("cosine", "linear_weights", 4.5e-4, 450_000)
     assert "4.5e-4 / 450k / 5,000" in doc and "betas (0.9, 0.95)" in doc and defaults.betas == (0.9, 0.95)

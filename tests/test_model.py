@@ -22,6 +22,7 @@ from vqgan_lc.errors import ConfigError
 from vqgan_lc.quantize import (
     CodebookUsage,
     EMAQuantizer,
+    FCCosineQuantizer,
     FCQuantizer,
     LCQuantizer,
     ProjectedCodebookQuantizer,
@@ -131,7 +132,8 @@ def test_eval_cache_follows_projector_updates(crops64: torch.Tensor) -> None:
     assert torch.equal(m.encode(crops64), expected) and not torch.equal(ids1, expected)
 
 
-@pytest.mark.parametrize("kind,cls", [("vq", VQQuantizer), ("fc", FCQuantizer), ("ema", EMAQuantizer), ("lc", LCQuantizer)])
+@pytest.mark.parametrize("kind,cls", [("vq", VQQuantizer), ("fc", FCQuantizer), ("fc-cosine", FCCosineQuantizer),
+                                      ("ema", EMAQuantizer), ("lc", LCQuantizer)])
 def test_baselines_share_the_interface(kind: str, cls: type, crops64: torch.Tensor) -> None:
     torch.manual_seed(0)
     m = create_model("tiny", quantizer={"kind": kind, "codebook_size": 256}).train()
@@ -152,10 +154,55 @@ def test_baselines_share_the_interface(kind: str, cls: type, crops64: torch.Tens
         assert not out.quantizer.codebook_loss.requires_grad and float(out.quantizer.codebook_loss) > 0
         assert torch.equal(out.quantizer.loss, 1.0 * out.quantizer.commit_loss)  # no codebook term
         assert not any(p is m.quantize.embedding for p in m.parameters())
-    elif kind in ("vq", "fc"):
+    elif kind in ("vq", "fc", "fc-cosine"):
         assert m.quantize.embedding.grad.abs().sum() > 0
-    if kind == "fc":
+    if kind == "fc-cosine":
         assert torch.allclose(out.quantizer.z_q.norm(dim=1), torch.ones(6, 8, 8), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fc", "ema"])
+def test_official_baselines_start_from_uniform_codes(kind: str) -> None:
+    # Official models_vq.py (tuning_codebook -1): an N x D' codebook, uniform(-1/N, 1/N); Euclidean search.
+    torch.manual_seed(0)
+    cfg = get_config(f"vqgan-{kind}-f16-16k")
+    assert cfg.quantizer.kind == kind and cfg.quantizer.distance == "euclidean" and cfg.embed_dim == 8
+    q = create_model("tiny", quantizer={"kind": kind, "codebook_size": 4096}).quantize
+    codes = q.embedding.detach()
+    assert codes.shape == (4096, 8)
+    assert float(codes.abs().max()) <= 1 / 4096 and float(codes.std()) == pytest.approx(1 / 4096 / 3**0.5, rel=0.05)
+    z = torch.randn(2, 8, 3, 3) * 1e-4
+    zf = z.permute(0, 2, 3, 1).reshape(-1, 8)
+    q.eval()
+    assert torch.equal(q.search(z).reshape(-1), torch.cdist(zf, codes).argmin(1))  # no normalisation
+    cos = FCCosineQuantizer(4096, 8)
+    assert float(cos.embedding.detach().std()) == pytest.approx(1.0, rel=0.05)  # the variant keeps N(0, 1)
+
+
+def test_ema_every_forward_updates_in_eval_as_the_official_code() -> None:
+    torch.manual_seed(0)
+    z = torch.randn(1, 2, 3, 4)
+    for update, moves in (("training", False), ("every_forward", True)):
+        q = EMAQuantizer(6, 2, decay=0.9, update=update).eval()
+        before = q.embedding.clone()
+        q(z)
+        assert (not torch.equal(before, q.embedding)) == moves
+        q.search(z)  # search (encode) never updates
+    assert create_model("tiny", quantizer={"kind": "ema", "ema_update": "every_forward"}).quantize.update == "every_forward"
+    with pytest.raises(ConfigError, match="ema_update"):
+        get_config("tiny", quantizer={"kind": "ema", "ema_update": "always"})
+
+
+def test_a_saved_cosine_fc_model_loads_as_fc_cosine(tmp_path, crops64: torch.Tensor) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    m = create_model("tiny", quantizer={"kind": "fc-cosine", "codebook_size": 64}).eval()
+    m.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    doc = json.loads(path.read_text())
+    doc["config"]["quantizer"]["kind"] = "fc"  # what config.json held when 'fc' was the cosine variant
+    path.write_text(json.dumps(doc))
+    m2 = VQGANLC.from_pretrained(tmp_path / "m")
+    assert m2.config.quantizer.kind == "fc-cosine" and isinstance(m2.quantize, FCCosineQuantizer)
+    assert torch.equal(m2.encode(crops64), m.encode(crops64))
 
 
 def test_ema_update_follows_the_moving_average_formula() -> None:
@@ -179,18 +226,23 @@ def test_ema_update_follows_the_moving_average_formula() -> None:
 
 
 def test_baselines_refuse_a_conflicting_config() -> None:
-    with pytest.raises(ConfigError, match="'fc' quantizer needs distance='cosine'"):
-        create_model("tiny", quantizer={"kind": "fc", "distance": "euclidean"})
+    with pytest.raises(ConfigError, match="'fc-cosine' quantizer needs distance='cosine'"):
+        create_model("tiny", quantizer={"kind": "fc-cosine", "distance": "euclidean"})
+    with pytest.raises(ConfigError, match="'fc' quantizer needs distance='euclidean'"):
+        create_model("tiny", quantizer={"kind": "fc", "distance": "cosine"})
+    with pytest.raises(ConfigError, match="use kind 'fc-cosine'"):
+        FCQuantizer(16, 8, distance="cosine")
     with pytest.raises(ConfigError, match="'ema' quantizer needs codebook_weight=0.0"):
         create_model("tiny", quantizer={"kind": "ema", "codebook_weight": 0.33})
     with pytest.raises(ConfigError, match="its distance is 'cosine', not 'euclidean'"):
-        FCQuantizer(16, 8, distance="euclidean")
+        FCCosineQuantizer(16, 8, distance="euclidean")
     with pytest.raises(ConfigError, match="codebook_weight is 0.0, not 0.5"):
         EMAQuantizer(16, 8, codebook_weight=0.5)
     # Naming a kind without those fields gives the kind's values; an explicit choice is carried over.
-    assert get_config("tiny", quantizer={"kind": "fc"}).quantizer.distance == "cosine"
+    assert get_config("tiny", quantizer={"kind": "fc-cosine"}).quantizer.distance == "cosine"
+    assert get_config("tiny", quantizer={"kind": "fc"}).quantizer.distance == "euclidean"
     assert get_config("tiny", quantizer={"kind": "ema"}).quantizer.codebook_weight == 0.0
-    assert get_config("tiny", quantizer={"kind": "fc"}).replace(quantizer={"kind": "vq"}).quantizer.distance == "euclidean"
+    assert get_config("tiny", quantizer={"kind": "fc-cosine"}).replace(quantizer={"kind": "vq"}).quantizer.distance == "euclidean"
     cos = get_config("tiny", quantizer={"distance": "cosine", "codebook_weight": 1.0})
     assert cos.replace(quantizer={"kind": "vq"}).quantizer.distance == "cosine"
     assert cos.replace(quantizer={"kind": "vq"}).quantizer.codebook_weight == 1.0
@@ -309,3 +361,74 @@ def test_weights_of_another_shape_are_refused_with_the_keys_named(tmp_path) -> N
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"quant_conv.weight: file \(8, 64, 1, 1\) vs model \(4, 64, 1, 1\)"):
         VQGANLC.from_pretrained(tmp_path / "m")
+
+
+# ---------------------------------------------------------------- the paper's ablation switches (Tables 6, 10)
+def test_mlp_projector_and_trainable_codebook(crops64: torch.Tensor) -> None:
+    torch.manual_seed(0)
+    m = create_model("tiny", codebook=torch.randn(256, 768) * 0.03,
+                     quantizer={"projector": "mlp", "codebook_trainable": True}).train()
+    q = m.quantize
+    names = {n: tuple(p.shape) for n, p in q.named_parameters()}
+    assert names == {"codebook": (256, 768), "projection.0.weight": (256, 768), "projection.0.bias": (256,),
+                     "projection.2.weight": (8, 256), "projection.2.bias": (8,)}
+    table = torch.relu(q.codebook @ q.projection[0].weight.T + q.projection[0].bias) @ q.projection[2].weight.T \
+        + q.projection[2].bias
+    assert torch.allclose(q.search_table(), table.detach(), atol=1e-6)
+    out = m(crops64)
+    (F.l1_loss(out.reconstruction, crops64) + out.quantizer.loss).backward()
+    used = out.quantizer.ids.unique()
+    grad_rows = q.codebook.grad.abs().sum(1) > 0
+    assert torch.equal(grad_rows.nonzero().reshape(-1), used)  # the codebook loss reaches the chosen rows only
+    assert q.projection[0].weight.grad.abs().sum() > 0
+    frozen = create_model("tiny", codebook=torch.randn(256, 768) * 0.03).quantize
+    assert "codebook" not in dict(frozen.named_parameters()) and "codebook" in dict(frozen.named_buffers())
+
+
+def test_projector_free_mode_normalises_the_latent_only(tmp_path, crops64: torch.Tensor) -> None:  # noqa: ANN001
+    torch.manual_seed(0)
+    cb = torch.randn(128, 768) * 3.0
+    m = create_model("tiny", codebook=cb, embed_dim=768, quantizer={"projector": "none"}).eval()
+    assert not hasattr(m.quantize, "projection") and m.quantize.latent_l2
+    with torch.no_grad():
+        z = m.encode_latents(crops64[:2])
+    zf = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, 768), dim=1)
+    expected = ((zf[:, None] - cb[None]) ** 2).sum(-1).argmin(1)
+    assert torch.equal(m.quantize.search(z).reshape(-1), expected)
+    out = m.quantize(z)
+    assert torch.equal(out.z_q.permute(0, 2, 3, 1).reshape(-1, 768), cb[expected])  # codes raw, not normalised
+    assert float(out.commit_loss) == pytest.approx(float(((cb[expected] - zf) ** 2).mean()), rel=1e-5)
+    m.save_pretrained(tmp_path / "inf", inference_only=True)
+    mi = VQGANLC.from_pretrained(tmp_path / "inf")
+    assert mi.quantize.latent_l2 and torch.equal(mi.encode(crops64[:2]), m.encode(crops64[:2]))
+    with pytest.raises(ConfigError, match="embed_dim must equal codebook_dim"):
+        get_config("tiny", quantizer={"projector": "none"})
+    with pytest.raises(ConfigError, match="switches of the 'lc' quantizer"):
+        get_config("tiny", quantizer={"kind": "vq", "projector": "mlp"})
+
+
+def test_random_frozen_codebook_with_projector() -> None:
+    from vqgan_lc.build import ModelSpec, build_model
+
+    m = build_model(ModelSpec(preset="tiny", codebook_init="random", codebook_size=500, codebook_seed=3))
+    cb = m.quantize.codebook
+    assert cb.shape == (500, 768) and not cb.requires_grad and float(cb.abs().max()) <= 1 / 500
+    assert float(cb.std()) == pytest.approx(1 / 500 / 3**0.5, rel=0.02)
+    assert m.provenance["codebook"]["random"] == {"init": "uniform(-1/N, 1/N)", "seed": 3}
+    again = build_model(ModelSpec(preset="tiny", codebook_init="random", codebook_size=500, codebook_seed=3))
+    assert torch.equal(again.quantize.codebook, cb)
+    with pytest.raises(ConfigError, match="codebook_init 'random'"):
+        build_model(ModelSpec(preset="tiny", codebook_init="random", codebook="file.safetensors"))
+
+
+def test_config_hash_of_earlier_models_is_unchanged() -> None:
+    """Token directories record the model's config hash: fields added for issue 15 (at their defaults) must not
+    change it. The value below is the hash of this config computed before those fields existed."""
+    import hashlib
+
+    cfg = get_config("tiny").to_dict()
+    for key in ("ema_update", "projector", "codebook_trainable"):
+        cfg["quantizer"].pop(key)
+    before = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    assert VQGANLC(get_config("tiny")).config_hash() == before
+    assert VQGANLC(get_config("tiny", quantizer={"projector": "mlp"})).config_hash() != before

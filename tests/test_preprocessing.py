@@ -165,3 +165,58 @@ def test_sample_photos_helper_writes_readable_jpegs(tmp_path: Path) -> None:
     sizes = [load_rgb(p).size for p in written]
     assert max(sizes[0]) == 128 and sizes[1] == (128, 128)  # camera is 512 x 512 grey -> RGB
     assert load_rgb(written[1]).mode == "RGB"
+
+
+# ----------------------------------------------------------------------------------------- the official rule
+def test_official_resize_is_opencv_bilinear_without_antialias_and_rounds(folder: Path) -> None:
+    """Official VQGAN-LC: albumentations SmallestMaxSize (cv2 INTER_LINEAR) + CenterCrop (floored offset)."""
+    import cv2
+
+    from vqgan_lc.data import resize_smallest_max_size
+
+    img = load_rgb(folder / "a_landscape.png")
+    pre = Preprocessing(SIZE, resize="official")
+    assert pre.interpolation == "bilinear" and pre.to_dict()["resize"] == "official"
+    out = pre.resize_image(img)
+    assert out.size == (86, SIZE)  # round(64 * 465 / 348) = round(85.52); the standard rule truncates to 85
+    assert np.array_equal(np.asarray(out), cv2.resize(np.asarray(img), (86, SIZE), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(np.asarray(out), np.asarray(img.resize((86, SIZE), Image.BILINEAR)))  # PIL antialiases
+    # No antialias: a 4x downscale samples the two middle columns of every 4 (pixel centres at 4i + 1.5).
+    stripes = np.tile(np.array([0, 100, 200, 0], dtype=np.uint8), 64)[None, :, None].repeat(256, 0).repeat(3, 2)
+    small = np.asarray(resize_smallest_max_size(Image.fromarray(stripes), 64))
+    assert small.shape == (64, 64, 3) and np.all(small == 150)  # an antialiased filter would give 75
+    assert resize_smallest_max_size(img, 348) is img
+    # the crop offset is floored: (103 - 64) / 2 = 19.5 -> 19 (the standard rule rounds it to 20)
+    wide = Image.fromarray(np.arange(64 * 103 * 3, dtype=np.uint32).reshape(64, 103, 3).astype(np.uint8))
+    assert np.array_equal(np.asarray(pre.crop_image(wide)), np.asarray(wide)[:, 19:83])
+    assert np.array_equal(np.asarray(Preprocessing(SIZE).crop_image(wide)), np.asarray(wide)[:, 20:84])
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+    assert Preprocessing.from_dict({"image_size": 64, "resize": "official"}) == pre
+    with pytest.raises(PreprocessingError, match="OpenCV bilinear"):
+        Preprocessing(64, resize="official", interpolation="bicubic")
+
+
+def test_official_resize_reaches_encode_and_training(folder: Path, tmp_path: Path) -> None:
+    import json
+
+    paths = list_images(folder).paths
+    pre = Preprocessing(SIZE, resize="official")
+    expected = torch.stack([pre(load_rgb(folder / p)) for p in paths])
+    assert not torch.equal(expected, torch.stack([Preprocessing(SIZE)(load_rgb(folder / p)) for p in paths]))
+    torch.manual_seed(0)
+    model = RecordingVQGANLC.from_config(get_config("tiny"), codebook=torch.randn(512, 768) * 0.03).eval()
+    encode_dataset(model, folder, tmp_path / "tokens", device="cpu", progress=False,
+                   options=EncodeOptions(image_size=SIZE, batch_size=2, num_workers=0, resize="official"))
+    assert len(model.seen) == 1 and torch.equal(model.seen[0], expected)
+    manifest = json.loads((tmp_path / "tokens" / "manifest.json").read_text())
+    assert manifest["preprocessing"]["resize"] == "official"
+    dm = ImageDataModule(str(folder), image_size=SIZE, batch_size=2, num_workers=0, resize="official")
+    dm.setup("fit")
+    assert torch.equal(next(iter(dm.val_dataloader()))["images"], expected)
+    # a model trained so records it; its tokenizer preprocess and config.json follow
+    model.set_preprocessing(resize="official")
+    assert model.preprocessing["interpolation"] == "bilinear"
+    model.save_pretrained(tmp_path / "m")
+    again = VQGANLC.from_pretrained(tmp_path / "m")
+    assert again.preprocessing["resize"] == "official"
+    assert torch.equal(again.preprocess([load_rgb(folder / p) for p in paths]), expected)

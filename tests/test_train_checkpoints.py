@@ -133,7 +133,7 @@ class RecordingCheckpoint:
 
 
 @pytest.mark.parametrize(("trigger", "expected"), [
-    # global_step after each of 6 batches, disc_start 1: 1, 3, 5, 7, 9, 11 (2 per batch once D trains).
+    # global_step after each of 6 batches, disc_start 0 (GAN from batch 1, official `>`): 1, 3, 5, 7, 9, 11.
     # Lightning's `global_step % 3 == 0` would save at 3 and 9 only; each multiple of 3 crossed counts here.
     ({"every_n_train_steps": 3}, [3, 7, 9, 11]),
     ({"train_time_interval": timedelta(microseconds=1)}, [1, 3, 5, 7, 9, 11]),  # every batch, end not repeated
@@ -147,7 +147,7 @@ def test_periodic_checkpoint_writes_last_ckpt_on_every_trigger(photos_and_codebo
     photos, cb = photos_and_codebook
     ck = RecordingCheckpoint.make(dirpath=str(tmp_path / "checkpoints"), **trigger)
     pl.seed_everything(0, verbose=False)
-    module = tiny_module(cb, disc_start=1, max_steps=6)
+    module = tiny_module(cb, disc_start=0, max_steps=6)
     trainer(tmp_path, enable_checkpointing=True, callbacks=[ck], limit_val_batches=0).fit(
         module, datamodule=data_module(photos, samples_per_epoch=6))
     assert ck.saved_at == expected  # type: ignore[attr-defined]

@@ -65,10 +65,11 @@ class CheckpointAndStop(Callback):
             trainer.should_stop = True
 
 
-def test_discriminator_first_steps_after_exactly_disc_start_generator_steps(files: dict[str, Path],
-                                                                            tmp_path: Path) -> None:
+def test_discriminator_first_steps_once_gen_step_exceeds_disc_start(files: dict[str, Path], tmp_path: Path) -> None:
+    # Official engine_training_vqgan.py: `cur_iter > disc_start` on the 0-based iteration, so with
+    # disc_start 2 batches 0, 1, 2 train the generator alone and D first steps on batch 3.
     pl.seed_everything(0, verbose=False)
-    module = tiny_module(files["codebook"], disc_start=3, max_steps=5)
+    module = tiny_module(files["codebook"], disc_start=2, max_steps=5)
     g0 = [p.detach().clone() for p in module.model.parameters()]
     d0 = [p.detach().clone() for p in module.objective.discriminator.parameters()]
     rec = Record()
@@ -253,7 +254,7 @@ def trainer_metric(module: Any, key: str) -> float:
     return float(module.trainer.callback_metrics[key])
 
 
-@pytest.mark.parametrize("kind", ["vq", "fc", "ema"])
+@pytest.mark.parametrize("kind", ["vq", "fc", "fc-cosine", "ema"])
 def test_baseline_quantizers_train(files: dict[str, Path], tmp_path: Path, kind: str) -> None:
     pl.seed_everything(0, verbose=False)
     module = tiny_module(None, quantizer=kind, codebook_size=512, max_steps=2, disc_start=1)
@@ -334,18 +335,19 @@ def test_bf16_mixed_on_gpu_keeps_the_search_in_float32(files: dict[str, Path], t
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         z = model.encode_latents(x)
         out = model.quantize(z)
-    assert z.dtype == torch.bfloat16 and out.z_q.dtype == torch.float32
+    assert z.dtype == torch.float32 and out.z_q.dtype == torch.float32  # quant_conv ran in fp32
     with torch.no_grad():
         assert torch.equal(out.ids, model.quantize(z.float()).ids)  # the search saw float32 latents
 
 
 def test_the_lightning_package_trains_the_module(files: dict[str, Path], tmp_path: Path) -> None:
     """`lightning.pytorch.Trainer(...).fit(VQGANLCModule(...))`: the module is a lightning.pytorch module
-    (with pytorch_lightning's it raised TypeError), and two generator steps run with the GAN from step 1."""
+    (with pytorch_lightning's it raised TypeError), and two generator steps run with the GAN from step 1
+    (disc_start 0: the official `>` leaves the very first batch to the generator alone)."""
     import lightning
 
     pl.seed_everything(0, verbose=False)
-    module = tiny_module(files["codebook"], disc_start=1, max_steps=2)
+    module = tiny_module(files["codebook"], disc_start=0, max_steps=2)
     assert isinstance(module, lightning.pytorch.LightningModule)
     t = lightning.pytorch.Trainer(accelerator="cpu", devices=1, max_epochs=-1, logger=False,
                                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -376,3 +378,71 @@ def test_module_takes_typed_groups_and_builds_the_model_framework_free(files: di
         LossConfig(disc_start=-1)
     with pytest.raises(ConfigError, match="codebook_size"):
         build_model(ModelSpec(preset="tiny", codebook=str(files["codebook"]), codebook_size=10))
+
+
+def test_bf16_autocast_gives_the_search_an_unrounded_fp32_latent(files: dict[str, Path]) -> None:
+    # Official VQGAN-LC trains in fp32; under the bf16 option quant_conv and the search stay fp32.
+    torch.manual_seed(0)
+    model = tiny_module(files["codebook"]).model.eval()
+    x = center_crops(files["photos"], 32)[:2]
+    seen: list[torch.Tensor] = []
+    hook = model.quantize.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        h = model.encoder(x)
+        out = model(x)
+    hook.remove()
+    assert h.dtype == torch.bfloat16  # the encoder itself does run in bf16
+    z = seen[0]
+    assert z.dtype == torch.float32
+    with torch.no_grad():
+        exact = model.quant_conv(h.float())  # fp32 conv of the bf16 features, not rounded afterwards
+    assert torch.equal(z, exact) and not torch.equal(z, exact.bfloat16().float())
+    assert torch.equal(out.quantizer.ids, model.quantize.search(exact))
+
+
+def test_discriminator_reforward_sees_the_updated_generator(files: dict[str, Path], tmp_path: Path) -> None:
+    seen: dict[str, list[torch.Tensor]] = {"reuse": [], "reforward": []}
+    for mode in seen:
+        pl.seed_everything(0, verbose=False)
+        module = tiny_module(files["codebook"], disc_start=0, max_steps=2, disc_input=mode)
+        fakes = seen[mode]
+        orig = module.objective.discriminator_step_loss
+
+        def spy(images: torch.Tensor, fake: torch.Tensor, orig: Any = orig, fakes: list = fakes) -> Any:
+            fakes.append(fake.detach().clone())
+            return orig(images, fake)
+
+        module.objective.discriminator_step_loss = spy  # type: ignore[method-assign]
+        trainer(tmp_path / mode, limit_val_batches=0).fit(module, datamodule=data_module(files["photos"]))
+        assert module.gen_step == 2 and len(fakes) == 1  # D stepped once (batch 1)
+    # Same seed and batches: the generator updates are identical, only what D is shown differs.
+    assert not torch.equal(seen["reuse"][0], seen["reforward"][0])
+    assert float((seen["reuse"][0] - seen["reforward"][0]).abs().max()) > 1e-6
+
+
+def test_lpips_dropout_official_is_on_in_training_only() -> None:
+    from vqgan_lc.losses import PerceptualLoss
+
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.rand(2, 3, 32, 32) * 2 - 1
+    for mode, noisy in (("off", False), ("official", True)):
+        torch.manual_seed(0)
+        p = PerceptualLoss(random_trunk=True, dropout=mode)
+        host = torch.nn.Sequential(p).train()  # the parent's train() reaches the loss, as in the official model
+        drops = [m for m in p.modules() if isinstance(m, torch.nn.Dropout)]
+        assert len(drops) == 5 and all(m.training == noisy for m in drops)
+        assert not any(m.training for m in p.modules() if not isinstance(m, (torch.nn.Dropout, PerceptualLoss)))
+        a, b = p(x, y), p(x, y)
+        assert torch.equal(a, b) != noisy
+        host.eval()
+        assert torch.equal(p(x, y), p(x, y))  # evaluation is deterministic either way
+
+
+def test_training_with_the_official_resize_records_it_in_the_export(files: dict[str, Path], tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    module = tiny_module(files["codebook"], max_steps=1)
+    assert module.model.preprocessing["resize"] == "shorter-side"
+    trainer(tmp_path, limit_val_batches=0).fit(module, datamodule=data_module(files["photos"], resize="official"))
+    module.export(tmp_path / "m")
+    pre = VQGANLC.from_pretrained(tmp_path / "m").preprocessing
+    assert (pre["resize"], pre["interpolation"]) == ("official", "bilinear")

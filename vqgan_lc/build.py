@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+import torch
 
 from .codebook import load_codebook
 from .config import ModelConfig, QuantizerKind
@@ -29,8 +31,9 @@ class ModelSpec:
     preset: a registry name (``tiny``, ``vqgan-lc-f16-100k``, ``vqgan-lc-f8-100k``, ...).
     config: a full ``ModelConfig`` dict instead of a preset.
     overrides: fields changed on the preset/config (``quantizer`` may be a dict of its fields).
-    quantizer: ``lc`` (VQGAN-LC), ``vq`` (taming), ``fc`` (factorised codes), ``ema``; default the
-        preset's (``lc``).
+    quantizer: ``lc`` (VQGAN-LC), ``vq`` (taming), ``fc`` (the official random trainable codebook,
+        U(+-1/N), Euclidean), ``fc-cosine`` (L2-normalised factorised codes), ``ema`` (U(+-1/N), moving
+        averages); default the preset's (``lc``).
     codebook_size: codebook size of the ``vq``/``fc``/``ema`` baselines (``lc`` takes it from the file).
     codebook: the frozen codebook file of the ``lc`` quantizer (ours ``.safetensors`` or the official
         ``codebook-100K.pth``); required for ``lc`` unless ``init_from`` is given.
@@ -41,6 +44,11 @@ class ModelSpec:
         latents (pixel patches: with the official init every latent then picks the same code).
     init_from: a model directory (``save_pretrained`` / ``vqgan-lc convert``, full export) to
         fine-tune; its architecture and codebook are kept.
+    codebook_init: ``file`` (default: the k-means ``codebook``) or ``random``: a frozen random
+        ``codebook_size x codebook_dim`` codebook, uniform(-1/N, 1/N), seeded by ``codebook_seed``, with
+        the projector (the paper's Table 6 "random init" ablation, official ``--tuning_codebook -2``;
+        the uniform(+-1/N) draw is that of the official random codebooks). Combine with the quantizer
+        switches ``projector`` / ``codebook_trainable`` through ``overrides``.
     """
 
     preset: str = "vqgan-lc-f16-100k"
@@ -51,6 +59,8 @@ class ModelSpec:
     codebook: str | None = None
     codebook_std: float | None = None
     init_from: str | None = None
+    codebook_init: Literal["file", "random"] = "file"
+    codebook_seed: int = 0
 
 
 def build_model(spec: ModelSpec) -> VQGANLC:
@@ -68,6 +78,10 @@ def build_model(spec: ModelSpec) -> VQGANLC:
         cfg = cfg.replace(**dict(spec.overrides))
     if spec.quantizer is not None:
         cfg = cfg.replace(quantizer={"kind": spec.quantizer})
+    if spec.codebook_init not in ("file", "random"):
+        raise ConfigError(f"codebook_init must be 'file' or 'random', got {spec.codebook_init!r}")
+    if spec.codebook_init == "random":
+        return _random_codebook(spec, cfg)
     if spec.codebook_size is not None:
         if cfg.quantizer.kind == "lc":
             raise ConfigError("the 'lc' codebook size comes from the codebook file; drop --model.model.codebook_size")
@@ -98,6 +112,19 @@ def build_model(spec: ModelSpec) -> VQGANLC:
     return model
 
 
+def _random_codebook(spec: ModelSpec, cfg: ModelConfig) -> VQGANLC:
+    if cfg.quantizer.kind != "lc" or spec.codebook is not None:
+        raise ConfigError("codebook_init 'random' is the 'lc' quantizer with random frozen rows instead of a "
+                          "codebook file; drop --model.model.codebook and use --model.model.quantizer lc")
+    n = spec.codebook_size or cfg.quantizer.codebook_size
+    g = torch.Generator().manual_seed(spec.codebook_seed)
+    vectors = (torch.rand(n, cfg.quantizer.codebook_dim, generator=g) * 2 - 1) / n
+    prov = {"random": {"init": "uniform(-1/N, 1/N)", "seed": spec.codebook_seed}}
+    log.info("random frozen %d x %d codebook (codebook_init=random, seed %d)", n, cfg.quantizer.codebook_dim,
+             spec.codebook_seed)
+    return VQGANLC.from_config(cfg, codebook=vectors, provenance={"codebook": prov})
+
+
 def _fine_tune(spec: ModelSpec) -> VQGANLC:
     assert spec.init_from is not None
     if spec.codebook is not None:
@@ -105,7 +132,7 @@ def _fine_tune(spec: ModelSpec) -> VQGANLC:
             "give either --model.model.init_from (a model directory, which keeps its own codebook) "
             "or --model.model.codebook, not both"
         )
-    if spec.config is not None or spec.overrides or spec.codebook_size is not None:
+    if spec.config is not None or spec.overrides or spec.codebook_size is not None or spec.codebook_init != "file":
         raise ConfigError("--model.model.init_from fixes the architecture; drop config, overrides and codebook_size")
     if spec.codebook_std is not None:
         log.warning("codebook_std=%g ignored: %s keeps the codebook it was trained with",

@@ -12,10 +12,14 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 
-QuantizerKind = Literal["lc", "vq", "fc", "ema"]
+QuantizerKind = Literal["lc", "vq", "fc", "fc-cosine", "ema"]
 Distance = Literal["euclidean", "cosine"]
+EMAUpdate = Literal["training", "every_forward"]
+Projector = Literal["linear", "mlp", "none"]
+_PROJECTORS = ("linear", "mlp", "none")
 
-_QUANTIZER_KINDS = ("lc", "vq", "fc", "ema")
+_QUANTIZER_KINDS = ("lc", "vq", "fc", "fc-cosine", "ema")
+_EMA_UPDATES = ("training", "every_forward")
 _DISTANCES = ("euclidean", "cosine")
 
 
@@ -28,9 +32,14 @@ def check_fields(cls: type, d: dict[str, Any], what: str, hint: str = "") -> Non
         raise ValueError(f"unknown {what} keys: {', '.join(unknown)} (known: {', '.join(sorted(known))}){hint}")
 
 
-# What a baseline fixes: VQGAN-FC searches unit vectors; VQGAN-EMA moves its codes by moving averages,
-# so it has no codebook loss. A config of that kind must say so (or leave the field out).
-_KIND_FIXED: dict[str, dict[str, Any]] = {"fc": {"distance": "cosine"}, "ema": {"codebook_weight": 0.0}}
+# What a baseline fixes: the official VQGAN-FC searches by Euclidean distance, the fc-cosine variant
+# searches unit vectors; VQGAN-EMA moves its codes by moving averages, so it has no codebook loss. A
+# config of that kind must say so (or leave the field out).
+_KIND_FIXED: dict[str, dict[str, Any]] = {
+    "fc": {"distance": "euclidean"},
+    "fc-cosine": {"distance": "cosine"},
+    "ema": {"codebook_weight": 0.0},
+}
 _FIELD_DEFAULTS: dict[str, Any] = {"distance": "euclidean", "codebook_weight": 0.33}
 
 
@@ -46,15 +55,28 @@ class QuantizerConfig:
         ``lc``  -- VQGAN-LC: frozen ``codebook_size x codebook_dim`` codebook (k-means centres of a
                    pretrained extractor's features) and a trainable ``Linear(codebook_dim -> embed_dim)``.
         ``vq``  -- taming VQGAN: trainable ``codebook_size x embed_dim`` codebook, uniform(+-1/N) init.
-        ``fc``  -- VQGAN-FC: factorised low-dimensional codes; latents and codes L2-normalised
-                   (``distance`` must be ``cosine``).
+        ``fc``  -- VQGAN-FC as the official code builds it: a random trainable ``codebook_size x
+                   embed_dim`` codebook of small D', uniform(+-1/N) init, Euclidean search.
+        ``fc-cosine`` -- factorised codes with latents and codes L2-normalised, ``N(0, 1)`` init
+                   (``distance`` must be ``cosine``); the variant this package shipped as ``fc`` before. A saved
+                   config with ``kind: fc, distance: cosine`` loads as this kind.
         ``ema`` -- VQGAN-EMA: codebook updated by exponential moving averages, Laplace-smoothed
-                   (``codebook_weight`` must be 0.0: no gradient trains the codes).
+                   (``codebook_weight`` must be 0.0: no gradient trains the codes), uniform(+-1/N)
+                   init as the official code.
+    projector, codebook_trainable (``lc`` only; the paper's ablations, official ``--use_cblinear`` /
+        ``--tuning_codebook``): ``linear`` (default) ``Linear(codebook_dim -> D')``; ``mlp`` Linear ->
+        256 -> ReLU -> Linear; ``none``: no projector, D' must equal ``codebook_dim`` and only the latent is
+        L2-normalised (the official 768-d mode). ``codebook_trainable`` makes the k-means codebook a
+        trained parameter (Table 10) instead of a frozen buffer.
+    ema_update:
+        ``training`` (default) updates the EMA codes in training forwards only; ``every_forward``
+        is the official behaviour (evaluation forwards and the discriminator step's re-forward
+        update them too).
     distance:
         ``euclidean`` is what the official code does (squared L2 on the projected 8-d vectors);
         ``cosine`` L2-normalises both sides first, as the paper's text says.
     distance, codebook_weight:
-        left out (``None``), they take the kind's value: ``cosine`` for ``fc``, 0.0 for ``ema``,
+        left out (``None``), they take the kind's value: ``cosine`` for ``fc-cosine``, 0.0 for ``ema``,
         otherwise ``euclidean`` and 0.33. After construction they are never ``None``. A value that
         contradicts the kind raises ``ConfigError``.
     """
@@ -67,6 +89,9 @@ class QuantizerConfig:
     codebook_weight: float | None = None
     ema_decay: float = 0.99
     ema_eps: float = 1e-5
+    ema_update: EMAUpdate = "training"
+    projector: Projector = "linear"
+    codebook_trainable: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in _QUANTIZER_KINDS:
@@ -86,6 +111,13 @@ class QuantizerConfig:
             raise ConfigError("codebook_size and codebook_dim must be positive")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.ema_update not in _EMA_UPDATES:
+            raise ConfigError(f"ema_update must be one of {_EMA_UPDATES}, got {self.ema_update!r}")
+        if self.projector not in _PROJECTORS:
+            raise ConfigError(f"projector must be one of {_PROJECTORS}, got {self.projector!r}")
+        if self.kind != "lc" and (self.projector != "linear" or self.codebook_trainable):
+            raise ConfigError(f"projector and codebook_trainable are switches of the 'lc' quantizer; the "
+                              f"{self.kind!r} baseline has neither, leave them out")
 
     def replace(self, **changes: Any) -> QuantizerConfig:
         """A copy with fields changed. A new ``kind`` brings its own ``distance``/``codebook_weight``
@@ -128,6 +160,10 @@ class ModelConfig:
             raise ValueError("every channel count must be a multiple of 32 (GroupNorm with 32 groups)")
         if not self.ch_mult or self.num_res_blocks < 1 or self.embed_dim < 1:
             raise ValueError("ch_mult must be non-empty; num_res_blocks and embed_dim must be positive")
+        q = self.quantizer
+        if q.kind == "lc" and q.projector == "none" and self.embed_dim != q.codebook_dim:
+            raise ConfigError(f"projector 'none' uses the codes as they are, so embed_dim must equal codebook_dim "
+                              f"({q.codebook_dim}), got {self.embed_dim}; set embed_dim to {q.codebook_dim}")
 
     @property
     def downsample_factor(self) -> int:
@@ -146,7 +182,10 @@ class ModelConfig:
         d = dict(d)
         if "quantizer" in d and isinstance(d["quantizer"], dict):
             check_fields(QuantizerConfig, d["quantizer"], "quantizer config", newer)
-            d["quantizer"] = QuantizerConfig(**d["quantizer"])
+            q = dict(d["quantizer"])
+            if q.get("kind") == "fc" and q.get("distance") == "cosine":
+                q["kind"] = "fc-cosine"  # saved before 'fc' became the official Euclidean baseline
+            d["quantizer"] = QuantizerConfig(**q)
         return cls(**d)
 
     def replace(self, **changes: Any) -> ModelConfig:

@@ -4,6 +4,19 @@ The official release files (``vqgan-lc-100K-f16-dim8.pth``, ...) are pickles of
 ``{"model": state_dict, "args": argparse.Namespace, "epoch": int}`` (``"state_dict"`` instead of
 ``"model"`` in the every-10-epochs files). They are read with ``torch.load(weights_only=True)`` and
 an allow-list holding only ``argparse.Namespace``, so no other code in the file can run.
+
+Checkpoints of the paper's ablations convert too; the quantizer is inferred from the state dict's
+keys and shapes, checked against ``args`` where it records them:
+
+- projector: ``codebook_projection.weight`` -> ``linear`` (``use_cblinear 1``);
+  ``codebook_projection.{0,2}.weight`` -> ``mlp`` (``use_cblinear 2``, an ``nn.Sequential`` of
+  Linear, ReLU, Linear); no ``codebook_projection.*`` -> ``none`` (``use_cblinear 0``) when the codes
+  are 768-d, else the official random-codebook baseline (``tuning_codebook -1`` without a projector:
+  kind ``fc``);
+- codebook: ``args.tuning_codebook`` 1 (trained k-means) and -1 (trained random rows) give
+  ``codebook_trainable``; 0 and -2 (random rows, frozen) a frozen buffer. The codebook is always the
+  checkpoint's; a trained one is not compared with the k-means file.
+The official EMA quantizer (``quantizer_type`` other than ``org``) is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +30,7 @@ from typing import Any
 import torch
 
 from .codebook import load_codebook
-from .config import ModelConfig
+from .config import ModelConfig, Projector
 from .errors import CheckpointError
 from .model import VQGANLC
 from .registry import get_config
@@ -26,11 +39,30 @@ log = logging.getLogger(__name__)
 
 # Training-only parts of the official state dict: not part of the tokenizer.
 _DROPPED_PREFIXES = ("discriminator.", "perceptual_loss.", "loss.")
-_RENAMES = {
-    "tok_embeddings.weight": "quantize.codebook",
-    "codebook_projection.weight": "quantize.projection.weight",
-    "codebook_projection.bias": "quantize.projection.bias",
-}
+_RENAMES = {"tok_embeddings.weight": "quantize.codebook"}
+_PROJECTION = ("codebook_projection.", "quantize.projection.")
+_USE_CBLINEAR = {0: "none", 1: "linear", 2: "mlp"}
+
+
+def infer_projector(state: dict[str, torch.Tensor], args: dict[str, Any], source: str) -> Projector:
+    """``linear`` / ``mlp`` / ``none`` from the official state dict's ``codebook_projection.*`` keys, checked
+    against ``args.use_cblinear`` when the checkpoint records it."""
+    keys = {k[len(_PROJECTION[0]):] for k in state if k.startswith(_PROJECTION[0])}
+    if not keys:
+        found: Projector = "none"
+    elif keys <= {"weight", "bias"} and "weight" in keys:
+        found = "linear"
+    elif {"0.weight", "2.weight"} <= keys and keys <= {"0.weight", "0.bias", "2.weight", "2.bias"}:
+        found = "mlp"
+    else:
+        raise CheckpointError(f"{source}: codebook_projection has the keys {sorted(keys)}, neither the linear "
+                              "(weight, bias) nor the MLP (0.*, 2.*) projector of the official code")
+    if "use_cblinear" in args:
+        said = _USE_CBLINEAR.get(int(args["use_cblinear"]))
+        if said != found:
+            raise CheckpointError(f"{source}: args.use_cblinear={args['use_cblinear']} means a {said} projector, but "
+                                  f"the weights hold a {found} one; the file is inconsistent")
+    return found
 _DDCONFIG_KEYS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "z_channels", "resolution",
                   "in_channels", "out_ch", "dropout")
 
@@ -59,6 +91,23 @@ def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     args = obj.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
     return state, args
+
+
+def _convert_random_baseline(checkpoint: str | os.PathLike, ours: dict[str, torch.Tensor], args: dict[str, Any],
+                             config: ModelConfig, embed_dim: int) -> VQGANLC:
+    """The official random trainable codebook without a projector (``tuning_codebook -1``): kind ``fc``."""
+    cb = ours.pop("quantize.codebook")
+    ours["quantize.embedding"] = cb
+    config = config.replace(embed_dim=embed_dim, quantizer={"kind": "fc", "codebook_size": int(cb.shape[0]),
+                                                             "projector": "linear", "codebook_trainable": False})
+    provenance = {"converted_from": Path(checkpoint).name,
+                  "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))}}
+    model = VQGANLC(config, provenance=provenance)
+    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
+                                  source=str(checkpoint))
+    log.info("%s: a random trainable %d x %d codebook without projector, converted as the 'fc' baseline",
+             checkpoint, cb.shape[0], cb.shape[1])
+    return model.eval()
 
 
 def config_from_yaml(path: str | os.PathLike) -> ModelConfig:
@@ -101,10 +150,14 @@ def convert_official(
     if config is None:
         config = config_from_yaml(yaml_config) if yaml_config is not None else get_config(preset)  # type: ignore[arg-type]
 
-    if int(args.get("use_cblinear", 1)) != 1 or any(k.startswith("codebook_projection.0") for k in state):
-        raise CheckpointError(f"{checkpoint} uses the MLP projector (use_cblinear=2); only the linear projector is supported")
     if str(args.get("quantizer_type", "org")) != "org":
-        raise CheckpointError(f"{checkpoint} uses quantizer_type={args['quantizer_type']!r}; only the LC quantizer ('org') converts")
+        raise CheckpointError(f"{checkpoint} uses quantizer_type={args['quantizer_type']!r}; only the LC quantizer ('org') "
+                              "and its ablations convert")
+    projector = infer_projector(state, args, str(checkpoint))
+    tuning = int(args.get("tuning_codebook", 0))
+    if tuning not in (-2, -1, 0, 1):
+        raise CheckpointError(f"{checkpoint}: args.tuning_codebook={tuning} is none of the official modes -2, -1, 0, 1")
+    trained_codebook = tuning in (-1, 1)
 
     ours: dict[str, torch.Tensor] = {}
     dropped = 0
@@ -112,23 +165,38 @@ def convert_official(
         if k.startswith(_DROPPED_PREFIXES):
             dropped += 1
             continue
+        if k.startswith(_PROJECTION[0]):
+            k = _PROJECTION[1] + k[len(_PROJECTION[0]):]
         ours[_RENAMES.get(k, k)] = v
     log.info("dropped %d training-only tensors (discriminator, perceptual loss)", dropped)
 
-    if "quantize.projection.weight" not in ours:
-        raise CheckpointError(f"{checkpoint} has no codebook_projection.weight: not a VQGAN-LC checkpoint")
-    proj_dim, cb_dim = ours["quantize.projection.weight"].shape
+    cb = ours.get("quantize.codebook")
+    if projector == "none":
+        if cb is None:
+            raise CheckpointError(f"{checkpoint} has neither codebook_projection.* nor tok_embeddings.weight: not a "
+                                  "VQGAN-LC checkpoint")
+        proj_dim = cb_dim = int(cb.shape[1])
+    else:
+        last = "quantize.projection.weight" if projector == "linear" else "quantize.projection.2.weight"
+        first = "quantize.projection.weight" if projector == "linear" else "quantize.projection.0.weight"
+        proj_dim, cb_dim = int(ours[last].shape[0]), int(ours[first].shape[1])
     ckpt_embed = args.get("embed_dim")
     if embed_dim is None:
         embed_dim = int(ckpt_embed) if ckpt_embed is not None else int(proj_dim)
     if embed_dim != proj_dim:
-        raise CheckpointError(
-            f"embed_dim {embed_dim} does not match the checkpoint's projector, which maps {cb_dim} -> {proj_dim}; "
-            f"pass --embed-dim {proj_dim}"
-        )
+        what = f"projector, which maps {cb_dim} -> {proj_dim}" if projector != "none" else f"{proj_dim}-d codes"
+        raise CheckpointError(f"embed_dim {embed_dim} does not match the checkpoint's {what}; pass --embed-dim {proj_dim}")
+    if projector == "none" and (tuning == -1 or cb_dim != 768):
+        return _convert_random_baseline(checkpoint, ours, args, config, embed_dim)
 
-    cb = ours.get("quantize.codebook")
-    if codebook is not None:
+    if codebook is not None and trained_codebook and cb is not None:
+        given = load_codebook(codebook).vectors
+        if tuple(given.shape) != tuple(cb.shape):
+            raise CheckpointError(f"codebook {codebook} is {tuple(given.shape)} but the checkpoint's trained codebook is "
+                                  f"{tuple(cb.shape)}; pass the file it started from, or none")
+        log.info("args.tuning_codebook=%d: the codebook was trained; the checkpoint's rows are used, not %s",
+                 tuning, codebook)
+    elif codebook is not None:
         given = load_codebook(codebook).vectors
         if cb is None:
             ours["quantize.codebook"] = cb = given
@@ -140,7 +208,8 @@ def convert_official(
         elif not torch.equal(given.float(), cb.float()):
             raise CheckpointError(
                 f"codebook {codebook} has the checkpoint's shape but different values; the rows of a "
-                "k-means codebook are not interchangeable, pass the file the model was trained with"
+                "k-means codebook are not interchangeable, pass the file the model was trained with (a "
+                "checkpoint trained with --tuning_codebook 1 records it in its args)"
             )
     if cb is None:
         raise CheckpointError(f"{checkpoint} stores no tok_embeddings.weight; pass the codebook file with --codebook")
@@ -150,7 +219,8 @@ def convert_official(
                  args.get("n_vision_words"), n_codes)
 
     config = config.replace(embed_dim=embed_dim, quantizer={"kind": "lc", "codebook_size": n_codes,
-                                                             "codebook_dim": int(cb.shape[1])})
+                                                             "codebook_dim": int(cb.shape[1]), "projector": projector,
+                                                             "codebook_trainable": trained_codebook})
     provenance = {
         "converted_from": Path(checkpoint).name,
         "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))},

@@ -31,6 +31,11 @@ short)``, as torchvision's ``Resize`` does), then the center crop is taken with 
 directories written before stay valid; training used to round the longer side and floor the offset
 (a 465 x 348 photo became 86 x 64 instead of 85 x 64 at 64 px) and now follows this rule too.
 ``to_uint8`` is the way back, ``[-1, 1]`` -> ``uint8`` pixels.
+
+``resize="official"`` is the official VQGAN-LC rule instead (albumentations ``SmallestMaxSize`` then
+``CenterCrop``, ``training_vqgan.py`` / ``eval_reconstruction.py``): OpenCV ``INTER_LINEAR`` without
+antialiasing, both sides ``round(side * S / short)``, the crop offset floored (``(h - H) // 2``). It
+needs OpenCV (``pip install "vqgan-lc[eval]"``).
 """
 
 from __future__ import annotations
@@ -66,10 +71,10 @@ OPENAI_CLIP_STD: RGB = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN: RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD: RGB = (0.229, 0.224, 0.225)
 
-ResizeRule = Literal["shorter-side"]
+ResizeRule = Literal["shorter-side", "official"]
 CropRule = Literal["center"]
 Interpolation = Literal["bicubic", "bilinear"]
-RESIZE_RULES: tuple[str, ...] = ("shorter-side",)
+RESIZE_RULES: tuple[str, ...] = ("shorter-side", "official")
 CROP_RULES: tuple[str, ...] = ("center",)
 INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear")
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -94,6 +99,22 @@ def resize_shorter_side(img: Image.Image, size: int, interpolation: Interpolatio
     return img.resize(new, _RESAMPLE[interpolation])
 
 
+def resize_smallest_max_size(img: Image.Image, size: int) -> Image.Image:
+    """The official VQGAN-LC resize (albumentations ``SmallestMaxSize(size)``): scale so the shorter side
+    is ``size``, both sides rounded (``round(side * size / short)``), OpenCV ``INTER_LINEAR`` without
+    antialiasing (a downscale samples 2x2 neighbours only). An image already at ``size`` is returned as is."""
+    w, h = img.size
+    scale = size / min(w, h)
+    if scale == 1.0:
+        return img
+    from ._deps import require
+
+    cv2 = require("cv2", "eval", "the official resize (OpenCV bilinear)")
+    new_w, new_h = round(w * scale), round(h * scale)
+    out = cv2.resize(np.asarray(img.convert("RGB")), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    return Image.fromarray(out)
+
+
 def center_crop_offset(width: int, height: int, crop_h: int, crop_w: int) -> tuple[int, int]:
     """``(left, top)`` of the centered ``crop_h x crop_w`` window in a ``width x height`` image (rounded)."""
     if crop_h > height or crop_w > width:
@@ -112,6 +133,8 @@ class Preprocessing:
     alpha composited on white; the only values); ``resize_image`` applies them to an image not yet RGB.
     ``image_size`` is the output ``(H, W)`` (an int means square). The shorter side is resized to
     ``min(H, W)`` (``resize_to``) by ``resize_shorter_side``; the crop is centered (``center_crop_offset``);
+    ``resize="official"`` uses ``resize_smallest_max_size`` and a floored crop offset instead (the
+    official VQGAN-LC albumentations rule; ``interpolation`` is then ``bilinear``, the default for it);
     pixels become ``(x / 255 - mean) / std`` per channel (the default ``HALF`` gives [-1, 1]).
     Frozen and picklable (it runs in DataLoader workers); ``to_dict``/``from_dict`` round-trip it
     through JSON, so a file can record exactly how its images were prepared.
@@ -130,7 +153,7 @@ class Preprocessing:
         self,
         image_size: int | Sequence[int],
         resize: ResizeRule = "shorter-side",
-        interpolation: Interpolation = "bicubic",
+        interpolation: Interpolation | None = None,
         crop: CropRule = "center",
         mean: Sequence[float] = HALF,
         std: Sequence[float] = HALF,
@@ -144,8 +167,13 @@ class Preprocessing:
                                      (interpolation, INTERPOLATIONS, "interpolation"),
                                      (orientation, ORIENTATIONS, "orientation rule"),
                                      (alpha, ALPHA_BACKGROUNDS, "alpha background")):
-            if value not in allowed:
+            if value is not None and value not in allowed:
                 raise PreprocessingError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        if interpolation is None:
+            interpolation = "bilinear" if resize == "official" else "bicubic"
+        elif resize == "official" and interpolation != "bilinear":
+            raise PreprocessingError(f"the official resize is OpenCV bilinear, not {interpolation!r}; leave "
+                                     "interpolation out or set it to 'bilinear'")
         m, sd = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         if len(m) != 3 or len(sd) != 3 or min(sd) <= 0:
             raise PreprocessingError(f"mean {mean!r} and std {std!r} need 3 values each (std > 0)")
@@ -166,12 +194,16 @@ class Preprocessing:
     def resize_image(self, img: Image.Image) -> Image.Image:
         """RGB conversion (``to_rgb``) and the resize step alone (training takes its own random crops of it)."""
         img = to_rgb(img)
+        if self.resize == "official":
+            return resize_smallest_max_size(img, self.resize_to)
         return resize_shorter_side(img, self.resize_to, self.interpolation)
 
     def crop_image(self, img: Image.Image) -> Image.Image:
         """The crop step alone, on an image already resized by ``resize_image``."""
         h, w = self.image_size
         left, top = center_crop_offset(img.size[0], img.size[1], h, w)
+        if self.resize == "official":  # albumentations CenterCrop floors the offset
+            left, top = (img.size[0] - w) // 2, (img.size[1] - h) // 2
         return img.crop((left, top, left + w, top + h))
 
     def to_tensor(self, img: Image.Image) -> torch.Tensor:
@@ -197,7 +229,7 @@ class Preprocessing:
         than ``orientation``/``alpha`` opens with today's reading rules)."""
         try:
             return cls(d["image_size"], resize=d.get("resize", "shorter-side"),
-                       interpolation=d.get("interpolation", "bicubic"), crop=d.get("crop", "center"),
+                       interpolation=d.get("interpolation"), crop=d.get("crop", "center"),
                        mean=d.get("mean", HALF), std=d.get("std", HALF),
                        orientation=d.get("orientation", "exif"), alpha=d.get("alpha", "white"))
         except (KeyError, TypeError, ValueError) as e:

@@ -44,6 +44,9 @@ class ModelOutput:
     quantizer: QuantizerOutput
 
 
+_HASH_DEFAULTS: dict[str, Any] = {"ema_update": "training", "projector": "linear", "codebook_trainable": False}
+
+
 class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
     """A VQGAN with a (by default) VQGAN-LC quantizer; a ``vqgan_lc.tokenizer.DecodingTokenizer``.
 
@@ -130,6 +133,29 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         ``crop``, ``range``; ``vqgan-lc encode`` defaults to it."""
         return dict(self._preprocessing)
 
+    def config_dict(self) -> dict[str, Any]:
+        """The config ``config_hash`` hashes: quantizer fields added after token directories were first
+        written are left out at their defaults (and ``fc-cosine`` hashes as the ``fc`` it was saved as), so
+        every earlier model keeps its hash and its token directories stay valid."""
+        d = self.config.to_dict()
+        q = d["quantizer"]
+        for key, default in _HASH_DEFAULTS.items():
+            if q.get(key) == default:
+                q.pop(key)
+        if q.get("kind") == "fc-cosine":
+            q["kind"] = "fc"
+        return d
+
+    def set_preprocessing(self, **fields: Any) -> None:
+        """Change fields of the preprocessing block (validated), e.g. ``resize="official"`` after training
+        on images prepared by the official rule; it is saved with the weights."""
+        block = {**self._preprocessing, **fields}
+        if fields.get("resize") == "official":
+            block["interpolation"] = "bilinear"
+        elif fields.get("resize") == "shorter-side" and "interpolation" not in fields:
+            block["interpolation"] = "bicubic"
+        self._preprocessing = check_preprocessing(block)
+
     # ------------------------------------------------------------------ checks
     def _check_images(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -166,9 +192,16 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ the API
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> pre-quantization latent ``(B, D', H/f, W/f)``."""
+        """``(B, 3, H, W)`` in [-1, 1] -> pre-quantization latent ``(B, D', H/f, W/f)``.
+
+        ``quant_conv`` runs with autocast off, in the weights' dtype (float32 unless the model was
+        cast): under bf16 mixed precision the D'-dim latent reaches the nearest-code search unrounded,
+        as in the official fp32 code (only the encoder runs in bf16).
+        """
         self._check_images(images)
-        return self.quant_conv(self.encoder(images))
+        h = self.encoder(images)
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            return self.quant_conv(h.to(self.quant_conv.weight.dtype))
 
     def quantize_latents(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantize a ``(B, D', h, w)`` latent (the LDM/DiT/SiT latent) to the nearest codes."""

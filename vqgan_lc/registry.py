@@ -26,6 +26,17 @@ _PRESETS: dict[str, ModelConfig] = {
         ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=256,
         resolution=256, embed_dim=4, quantizer=QuantizerConfig(codebook_size=100_000, codebook_dim=768),
     ),
+    # The paper's baselines at 16,384 codes as the official code builds them (--tuning_codebook -1,
+    # no projector): a random N x D' codebook, U(+-1/N), Euclidean, D' = 8 like the LC recipe;
+    # trained by gradient (VQGAN-FC) or by moving averages (VQGAN-EMA).
+    "vqgan-fc-f16-16k": ModelConfig(
+        ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=256,
+        resolution=256, embed_dim=8, quantizer=QuantizerConfig(kind="fc", codebook_size=16_384),
+    ),
+    "vqgan-ema-f16-16k": ModelConfig(
+        ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=256,
+        resolution=256, embed_dim=8, quantizer=QuantizerConfig(kind="ema", codebook_size=16_384),
+    ),
     # Small enough to train in minutes on 2 CPU cores: 64 px -> 8x8 tokens, 768-d pixel-patch codebook.
     "tiny": ModelConfig(
         ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(8,), z_channels=64,

@@ -61,9 +61,13 @@ ENCODE_RANGE_TOLERANCE = 1e-2
 """How far outside [-1, 1] ``encode`` accepts pixel values (float rounding of a [-1, 1] pipeline)."""
 
 
-def default_preprocessing(image_size: int) -> dict[str, Any]:
-    """The preprocessing of ``vqgan-lc encode`` at ``image_size`` (a fresh dict)."""
-    return {"image_size": int(image_size), **PREPROCESSING_DEFAULTS, "range": list(PREPROCESSING_DEFAULTS["range"])}
+def default_preprocessing(image_size: int, resize: str = "shorter-side") -> dict[str, Any]:
+    """The preprocessing of ``vqgan-lc encode`` at ``image_size`` (a fresh dict); ``resize="official"``
+    gives the official VQGAN-LC rule (OpenCV bilinear, ``vqgan_lc.data.resize_smallest_max_size``)."""
+    block = {"image_size": int(image_size), **PREPROCESSING_DEFAULTS, "range": list(PREPROCESSING_DEFAULTS["range"])}
+    if resize == "official":
+        block.update(resize="official", interpolation="bilinear")
+    return block
 
 
 def check_preprocessing(block: Any) -> dict[str, Any]:
@@ -79,7 +83,7 @@ def check_preprocessing(block: Any) -> dict[str, Any]:
     size = block.get("image_size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"preprocessing image_size must be a positive integer, got {size!r}")
-    out = {**default_preprocessing(size), **block}
+    out = {**default_preprocessing(size, str(block.get("resize", "shorter-side"))), **block}
     for key in ("resize", "interpolation", "crop", "orientation", "alpha"):
         if not isinstance(out[key], str):
             raise ValueError(f"preprocessing {key} must be a string, got {out[key]!r}")

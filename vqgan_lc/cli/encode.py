@@ -37,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=positive_int,
                    help="short side resized then center-cropped (default: the image_size of the tokenizer's "
                         "preprocessing; 256 for DiGIT)")
+    p.add_argument("--resize", choices=("shorter-side", "official"),
+                   help="shorter-side: PIL bicubic with antialias (vqgan-lc's rule); official: the official VQGAN-LC "
+                        "albumentations rule (OpenCV bilinear, no antialias, floored crop offset; needs "
+                        "vqgan-lc[eval]). Default: the tokenizer's preprocessing; recorded in the manifest")
     p.add_argument("--jpeg-draft", action="store_true",
                    help="decode JPEGs at 1/2, 1/4 or 1/8 scale (short side kept >= 2x --image-size) before the resize: "
                         "much faster for large files, slightly different pixels and ids; recorded in the manifest")
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size or model.preprocessing["image_size"], batch_size=args.batch_size,
         num_workers=args.num_workers, shard_size=args.shard_size, on_error=args.on_error, devices=args.devices,
         jpeg_draft=args.jpeg_draft, cpu_parallel_batches=args.cpu_parallel_batches,
+        resize=args.resize or model.preprocessing.get("resize", "shorter-side"),
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = args.model if args.devices > 1 and args.model else model

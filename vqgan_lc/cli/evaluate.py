@@ -21,9 +21,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torchvision AlexNet ImageNet state dict (alexnet-owt-7be5be79.pth); enables LPIPS-Alex")
     p.add_argument("--lpips-vgg-weights", metavar="PATH",
                    help="torchvision VGG16 ImageNet state dict (vgg16-397923af.pth); enables LPIPS-VGG")
-    p.add_argument("--lpips-convention", choices=("lpips", "official"), default="lpips",
+    p.add_argument("--protocol", choices=("standard", "official"), default="standard",
+                   help="standard: PIL bicubic resize, torchmetrics rFID vs the centre crops; official: the official "
+                        "VQGAN-LC evaluation (OpenCV bilinear resize, LPIPS with pyiqa's convention, clean-fid "
+                        "of PNG reconstructions vs the uncropped originals; needs vqgan-lc[eval])")
+    p.add_argument("--lpips-convention", choices=("lpips", "official"), default=None,
                    help="lpips: [-1, 1] inputs, clamped reconstruction; official: VQGAN-LC's pyiqa call "
-                        "(unclamped, 2x-1 applied to [-1, 1] inputs)")
+                        "(unclamped, 2x-1 applied to [-1, 1] inputs). Default: the protocol's")
+    p.add_argument("--cleanfid-inception", metavar="PATH",
+                   help="clean-fid's inception-2015-12-05.pt (or its folder) for --protocol official "
+                        "(default: clean-fid's own cache folder; nothing is downloaded)")
     p.add_argument("--inception-weights", metavar="PATH",
                    help="FID Inception-v3 state dict (pt_inception-2015-12-05-6726825d.pth); enables rFID")
     p.add_argument("--device", type=device, help="torch device (default: cuda if available)")
@@ -51,11 +58,13 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
         lpips_alex_weights=args.lpips_alex_weights, lpips_vgg_weights=args.lpips_vgg_weights,
         lpips_convention=args.lpips_convention, inception_weights=args.inception_weights, force=args.force,
+        protocol=args.protocol, cleanfid_inception=args.cleanfid_inception,
     )
     report = evaluate(args.model, args.data, args.out, tokens=args.tokens, file_list=args.file_list, options=opts,
                       device=device)
     d = report["data"]
-    print(f"{d['images']} images ({d['skipped']} skipped), {d['tokens_counted']:,} tokens -> {args.out}")
+    print(f"{d['images']} images ({d['skipped']} skipped), {d['tokens_counted']:,} tokens, {report['protocol']} "
+          f"protocol -> {args.out}")
     for key, entry in report["metrics"].items():
         label, fmt = METRIC_LABELS.get(key, (key, "{:.4g}"))
         if entry["computed"]:

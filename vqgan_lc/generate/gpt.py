@@ -12,8 +12,9 @@ Sequence layout (all positions attend causally to everything before them)::
 * The optional prefix (DiGIT stage 2: the 256 DiGIT ids of the image) has its own embedding table and
   its own learned positional table; the loss is only on the target ids.
 * The target ids ``x`` are a ``grid = (h, w)`` map in raster order, ``T = h * w``; ids in ``[0, n_codes)``.
-* The head predicts image ids only (``n_codes`` logits): sampling never sees class ids. The official
-  head spans all ``n_codes + n_classes`` ids and drops the class logits when sampling.
+* The head predicts image ids only (``n_codes`` logits) by default: sampling never sees class ids. The
+  official head spans all ``n_codes + n_classes`` ids (its training softmax is 101,000-way at 100k
+  codes) and drops the class logits when sampling: ``GPTConfig(head="vocabulary")``.
 
 ``GPTConfig(attention="bidirectional")`` is the MaskGIT (NAR) variant: the same blocks without the causal
 mask, input ``[prefix] + [cond] + x_0 .. x_{T-1}`` with masked ids replaced by ``[MASK]``, ``logits[:, 1 + i]``
@@ -81,12 +82,15 @@ class GPTConfig:
         eos_target: predict an end-of-sequence id after the last target id (fairseq's 257th target);
             the head gets one more output (index ``n_codes``) and the positional table one more row.
             Sampling never sees the EOS logit.
+        head: ``"codes"`` (``n_codes`` logits; the default) or ``"vocabulary"``: ``n_codes + n_classes``
+            logits, the training cross-entropy over all of them as the official VQGAN-LC GPT; sampling
+            and ``forward`` still return the ``n_codes`` image logits only.
         attention: ``"causal"`` (the autoregressive prior; the default) or ``"bidirectional"``: every
             position sees every other, the input vocabulary gets a ``[MASK]`` id (``mask_id``, the last
             row) and the positional table covers cond + all ``seq_len`` ids. This is the MaskGIT (NAR)
             stage 2 of DiGIT; train and sample it with ``vqgan_lc.generate.maskgit``.
 
-    Defaults of the last four fields keep the original GPT, so a ``config.json`` without them loads.
+    Defaults of the last five fields keep the original GPT, so a ``config.json`` without them loads.
     """
 
     n_codes: int
@@ -106,6 +110,7 @@ class GPTConfig:
     embed_scale: bool = False
     eos_target: bool = False
     attention: Literal["causal", "bidirectional"] = "causal"
+    head: Literal["codes", "vocabulary"] = "codes"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "grid", tuple(int(g) for g in self.grid))
@@ -133,6 +138,11 @@ class GPTConfig:
             raise ValueError(f"attention must be 'causal' or 'bidirectional', got {self.attention!r}")
         if self.bidirectional and self.eos_target:
             raise ValueError("eos_target is an autoregressive option; a bidirectional (MaskGIT) model has none")
+        if self.head not in ("codes", "vocabulary"):
+            raise ValueError(f"head must be 'codes' or 'vocabulary', got {self.head!r}")
+        if self.head == "vocabulary" and (self.tie_weights or self.eos_target or self.bidirectional):
+            raise ValueError("head 'vocabulary' (the official n_codes + n_classes head) needs an untied causal head "
+                             "without eos_target")
 
     # derived sizes
     @property
@@ -344,7 +354,8 @@ class GPT(PretrainedMixin, nn.Module):
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         # post-LN (fairseq) has no final norm: the last block already ends in a LayerNorm
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias) if c.norm_position == "pre" else nn.Identity()
-        self.head = None if c.tie_weights else nn.Linear(c.n_embd, c.n_codes + int(c.eos_target), bias=False)
+        n_out = c.n_codes + int(c.eos_target) + (c.n_classes if c.head == "vocabulary" else 0)
+        self.head = None if c.tie_weights else nn.Linear(c.n_embd, n_out, bias=False)
         self.emb_mult = math.sqrt(c.n_embd) if c.embed_scale else 1.0
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of the residual projections
@@ -447,7 +458,7 @@ class GPT(PretrainedMixin, nn.Module):
             if not self.config.eos_target:
                 raise ValueError("with_eos needs a model with eos_target=True")
             return self.head(h)
-        if self.config.eos_target:
+        if self.config.eos_target or self.config.head == "vocabulary":
             return F.linear(h, self.head.weight[: self.config.n_codes])
         return self.head(h)
 
@@ -496,7 +507,11 @@ class GPT(PretrainedMixin, nn.Module):
         inp = ids if inputs is None else inputs
         inp = inp if eos else inp[:, :-1]
         h = self.run_blocks(self.embed(inp, labels, prefix, cond=cond))[:, self.config.prefix_len :]
-        logits = self.logits(h, with_eos=eos)
+        if self.config.head == "vocabulary":  # the official softmax over image and class ids
+            assert self.head is not None
+            logits = self.head(self.ln_f(h))
+        else:
+            logits = self.logits(h, with_eos=eos)
         if eos:  # fairseq's 257th target: EOS after the last id
             ids = torch.cat([ids, ids.new_full((ids.shape[0], 1), self.config.n_codes)], dim=1)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1),

@@ -11,9 +11,9 @@ layer. Discriminator: hinge loss on ``D(x)`` and ``D(sg(x_hat))``.
 
 Differences from the official code, none of which changes a loss value once the GAN is on: the
 adaptive weight and ``D(x_hat)`` are computed only while the GAN is active (the official code
-computes both every step and multiplies them by 0 before ``disc_start``), and the discriminator
-step reuses the generator step's reconstruction (the official code runs the whole VQ forward
-again with the just-updated generator).
+computes both every step and multiplies them by 0 before ``disc_start``). By default the
+discriminator step reuses the generator step's reconstruction; the official re-forward with the
+just-updated generator is the training option ``disc_input: reforward`` (``vqgan_lc.train.LossConfig``).
 """
 
 from __future__ import annotations

@@ -12,6 +12,17 @@ Two modes:
 
 A metric whose weights file is not given is reported as not computed, with the option that enables
 it; every other metric still runs.
+
+Two protocols (``EvaluateOptions.protocol``; the report names it):
+
+``standard``  vqgan-lc's: PIL bicubic (antialiased) resize + centre crop, LPIPS with the ``lpips``
+              convention, rFID with torchmetrics/torch-fidelity against the evaluated centre crops.
+``official``  the official ``eval_reconstruction.py``: albumentations ``SmallestMaxSize`` (OpenCV
+              bilinear, no antialias) + ``CenterCrop``, reconstruction clamped for PSNR/SSIM but not
+              for LPIPS (AlexNet, pyiqa's input convention), rFID with clean-fid (mode "clean") of the
+              reconstructions saved as PNG against the *uncropped* original files
+              (``vqgan_lc.metrics.clean_fid``). In token mode the originals are prepared as the
+              manifest records.
 """
 
 from __future__ import annotations
@@ -27,11 +38,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..data import ImageDataset, ImageList, ImageSourceError, Preprocessing, collate, list_images, to_uint8
-from ..errors import EvaluateError, ImageShapeError, MissingWeightsError
+from ..data import (
+    ImageDataset,
+    ImageList,
+    ImageSourceError,
+    Preprocessing,
+    ResizeRule,
+    collate,
+    list_images,
+    to_uint8,
+)
+from ..errors import EvaluateError, ImageShapeError, MissingDependencyError, MissingWeightsError
 from ..model import VQGANLC
 from ..progress import Progress
 from ..quantize import CodebookUsage
+from . import clean_fid as clean_fid_mod
 from .fid import FID_IMPLEMENTATION, build_fid
 from .image import psnr, ssim, to_unit
 from .perceptual import LPIPSConvention, LPIPSMetric
@@ -40,7 +61,11 @@ from .report import REPORT_FORMAT, REPORT_FORMAT_VERSION, computed, not_computed
 log = logging.getLogger(__name__)
 
 EvaluateMode = Literal["images", "tokens"]
+Protocol = Literal["standard", "official"]
+PROTOCOLS: tuple[str, ...] = ("standard", "official")
 GRID_IMAGES = 8
+OFFICIAL_RECONSTRUCTIONS = "reconstructions-png"
+"""Sub-folder of the report folder with every reconstruction as PNG (the official protocol's rFID input)."""
 
 
 
@@ -50,7 +75,10 @@ class EvaluateOptions:
 
     ``image_size``: short side resized then center-cropped (default: the model's resolution; in token
     mode, the size recorded in the manifest). Weights paths left ``None`` mark that metric not computed.
-    ``lpips_convention``: see ``vqgan_lc.metrics.perceptual``.
+    ``lpips_convention``: see ``vqgan_lc.metrics.perceptual``; left out, ``lpips`` for the standard
+    protocol and ``official`` for the official one. ``protocol``: ``standard`` or ``official`` (see the
+    module docstring). ``cleanfid_inception``: clean-fid's ``inception-2015-12-05.pt`` (the file or its
+    folder) for the official rFID; left out, clean-fid's own cache folder is looked at.
     """
 
     image_size: int | None = None
@@ -58,11 +86,17 @@ class EvaluateOptions:
     num_workers: int = 2
     lpips_alex_weights: str | None = None
     lpips_vgg_weights: str | None = None
-    lpips_convention: LPIPSConvention = "lpips"
+    lpips_convention: LPIPSConvention | None = None
     inception_weights: str | None = None
     force: bool = False
+    protocol: Protocol = "standard"
+    cleanfid_inception: str | None = None
 
     def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.lpips_convention is None:
+            object.__setattr__(self, "lpips_convention", "official" if self.protocol == "official" else "lpips")
         if self.batch_size < 1 or self.num_workers < 0 or (self.image_size is not None and self.image_size < 1):
             raise ValueError("batch_size and image_size must be positive, num_workers >= 0")
         if self.lpips_convention not in ("lpips", "official"):
@@ -84,6 +118,14 @@ IMPLEMENTATION_NOTES = {
     "perplexity = exp(entropy of the id histogram)",
     "throughput": "model only (no image decoding): encode = encoder + quant_conv + nearest-code search, "
     "decode = code lookup + post_quant_conv + decoder; images/s over all batches but the first (warm-up)",
+}
+
+
+PREPROCESSING_NOTES = {
+    "shorter-side": "shorter side resized with PIL bicubic (antialiased), longer side truncated, centre crop "
+    "with a rounded offset (vqgan-lc's rule)",
+    "official": "albumentations SmallestMaxSize + CenterCrop as the official evaluation: OpenCV INTER_LINEAR "
+    "without antialias, both sides rounded, crop offset floored",
 }
 
 
@@ -183,26 +225,48 @@ def evaluate(
             raise EvaluateError("pass --data FOLDER (images to encode) or --tokens DIR (ids to decode)")
         size = opts.image_size or model.config.resolution
         images = list_images(data, file_list)
+    resize: ResizeRule = "official" if opts.protocol == "official" else "shorter-side"
+    if tok is not None:  # the originals are prepared as the tokens' images were
+        resize = "official" if tok.manifest["preprocessing"].get("resize") == "official" else "shorter-side"
+        if resize != ("official" if opts.protocol == "official" else "shorter-side"):
+            log.warning("the %s protocol resizes with the %s rule, but %s was encoded with the %s rule; the "
+                        "originals follow the tokens", opts.protocol, "official" if opts.protocol == "official"
+                        else "shorter-side", tokens, resize)
     if size % f:
         raise ImageShapeError(f"image size {size} is not a multiple of the downsampling factor {f}; use e.g. {size // f * f}")
     grid = model.latent_shape(size, size)
     have_data = images is not None
 
     # ---------------------------------------------------------------- metric objects
+    convention: LPIPSConvention = opts.lpips_convention or "lpips"  # resolved by EvaluateOptions
     lpips_nets: dict[str, LPIPSMetric] = {}
     skipped_metrics: dict[str, dict] = {}
     for net, path, option in (("alex", opts.lpips_alex_weights, "--lpips-alex-weights"),
                               ("vgg", opts.lpips_vgg_weights, "--lpips-vgg-weights")):
         metric, entry = _build_optional(
             f"LPIPS ({'AlexNet' if net == 'alex' else 'VGG16'})", option, path, have_data,
-            lambda net=net, path=path: LPIPSMetric(net, path, convention=opts.lpips_convention).to(dev),  # type: ignore[misc]
+            lambda net=net, path=path: LPIPSMetric(net, path, convention=convention).to(dev),  # type: ignore[misc]
         )
         if metric is not None:
             lpips_nets[net] = metric
         else:
             skipped_metrics[f"lpips_{net}"] = entry  # type: ignore[assignment]
-    fid, fid_entry = _build_optional("rFID (Inception-v3)", "--inception-weights", opts.inception_weights, have_data,
-                                     lambda: build_fid(opts.inception_weights, device=dev))  # type: ignore[arg-type]
+    official = opts.protocol == "official"
+    fid = clean_features = None
+    fid_entry: dict | None = None
+    if not official:
+        fid, fid_entry = _build_optional("rFID (Inception-v3)", "--inception-weights", opts.inception_weights,
+                                         have_data, lambda: build_fid(opts.inception_weights, device=dev))  # type: ignore[arg-type]
+    elif not have_data:
+        fid_entry = not_computed("rFID needs the original images; token mode without --data", "--data FOLDER")
+    else:
+        try:
+            clean_features = clean_fid_mod.cleanfid_feature_model(opts.cleanfid_inception, dev)
+        except (MissingWeightsError, MissingDependencyError) as e:
+            fid_entry = not_computed(str(e), "--cleanfid-inception PATH")
+    png_dir = Path(out) / OFFICIAL_RECONSTRUCTIONS
+    rec_pngs: list[Path] = []
+    ref_files: list[Path] = []
 
     # ---------------------------------------------------------------- the pass
     usage = CodebookUsage(model.codebook_size, device=dev)
@@ -235,12 +299,18 @@ def evaluate(
         if fid is not None:
             fid.update(to_uint8(x), real=True)
             fid.update(to_uint8(rec), real=False)
+        if clean_features is not None:  # official: PNGs of the reconstructions vs the uncropped originals
+            assert images is not None
+            names = [png_dir / Path(p).with_suffix(".png") for p in paths]
+            clean_fid_mod.save_png_truncated(rec, names)
+            rec_pngs.extend(names)
+            ref_files.extend(images.root / p for p in paths)
 
     bar = Progress(len(images) if images is not None else len(tok), "evaluate", enabled=progress)  # type: ignore[arg-type]
     with torch.inference_mode():
         if images is not None:
             loader = torch.utils.data.DataLoader(
-                ImageDataset(images, Preprocessing(size)), batch_size=opts.batch_size, shuffle=False,
+                ImageDataset(images, Preprocessing(size, resize=resize)), batch_size=opts.batch_size, shuffle=False,
                 num_workers=opts.num_workers, collate_fn=collate, pin_memory=dev.type == "cuda",
             )
             for batch in loader:
@@ -288,11 +358,18 @@ def evaluate(
                                     note=f"mean of {n_img} images, '{opts.lpips_convention}' input convention")
         else:
             metrics[key] = skipped_metrics[key]
-    if fid is None:
+    if fid is None and clean_features is None:
         metrics["rfid"] = fid_entry  # type: ignore[assignment]
     elif n_img < 2:
         metrics["rfid"] = not_computed("FID needs at least 2 images")
+    elif clean_features is not None:
+        value = clean_fid_mod.clean_fid(rec_pngs, ref_files, feature_model=clean_features, device=dev,
+                                        batch_size=opts.batch_size, num_workers=opts.num_workers)
+        metrics["rfid"] = computed(value, num_images=n_img, implementation=clean_fid_mod.CLEANFID_IMPLEMENTATION,
+                                   reconstructions=str(png_dir), note=f"{n_img} images, clean-fid 'clean' vs the "
+                                   "uncropped originals; compare only at equal counts")
     else:
+        assert fid is not None
         metrics["rfid"] = computed(float(fid.compute()), num_images=n_img, implementation=FID_IMPLEMENTATION,
                                    note=f"{n_img} images; FID is biased upwards below ~10k images, compare only at "
                                    "equal counts")
@@ -311,19 +388,25 @@ def evaluate(
                                                     "--data FOLDER without --tokens")
     metrics["decode_throughput"] = dec_timer.entry(opts.batch_size)
 
+    notes = IMPLEMENTATION_NOTES | {"lpips": IMPLEMENTATION_NOTES["lpips"] + _lpips_note(opts.lpips_convention)}  # type: ignore[arg-type]
+    notes["preprocessing"] = PREPROCESSING_NOTES[resize]
+    if official:
+        notes["rfid"] = clean_fid_mod.CLEANFID_IMPLEMENTATION
     report = {
         "format": REPORT_FORMAT,
         "format_version": REPORT_FORMAT_VERSION,
+        "protocol": opts.protocol,
         "model": {"path": model_label, "quantizer": model.config.quantizer.kind, "codebook_size": model.codebook_size,
                   "downsample_factor": f, "config_hash": model.config_hash(), "inference_only": model.inference_only},
         "data": {"path": str(data) if data is not None else None, "mode": mode,
                  "tokens": str(tokens) if tokens is not None else None,
                  "file_list": str(file_list) if file_list is not None else None, "images": n_img if have_data else decoded,
-                 "skipped": len(skipped), "skipped_files": skipped, "image_size": size, "grid": list(grid),
+                 "skipped": len(skipped), "skipped_files": skipped, "image_size": size, "resize": resize,
+                 "grid": list(grid),
                  "tokens_counted": n_tok},
         "metrics": metrics,
         "options": {**asdict(opts), "device": str(dev)},
-        "implementation": IMPLEMENTATION_NOTES | {"lpips": IMPLEMENTATION_NOTES["lpips"] + _lpips_note(opts.lpips_convention)},
+        "implementation": notes,
     }
     per_image_cols = [c for c in ("psnr_rgb", "psnr_y", "ssim", "lpips_alex", "lpips_vgg")
                       if per_image and c in per_image[0]]
@@ -343,4 +426,4 @@ def _lpips_note(convention: LPIPSConvention) -> str:
             "tensors (inputs end in [-3, 1]), as VQGAN-LC's eval_reconstruction.py")
 
 
-__all__ = ["EvaluateError", "EvaluateMode", "EvaluateOptions", "evaluate"]
+__all__ = ["PROTOCOLS", "EvaluateError", "EvaluateMode", "EvaluateOptions", "Protocol", "evaluate"]

@@ -85,6 +85,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
         f"- **Data**: `{d['path']}` ({d['mode']} mode{', tokens from `' + str(d['tokens']) + '`' if d.get('tokens') else ''})"
         f" -- {d['images']:,} images evaluated, {d['skipped']:,} skipped, {d['image_size']} px, "
         f"{d['grid'][0]}x{d['grid'][1]} tokens per image, {d['tokens_counted']:,} tokens counted for usage",
+        f"- **Protocol**: {report.get('protocol', 'standard')}",
         "",
         "| Metric | Value | Notes |",
         "|---|---|---|",

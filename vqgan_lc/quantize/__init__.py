@@ -7,7 +7,7 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .base import CodebookQuantizer
-from .baselines import EMAQuantizer, FCQuantizer, VQQuantizer
+from .baselines import EMAQuantizer, FCCosineQuantizer, FCQuantizer, VQQuantizer
 from .lc import LCQuantizer, ProjectedCodebookQuantizer
 from .output import QuantizerOutput, usage_perplexity
 from .search import full_matrix_nearest_code, fused_search_available, nearest_code
@@ -22,20 +22,26 @@ def build_quantizer(config: ModelConfig, *, inference_only: bool = False) -> Cod
     if inference_only:
         if q.kind != "lc":
             raise ConfigError(f"inference-only export exists for the 'lc' quantizer, not {q.kind!r}; load the full weights")
-        return ProjectedCodebookQuantizer(q.codebook_size, config.embed_dim, **common)
+        return ProjectedCodebookQuantizer(q.codebook_size, config.embed_dim, latent_l2=q.projector == "none", **common)
     if q.kind == "lc":
-        return LCQuantizer(q.codebook_size, q.codebook_dim, config.embed_dim, **common)
+        return LCQuantizer(q.codebook_size, q.codebook_dim, config.embed_dim, projector=q.projector,
+                           codebook_trainable=q.codebook_trainable, **common)
     if q.kind == "vq":
         return VQQuantizer(q.codebook_size, config.embed_dim, **common)
     if q.kind == "fc":
         return FCQuantizer(q.codebook_size, config.embed_dim, **common)
-    return EMAQuantizer(q.codebook_size, config.embed_dim, decay=q.ema_decay, eps=q.ema_eps, **common)
+    if q.kind == "fc-cosine":
+        return FCCosineQuantizer(q.codebook_size, config.embed_dim, **common)
+    return EMAQuantizer(
+        q.codebook_size, config.embed_dim, decay=q.ema_decay, eps=q.ema_eps, update=q.ema_update, **common
+    )
 
 
 __all__ = [
     "CodebookQuantizer",
     "CodebookUsage",
     "EMAQuantizer",
+    "FCCosineQuantizer",
     "FCQuantizer",
     "LCQuantizer",
     "ProjectedCodebookQuantizer",

@@ -69,6 +69,7 @@ class CodebookQuantizer(nn.Module):
         self.distance = distance
         self.commit_weight = commit_weight
         self.codebook_weight = codebook_weight
+        self.latent_l2 = False  # L2-normalise the latent only (the official projector-free 768-d mode)
         self._table_cache = TableCache()
 
     # ------------------------------------------------------------------ the two hooks
@@ -96,8 +97,9 @@ class CodebookQuantizer(nn.Module):
         return F.normalize(vectors, dim=1) if self.distance == "cosine" else vectors
 
     def _flatten(self, z: torch.Tensor) -> torch.Tensor:
-        """``(B, D', h, w)`` -> ``(B h w, D')`` float32, normalised for cosine."""
-        return self._normalise(z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+        """``(B, D', h, w)`` -> ``(B h w, D')`` float32, normalised for cosine (or with ``latent_l2``)."""
+        zf = z.float().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        return F.normalize(zf, dim=1) if self.latent_l2 else self._normalise(zf)
 
     def search(self, z: torch.Tensor) -> torch.Tensor:
         """``(B, D', h, w)`` latents -> ``(B, h, w)`` int64 ids of the nearest codes; no losses, no histogram."""

@@ -1,10 +1,19 @@
 """Baselines of the paper's comparison, with the LC quantizer's interface.
 
 - ``VQQuantizer``: taming VQGAN, a trainable ``K x D'`` codebook, uniform(-1/K, 1/K) init.
-- ``FCQuantizer``: VQGAN-FC (factorised codes, Yu et al. 2022): low-dimensional trainable codes,
-  latents and codes L2-normalised before the search (``distance`` must be ``cosine``).
+- ``FCQuantizer``: VQGAN-FC as the official VQGAN-LC code builds it (``--tuning_codebook -1``): a
+  random trainable ``N x D'`` codebook of small D' (8 in the f16 recipes), uniform(-1/N, 1/N) init,
+  squared-Euclidean search (the official code normalises nothing unless D' = 768).
+- ``FCCosineQuantizer`` (kind ``fc-cosine``): the factorised-codes variant of Yu et al. 2022 that
+  vqgan-lc shipped as ``fc`` before: ``N(0, 1)`` init, latents and codes L2-normalised before the
+  search (``distance`` must be ``cosine``). Not in the official code.
 - ``EMAQuantizer``: VQGAN-EMA: codes are exponential moving averages of their assigned latents,
   cluster sizes Laplace-smoothed; only the commitment term is a loss (``codebook_weight`` must be 0).
+  Initialised as the official code: uniform(-1/N, 1/N) on the ``N x D'`` codebook. The official code
+  updates in *every* forward (evaluation and the discriminator step's re-forward included): the
+  option ``update="every_forward"``; the default ``"training"`` updates in training forwards only.
+  The package all-reduces the statistics across ranks before the update (a fix: the official code
+  never does, so its codebooks drift apart per rank).
 
 A baseline refuses a setting that contradicts it with ``ConfigError`` instead of overriding it.
 """
@@ -15,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import Distance
+from ..config import Distance, EMAUpdate
 from ..errors import ConfigError
 from .base import CodebookQuantizer
 from .output import QuantizerOutput
@@ -48,7 +57,29 @@ class VQQuantizer(CodebookQuantizer):
 
 
 class FCQuantizer(VQQuantizer):
-    """VQGAN-FC: ``N(0, 1)`` initial codes, searched and embedded as unit vectors (cosine distance only)."""
+    """VQGAN-FC as in the official code: a random trainable ``(N, D')`` codebook, U(+-1/N), Euclidean."""
+
+    def __init__(
+        self,
+        codebook_size: int,
+        embed_dim: int,
+        *,
+        distance: Distance = "euclidean",
+        commit_weight: float = 1.0,
+        codebook_weight: float = 0.33,
+    ) -> None:
+        if distance != "euclidean":
+            raise ConfigError(
+                f"the official 'fc' quantizer searches by squared Euclidean distance, not {distance!r}; "
+                "leave distance out, or use kind 'fc-cosine' for the L2-normalised variant"
+            )
+        super().__init__(
+            codebook_size, embed_dim, distance=distance, commit_weight=commit_weight, codebook_weight=codebook_weight
+        )
+
+
+class FCCosineQuantizer(VQQuantizer):
+    """Factorised codes with L2 normalisation: ``N(0, 1)`` initial codes, searched and embedded as unit vectors."""
 
     def __init__(
         self,
@@ -61,7 +92,7 @@ class FCQuantizer(VQQuantizer):
     ) -> None:
         if distance != "cosine":
             raise ConfigError(
-                f"the 'fc' quantizer compares L2-normalised codes, so its distance is 'cosine', not {distance!r}; "
+                f"the 'fc-cosine' quantizer compares L2-normalised codes, so its distance is 'cosine', not {distance!r}; "
                 "set distance='cosine' or leave it out"
             )
         super().__init__(
@@ -84,6 +115,7 @@ class EMAQuantizer(CodebookQuantizer):
         *,
         decay: float = 0.99,
         eps: float = 1e-5,
+        update: EMAUpdate = "training",
         distance: Distance = "euclidean",
         commit_weight: float = 1.0,
         codebook_weight: float = 0.0,
@@ -96,9 +128,13 @@ class EMAQuantizer(CodebookQuantizer):
         super().__init__(
             codebook_size, embed_dim, distance=distance, commit_weight=commit_weight, codebook_weight=codebook_weight
         )
+        if update not in ("training", "every_forward"):
+            raise ConfigError(f"ema update must be 'training' or 'every_forward', got {update!r}")
         self.decay = decay
         self.eps = eps
-        init = torch.randn(codebook_size, embed_dim)
+        self.update = update
+        # The official init (models_vq.py, tuning_codebook -1): uniform(-1/N, 1/N) on the N x D' codebook.
+        init = torch.empty(codebook_size, embed_dim).uniform_(-1 / codebook_size, 1 / codebook_size)
         self.register_buffer("embedding", init.clone())
         self.register_buffer("cluster_size", torch.zeros(codebook_size))
         self.register_buffer("embed_avg", init.clone())
@@ -110,9 +146,10 @@ class EMAQuantizer(CodebookQuantizer):
         return self.search_table()[ids]
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """The base forward (with the codes as they were), then in training the moving-average update."""
+        """The base forward (with the codes as they were), then the moving-average update: in training
+        forwards (``update="training"``) or in every forward, eval included (``"every_forward"``, official)."""
         out = super().forward(z)
-        if self.training:
+        if self.training or self.update == "every_forward":
             with torch.autocast(device_type=z.device.type, enabled=False):
                 self._ema_update(self._flatten(z.detach()), out.ids.reshape(-1))
         return out

@@ -31,10 +31,12 @@ import torch
 from .._io import OutputLock, atomic_write_json, prepare_output_dir
 from ..data import (
     IMAGE_READING,
+    RESIZE_RULES,
     Batch,
     ImageDataset,
     ImageList,
     Preprocessing,
+    ResizeRule,
     collate,
     draft_size,
     list_images,
@@ -89,6 +91,7 @@ class EncodeOptions:
     devices: int = 1
     jpeg_draft: bool = False
     cpu_parallel_batches: int = 0
+    resize: ResizeRule = "shorter-side"
 
     def __post_init__(self) -> None:
         if self.on_error not in ("skip", "fail"):
@@ -97,12 +100,16 @@ class EncodeOptions:
             raise ValueError("image_size, batch_size, shard_size and devices must be positive")
         if self.cpu_parallel_batches < 0:
             raise ValueError("cpu_parallel_batches must be >= 0 (0: decoding processes feed the model)")
+        if self.resize not in RESIZE_RULES:
+            raise ValueError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
 
 
 def _run_descriptor(model: Tokenizer, images: ImageList, opts: EncodeOptions) -> dict[str, Any]:
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     preprocessing: dict[str, Any] = {"image_size": opts.image_size, "resize": "short-side-bicubic", "crop": "center",
                                      "range": "[-1, 1]", **IMAGE_READING}
+    if opts.resize == "official":  # only when on, so directories written before the option existed still match
+        preprocessing["resize"] = "official"  # albumentations SmallestMaxSize (OpenCV bilinear) + CenterCrop
     if opts.jpeg_draft:  # only when on, so directories written before the option existed still match
         preprocessing["jpeg_draft"] = {"min_short_side": draft_size(opts.image_size)[0]}
     return {
@@ -168,7 +175,7 @@ def _encode_shards(
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     order = [i for _, s, e in shards for i in range(s, e)]
     draft = draft_size(opts.image_size) if opts.jpeg_draft else None
-    dataset = ImageDataset(images, Preprocessing(opts.image_size), draft=draft)
+    dataset = ImageDataset(images, Preprocessing(opts.image_size, resize=opts.resize), draft=draft)
     lanes = opts.cpu_parallel_batches if device.type == "cpu" else 0
     if opts.cpu_parallel_batches and not lanes:
         log.info("cpu_parallel_batches applies to a CPU device only; %s uses decoding processes", device)

@@ -11,6 +11,9 @@ from typing import Literal
 
 from ..errors import ConfigError
 
+DiscInput = Literal["reuse", "reforward"]
+LPIPSDropout = Literal["off", "official"]
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -18,8 +21,19 @@ class LossConfig:
     ``perceptual_weight`` 1 (needs ``lpips_weights``: a local torchvision VGG16 file;
     ``lpips_lin_weights`` defaults to the file inside the lpips package), quantizer loss x
     ``quantizer_weight`` 0.1, hinge GAN x ``gan_weight`` 0.1 x adaptive weight (clamped to
-    ``[0, adaptive_weight_max]``), on from ``disc_start`` generator steps. PatchGAN ``disc_layers`` 2,
-    ``disc_ndf`` 64."""
+    ``[0, adaptive_weight_max]``), on once more than ``disc_start`` generator steps were taken (the
+    official ``cur_iter > disc_start``). PatchGAN ``disc_layers`` 2, ``disc_ndf`` 64.
+
+    Two official behaviours are options (default off: they only add noise or compute):
+
+    - ``disc_input``: ``reuse`` (default) gives the discriminator the generator step's reconstruction
+      from before the generator update; ``reforward`` runs the whole VQ forward again with the
+      just-updated generator, as the official ``engine_training_vqgan.py`` does (one more forward
+      per step, in training mode: an EMA quantizer then updates twice per step, like the official one).
+    - ``lpips_dropout``: ``off`` (default) keeps LPIPS deterministic; ``official`` switches the
+      dropout (p = 0.5) of the lin layers on in training, as the official code does by registering
+      LPIPS under the model that ``model.train()`` reaches (noisier perceptual term and adaptive
+      GAN weight)."""
 
     rec_loss: Literal["l1", "l2"] = "l1"
     rec_weight: float = 1.0
@@ -33,10 +47,16 @@ class LossConfig:
     disc_ndf: int = 64
     lpips_weights: str | None = None
     lpips_lin_weights: str | None = None
+    disc_input: DiscInput = "reuse"
+    lpips_dropout: LPIPSDropout = "off"
 
     def __post_init__(self) -> None:
         if self.disc_start < 0:
             raise ConfigError(f"disc_start must be >= 0, got {self.disc_start}")
+        if self.disc_input not in ("reuse", "reforward"):
+            raise ConfigError(f"disc_input must be 'reuse' or 'reforward', got {self.disc_input!r}")
+        if self.lpips_dropout not in ("off", "official"):
+            raise ConfigError(f"lpips_dropout must be 'off' or 'official', got {self.lpips_dropout!r}")
 
 
 @dataclass(frozen=True)

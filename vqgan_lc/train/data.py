@@ -1,7 +1,8 @@
 """Images for training: a folder (recursive, classes = first-level sub-folders) or a file list.
 
-Transforms follow the official code: the shortest side is resized to ``S`` (here bicubic with PIL's
-antialiasing; albumentations' ``SmallestMaxSize`` in the official code is bilinear) and a random
+Transforms follow the official code: the shortest side is resized to ``S`` (by default bicubic with
+PIL's antialiasing; ``resize="official"`` is albumentations' ``SmallestMaxSize`` of the official code,
+OpenCV bilinear without antialias, and the exported model records it) and a random
 ``S x S`` crop is taken for training (optionally flipped; the official code never flips); validation
 uses a center crop. Pixels map to [-1, 1]. The resize, the center crop and the pixel mapping are the
 package's one rule, ``vqgan_lc.data.Preprocessing`` (the longer side truncated, the crop offset rounded),
@@ -33,7 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..data import ImageList, ImageSourceError, Preprocessing, list_images, load_rgb
+from ..data import RESIZE_RULES, ImageList, ImageSourceError, Preprocessing, ResizeRule, list_images, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,11 @@ class ImageFolderDataset(Dataset):
     ``{"failed": (path, reason), "cursor": ...}`` for an unreadable file, or ``None`` for a padding slot.
     """
 
-    def __init__(self, images: ImageList, image_size: int, *, train: bool, flip: bool = False, seed: int = 0) -> None:
+    def __init__(self, images: ImageList, image_size: int, *, train: bool, flip: bool = False, seed: int = 0,
+                 resize: ResizeRule = "shorter-side") -> None:
         self.images = images
         self.image_size = image_size
-        self.preprocess = Preprocessing(image_size)
+        self.preprocess = Preprocessing(image_size, resize=resize)
         self.train = train
         self.flip = flip
         self.seed = seed
@@ -180,6 +182,9 @@ class ImageDataModule(pl.LightningDataModule):
         samples_per_epoch: training samples per epoch (default: one pass over the images); use it to
             make epochs of a tiny folder longer.
         drop_last: drop the last incomplete training batch (official).
+        resize: ``shorter-side`` (PIL bicubic, vqgan-lc's rule) or ``official`` (albumentations
+            ``SmallestMaxSize``: OpenCV bilinear, no antialias); ``VQGANLCModule`` records it in the
+            exported model's preprocessing, so ``encode`` prepares images the same way.
 
     After ``setup``, ``train_images``/``val_images`` are the ``ImageList``s; ``skipped`` maps each
     unreadable file (relative path) to the reason it was skipped, ``skip_events`` counts every skip.
@@ -200,8 +205,12 @@ class ImageDataModule(pl.LightningDataModule):
         seed: int = 0,
         samples_per_epoch: int | None = None,
         drop_last: bool = True,
+        resize: ResizeRule = "shorter-side",
     ) -> None:
         super().__init__()
+        if resize not in RESIZE_RULES:
+            raise ValueError(f"resize must be one of {RESIZE_RULES}, got {resize!r}")
+        self.resize = resize
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if image_size < 1 or batch_size < 1:
@@ -255,7 +264,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.setup("fit")
         assert self.train_images is not None
         world, rank = self._world()
-        ds = ImageFolderDataset(self.train_images, self.image_size, train=True, flip=self.flip, seed=self.seed)
+        ds = ImageFolderDataset(self.train_images, self.image_size, train=True, flip=self.flip, seed=self.seed,
+                                resize=self.resize)
         trainer = self.trainer
         sampler = _ShardedSampler(ds, num_replicas=world, rank=rank, train=True, seed=self.seed,
                                   samples_per_epoch=self.samples_per_epoch,
@@ -272,7 +282,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.setup("validate")
         assert self.val_images is not None
         world, rank = self._world()
-        ds = ImageFolderDataset(self.val_images, self.image_size, train=False)
+        ds = ImageFolderDataset(self.val_images, self.image_size, train=False, resize=self.resize)
         sampler = _ShardedSampler(ds, num_replicas=world, rank=rank, train=False)
         return DataLoader(ds, sampler=sampler, drop_last=False, **self._loader_kwargs(self.val_batch_size))
 

@@ -4,8 +4,9 @@
   directory (DiGIT stage 2: DiGIT ids of the same images) rows are paired by position after checking
   that both directories list the same images in the same order.
 * ``GPTLightningModule``: next-token cross-entropy, AdamW (official VQGAN-LC GPT: lr 4.5e-4, betas
-  (0.9, 0.95), weight decay 0.01 on Linear weights only, as minGPT; or on every parameter, as DiGIT's
-  fairseq Adam), linear warmup -> optional constant hold -> cosine decay (or fairseq's inverse square
+  (0.9, 0.95), weight decay 0.01 on Linear weights only, as minGPT (``weight_decay_on: linear_weights``, the
+  default), or on every parameter (``all``: the official VQGAN-LC run's DeepSpeed AdamW and DiGIT's fairseq
+  Adam), linear warmup -> optional constant hold -> cosine decay (``lr_at``; or fairseq's inverse square
   root), ``pkeep`` input corruption and class dropout for CFG.
 * ``fit_gpt``: the whole run -- model config from the data, Trainer, export to a GPT directory.
 
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 DATA_FIELDS = ("n_codes", "grid", "n_classes", "prefix_vocab", "prefix_grid")
 
 LRSchedule = Literal["cosine", "inverse-sqrt"]
-DecayParams = Literal["weights", "all"]
+DecayParams = Literal["linear_weights", "all"]
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -71,16 +72,22 @@ class GPTTrainConfig:
     ``vqgan_lc.generate.maskgit``; DiGIT uses ``label_smoothing`` 0.1). ``fit_gpt`` sets the model's
     attention from it when the model config does not name one.
 
-    Schedule (``schedule``): ``"cosine"`` (the default): lr rises linearly over ``warmup_steps``, stays at
-    ``lr`` until ``decay_start`` (default: end of warmup), then follows a half cosine to ``min_lr`` at
-    ``max_steps`` (official VQGAN-LC GPT: warmup 5,000, hold to 80,000, cosine to 0 at 450,000).
+    Schedule (``schedule``): ``"cosine"`` (the default, the official ``adjust_learning_rate_gpt`` shape): lr
+    rises linearly over ``warmup_steps``, stays at ``lr`` until ``decay_start`` (default: end of warmup), then
+    follows a half cosine to ``min_lr`` at ``max_steps``. ``max_epochs`` stops the run earlier without changing
+    the schedule: the official VQGAN-LC run is warmup 5,000, hold to 80,000, cosine towards ``min_lr`` 1e-5 at
+    450,000, stopped by ``--epochs 100`` (~125k iterations at batch 1024), so its lr never decays far.
     ``"inverse-sqrt"``: fairseq's, as DiGIT trains both stages (``vqgan_lc.train.schedule.inverse_sqrt_lr``):
     linear from ``warmup_init_lr`` to ``lr`` over ``warmup_steps`` (DiGIT: 1e-7 -> peak over 6,250), then
     ``lr * sqrt(warmup_steps / step)``; ``decay_start`` and ``min_lr`` do not apply.
 
-    Weight decay (``weight_decay_params``): ``"weights"`` (the default, minGPT's) decays the Linear weights
-    only, not biases, LayerNorms, embeddings or positions; ``"all"`` decays every parameter, as fairseq's
-    Adam does (decoupled, DiGIT's ``weight_decay: 0.01``).
+    Weight decay (``weight_decay_on``): ``"linear_weights"`` (the default, minGPT's split) decays the Linear
+    weights only, not biases, LayerNorms, embeddings or positions; ``"all"`` decays every parameter, as the
+    official VQGAN-LC run (DeepSpeed AdamW over all parameters) and DiGIT (fairseq's decoupled Adam) do.
+
+    Init (``init``): ``mingpt`` (N(0, 0.02) on every Linear and Embedding, zero biases and positional tables,
+    as the official minGPT) or ``gpt2`` (the default: also GPT-2's 0.02/sqrt(2 n_layer) residual projections
+    and N(0, 0.02) positions); ``grad_clip`` null (the official DeepSpeed config clips nothing).
     """
 
     batch_size: int = 32
@@ -108,13 +115,19 @@ class GPTTrainConfig:
     image_size: int = 256  # image mode only: shorter side resized to this, then a random square crop
     image_flip: bool = True  # image mode only: random horizontal flips (DiGIT's randcrop)
     warmup_init_lr: float = 0.0  # inverse-sqrt only: the learning rate of step 0
-    weight_decay_params: DecayParams = "weights"
+    max_epochs: int | None = None
+    weight_decay_on: DecayParams = "linear_weights"
+    init: Literal["gpt2", "mingpt"] = "gpt2"
 
     def __post_init__(self) -> None:
         if self.schedule not in ("cosine", "inverse-sqrt"):
             raise ValueError(f"schedule must be 'cosine' or 'inverse-sqrt', got {self.schedule!r}")
-        if self.weight_decay_params not in ("weights", "all"):
-            raise ValueError(f"weight_decay_params must be 'weights' or 'all', got {self.weight_decay_params!r}")
+        if self.weight_decay_on not in ("linear_weights", "all"):
+            raise ValueError(f"weight_decay_on must be 'linear_weights' or 'all', got {self.weight_decay_on!r}")
+        if self.init not in ("gpt2", "mingpt"):
+            raise ValueError(f"init must be 'gpt2' or 'mingpt', got {self.init!r}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be positive or null, got {self.max_epochs}")
         if self.image_size < 1:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.warmup_init_lr < 0:
@@ -341,6 +354,8 @@ class GPTLightningModule(pl.LightningModule):
             raise ValueError(f"objective {tc.objective!r} needs model.attention "
                              f"{'bidirectional' if tc.objective == 'maskgit' else 'causal'}, got {mc.attention!r}")
         self.gpt = GPT(mc)
+        if tc.init == "mingpt":
+            mingpt_init(self.gpt)
         self.tokenizers = tokenizers
 
     def on_fit_start(self) -> None:
@@ -396,13 +411,32 @@ class GPTLightningModule(pl.LightningModule):
         no_decay: list[torch.nn.Parameter] = []
         for name, p in self.gpt.named_parameters():
             # minGPT: decay Linear weights only; biases, LayerNorms, embeddings and positions are not decayed.
-            # fairseq (DiGIT): every parameter.
-            every = tc.weight_decay_params == "all"
-            (decay if every or (p.dim() >= 2 and "emb" not in name) else no_decay).append(p)
+            # fairseq (DiGIT) and the official VQGAN-LC run (DeepSpeed AdamW): every parameter.
+            linear = p.dim() >= 2 and "emb" not in name
+            (decay if linear or tc.weight_decay_on == "all" else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]
         # No scheduler: training_step sets the learning rate from global_step before each step.
         return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
+
+
+@torch.no_grad()
+def mingpt_init(gpt: GPT) -> None:
+    """The official minGPT initialisation: N(0, 0.02) on every Linear and Embedding weight, zero biases,
+    LayerNorm weight 1 and bias 0, zero positional tables (no GPT-2 residual scaling)."""
+    for m in gpt.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+            torch.nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if isinstance(m, torch.nn.Linear) and m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+        elif isinstance(m, torch.nn.LayerNorm):
+            if m.weight is not None:
+                torch.nn.init.ones_(m.weight)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+    for name, p in gpt.named_parameters():
+        if name.endswith("pos_emb"):
+            torch.nn.init.zeros_(p)
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -495,7 +529,7 @@ def fit_gpt(
                               every_n_train_steps=tc.checkpoint_every_n_steps,
                               train_time_interval=None if minutes is None else timedelta(minutes=minutes))
     trainer = pl.Trainer(
-        max_steps=tc.max_steps, accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision,  # type: ignore[arg-type]
+        max_steps=tc.max_steps, max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision,  # type: ignore[arg-type]
         gradient_clip_val=tc.grad_clip, log_every_n_steps=tc.log_every_n_steps, default_root_dir=str(work),
         callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
         logger=pl.loggers.CSVLogger(str(work), name="logs"), num_sanity_val_steps=0, limit_val_batches=0,
@@ -541,5 +575,6 @@ __all__ = [
     "check_paired",
     "fit_gpt",
     "lr_at",
+    "mingpt_init",
     "model_config_from_data",
 ]

@@ -11,9 +11,13 @@ checkpoint and restored on resume. It drives the schedule, ``disc_start`` and ``
 (Lightning's ``global_step`` counts the steps of both optimizers, so it grows by 2 per batch once
 the discriminator trains; ``trainer.max_steps`` and ``ModelCheckpoint(every_n_train_steps)``
 therefore count optimizer steps, not batches.) The GAN is active for the batch processed when
-``gen_step >= disc_start``: with ``disc_start = k`` the first ``k`` batches train the generator
-alone and the discriminator first steps on batch ``k + 1`` (0-based batch ``k``), after exactly
-``k`` generator steps. (The official code compares ``cur_iter > disc_start``, one step later.)
+``gen_step > disc_start``, as the official code compares ``cur_iter > disc_start`` on the 0-based
+iteration: with ``disc_start = k`` the first ``k + 1`` batches train the generator alone and the
+discriminator first steps on 0-based batch ``k + 1``, after exactly ``k + 1`` generator steps.
+
+Official options (``LossConfig``): ``disc_input: reforward`` gives the discriminator a fresh
+reconstruction made after the generator update; ``lpips_dropout: official`` trains with the LPIPS
+lin layers' dropout on.
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ class VQGANLCModule(pl.LightningModule):
                     "the perceptual loss needs local VGG16 ImageNet weights: pass --model.loss.lpips_weights "
                     "PATH/vgg16-397923af.pth, or turn the loss off with --model.loss.perceptual_weight 0"
                 )
-            perceptual = PerceptualLoss(loss.lpips_weights, loss.lpips_lin_weights)
+            perceptual = PerceptualLoss(loss.lpips_weights, loss.lpips_lin_weights, dropout=loss.lpips_dropout)
         else:
             log.info("perceptual (LPIPS) loss is off (perceptual_weight=0)")
         self.objective = VQGANLoss(
@@ -117,8 +121,9 @@ class VQGANLCModule(pl.LightningModule):
 
     @property
     def gan_active(self) -> bool:
-        """Whether this batch trains the discriminator and adds the adversarial term (``gen_step >= disc_start``)."""
-        return self.loss_config.gan_weight > 0 and self.gen_step >= self.loss_config.disc_start
+        """Whether this batch trains the discriminator and adds the adversarial term (``gen_step > disc_start``,
+        the official comparison)."""
+        return self.loss_config.gan_weight > 0 and self.gen_step > self.loss_config.disc_start
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -164,6 +169,9 @@ class VQGANLCModule(pl.LightningModule):
         # codebook (307 MB at 100k, identical on every rank), the EMA codebook (updated from
         # all-reduced statistics) and the PatchGAN's BatchNorm running statistics (never used: D
         # always runs in training mode); broadcasting them before every forward would only cost bandwidth.
+        dm = getattr(self.trainer, "datamodule", None)
+        if isinstance(dm, ImageDataModule) and self.model.preprocessing.get("resize") != dm.resize:
+            self.model.set_preprocessing(resize=dm.resize)  # the export records how its images were prepared
         if self.trainer.max_steps not in (-1, None):
             log.warning("trainer.max_steps=%d counts the steps of both optimizers; set model.optim.max_steps "
                         "(generator steps) instead", self.trainer.max_steps)
@@ -235,8 +243,12 @@ class VQGANLCModule(pl.LightningModule):
         self.manual_backward(g.loss * scale)
         opt_g.step()
         terms = dict(g.terms)
-        if gan:  # discriminator, on the same batch and the generator step's reconstruction
-            d = self.objective.discriminator_step_loss(images, out.reconstruction.detach())
+        if gan:  # discriminator, on the same batch
+            fake = out.reconstruction.detach()  # the generator step's reconstruction (disc_input: reuse)
+            if self.loss_config.disc_input == "reforward":
+                with torch.no_grad():  # official: the whole VQ forward again, with the updated generator
+                    fake = self.model(images).reconstruction
+            d = self.objective.discriminator_step_loss(images, fake)
             opt_d.zero_grad(set_to_none=True)
             self._backward_local(d.loss * scale, list(self.objective.discriminator.parameters()))
             opt_d.step()
