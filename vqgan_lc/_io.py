@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -44,6 +45,23 @@ TMP_GLOB = ".*.tmp-*"
 
 
 # ----------------------------------------------------------------------------------------- reading
+def load_failure_reason(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` (or safetensors) refused a file, in a few words for a sentence.
+
+    torch's refusal of a pickle advises re-running with ``weights_only=False``, which would run the
+    file's code; that advice is dropped and the blocked Python object is named instead.
+    """
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        for line in text.splitlines():
+            line = line.strip()
+            if "GLOBAL" in line or "global" in line:
+                return (f"it holds a pickled Python object, not only tensors ({line.rstrip('.')}); vqgan-lc never "
+                        "unpickles such objects, since they can run code")
+        return "it holds pickled Python objects, not only tensors; vqgan-lc never unpickles such objects"
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
 def check_format(
     meta: Mapping[str, Any],
     path: str | os.PathLike,
@@ -65,6 +83,9 @@ def check_format(
     if found != expected_format:
         raise error(f"{path} is not a {what} (format={found!r}, expected {expected_format!r})")
     version = meta.get("format_version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise error(f"{path}: field 'format_version' has the wrong type ({type(version).__name__} {version!r}, "
+                    "expected an integer); the file was edited or damaged: restore it or write it again")
     if version not in known:
         reads = f"version {known[0]}" if len(known) == 1 else f"versions {', '.join(map(str, known))}"
         raise FormatVersionError(f"{path} is a {what} of format_version {version!r}; this vqgan-lc reads {reads}. {upgrade}")
@@ -210,7 +231,7 @@ def load_weights_file(path: str | os.PathLike, option: str = "--weights") -> dic
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors/torch raise many kinds for a bad file
-        msg = str(e).splitlines()[0] if str(e) else ""
+        msg = load_failure_reason(e)
         raise CheckpointError(
             f"{path} is not a readable weights file (.safetensors, a torch.save state dict or a TorchScript "
             f"archive); {type(e).__name__}: {msg}"
@@ -249,6 +270,25 @@ def load_state_dict_strict(
 
 
 # ----------------------------------------------------------------------------------------- writing
+def reserve_file_space(path: str | os.PathLike) -> None:
+    """Allocate every block of the (sparse) file ``path`` now, so that writing through a memmap of it cannot
+    hit a full disk (which kills the process with SIGBUS). A full disk raises ``OSError(ENOSPC)`` here;
+    where the platform or file system has no ``posix_fallocate`` nothing is reserved."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # unsupported here: nothing to reserve
+            return
+        raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; once the block has written it, fsync it and rename it

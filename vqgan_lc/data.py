@@ -249,7 +249,12 @@ def _from_file_list(root: Path, file_list: Path) -> ImageList:
     if not file_list.is_file():
         raise ImageSourceError(f"file list {file_list} does not exist; check --file-list")
     entries: dict[str, str | None] = {}
-    for lineno, raw in enumerate(file_list.read_text().splitlines(), 1):
+    try:
+        text = file_list.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ImageSourceError(f"file list {file_list} is not UTF-8 text (byte {e.start} cannot be decoded); save it "
+                               "as UTF-8 and rerun") from e
+    for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -62,6 +62,11 @@ class PreprocessingError(VQGANLCError, ValueError):
     """An image preprocessing that cannot be built or applied (unknown rule, a crop larger than the image)."""
 
 
+class OutputPathError(VQGANLCError, OSError):
+    """An output path that cannot be written: a file where a folder is wanted (or the reverse), a read-only
+    or not writable folder. Raised before the work starts (``vqgan_lc.cli._checks.check_output``)."""
+
+
 # ----------------------------------------------------------------------------------------- tokens, evaluation
 class TokenFormatError(VQGANLCError, ValueError):
     """A token directory that is incomplete, corrupt, or made with other settings."""

@@ -21,8 +21,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from .._system import default_num_workers
 from ..errors import CodebookError
 from ._args import device, nonnegative_int, positive_int
+from ._checks import check_device, check_output
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     st.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype")
     st.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard")
     st.add_argument("--batch-size", type=positive_int, default=32)
-    st.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader worker processes")
+    st.add_argument("--workers", type=nonnegative_int, default=default_num_workers(),
+                    help="DataLoader worker processes (default: 4, or the number of CPU cores when fewer)")
     st.add_argument("--overwrite", action="store_true", help="rebuild a store made with other options")
 
     km = p.add_argument_group("k-means")
@@ -99,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
     _check_dependencies(args)
     store_dir = args.features_only or args.from_features or args.features_dir or build.default_features_dir(args.out)
+    if args.features_only is None:
+        check_output(args.out, "file")  # before extraction and k-means, not after
+    if args.from_features is None:
+        check_output(store_dir, "folder", "--features-only" if args.features_only else "--features-dir")
+    check_device(args.device)
     if args.from_features is None:
         from ..extractors import create_extractor
 

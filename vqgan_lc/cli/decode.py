@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from ._args import positive_int
+from ._checks import check_output
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +22,23 @@ def parse_indices(spec: str | None, n: int) -> range:
     return range(n)[i : i + 1] if i >= 0 else range(n)[i : (i + 1) or None]
 
 
+def indices(value: str) -> str:
+    """An ``--indices`` value: ``a:b``, ``a:``, ``:b`` or ``i`` with integers (checked, kept as text)."""
+    parts = value.split(":", 1)
+    try:
+        for part in parts:
+            if part.strip() or len(parts) == 1:
+                int(part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a row or a range such as 0:100, 5: or -1, got {value!r}") from None
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory that made the tokens")
     p.add_argument("--tokens", required=True, help="token directory written by `vqgan-lc encode`")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--indices", help="rows to decode, e.g. 0:100 (default: all)")
+    p.add_argument("--indices", type=indices, help="rows to decode, e.g. 0:100, 5 or -1 (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--force", action="store_true", help="decode even if the model does not match the manifest")
 
@@ -42,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..tokenizer import DecodingTokenizer, load_tokenizer
     from ..tokens import TokenFormatError, check_compatible, open_tokens
 
+    check_output(args.out, "folder")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_tokenizer(args.model, map_location=device)
     if not isinstance(model, DecodingTokenizer):

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..export import export_checkpoint
+    from ._checks import check_output
+
+    check_output(args.out, "folder")
 
     path = export_checkpoint(args.checkpoint, args.out, inference_only=args.inference_only)
     print(path)

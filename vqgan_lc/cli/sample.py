@@ -19,28 +19,44 @@ import argparse
 import logging
 
 from ._args import device, nonnegative_float, positive_int
+from ._checks import check_device, check_output
 
 log = logging.getLogger(__name__)
 
 
 def parse_top_k(value: str) -> int | float:
-    """``200`` -> 200 ids, ``0.1`` or ``10%`` -> 10% of the vocabulary, ``0``/``none`` -> 0 (off)."""
+    """``200`` -> 200 ids, ``0.1`` or ``10%`` -> 10% of the vocabulary, ``0``/``none``/``100%`` -> 0 (off)."""
     v = value.strip().lower()
     if v in ("none", "off", "0"):
         return 0
+    bad = argparse.ArgumentTypeError(f"expected an id count (200), a fraction in (0, 1) (0.1), a percentage (10%) "
+                                     f"or none, got {value!r}")
+    try:
+        f = float(v[:-1]) / 100.0 if v.endswith("%") else float(v)
+    except ValueError:
+        raise bad from None
+    if not 0.0 < f < float("inf") or (v.endswith("%") and f > 1.0):
+        raise bad
     if v.endswith("%"):
-        return float(v[:-1]) / 100.0
-    f = float(v)
+        return 0 if f == 1.0 else f  # 100%: every id, i.e. no filter
     if f < 1.0:
         return f
     if not f.is_integer():
-        raise argparse.ArgumentTypeError(f"top-k {value!r}: an id count or a fraction in (0, 1)")
+        raise bad
     return int(f)
 
 
 def _top_p(value: str) -> float:
     """A nucleus mass in (0, 1]; ``none``/``off`` -> 1.0 (off)."""
-    return 1.0 if value.strip().lower() in ("none", "off") else float(value)
+    if value.strip().lower() in ("none", "off"):
+        return 1.0
+    try:
+        p = float(value)
+    except ValueError:
+        p = float("nan")
+    if not 0.0 < p <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a nucleus mass in (0, 1] or none, got {value!r}")
+    return p
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
     from ..generate.sampling import SamplingConfig
     from ..tokenizer import DecodingTokenizer, load_tokenizer
 
+    check_output(args.out, "folder")
+    check_device(args.device)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpt = GPT.from_pretrained(args.gpt, map_location=device)
     stage2 = GPT.from_pretrained(args.stage2, map_location=device) if args.stage2 else None

@@ -27,6 +27,7 @@ import logging
 from typing import Any
 
 from ._args import positive_float, positive_int
+from ._checks import check_output
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,21 @@ def load_config(path: str, sets: list[str]) -> dict[str, Any]:
     from ..errors import VQGANLCError
 
     file = config_path(path)
-    cfg = yaml.safe_load(file.read_text()) or {}
-    unknown = sorted(set(cfg) - {"model", "train"})
+    try:
+        cfg = yaml.safe_load(file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise VQGANLCError(f"{file} is not valid YAML ({first}); fix it or pass a shipped config such as gpt_tiny_cpu") from e
+    if not isinstance(cfg, dict):
+        raise VQGANLCError(f"{file} holds a YAML {type(cfg).__name__}, not the mapping of `model:` and `train:` "
+                           "sections; fix it or pass a shipped config such as gpt_tiny_cpu")
+    unknown = sorted(map(str, set(cfg) - {"model", "train"}))
     if unknown:
         raise VQGANLCError(f"{file}: unknown sections {', '.join(unknown)} (expected model and train)")
+    for section in ("model", "train"):
+        if cfg.get(section) is not None and not isinstance(cfg[section], dict):
+            raise VQGANLCError(f"{file}: section {section} is a YAML {type(cfg[section]).__name__}, not a mapping of "
+                               "FIELD: VALUE lines; fix it")
     for item in sets:
         key, eq, value = item.partition("=")
         section, dot, name = key.partition(".")
@@ -134,6 +146,7 @@ def run(ns: argparse.Namespace) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides are --model.FIELD VALUE or "
                      "--train.FIELD VALUE)")
+    check_output(args.out, "folder")
     cfg = load_config(args.config, [*args.set, *sets])
     train = cfg["train"]
     for key in ("max_steps", "batch_size", "lr", "accelerator", "seed"):
