@@ -197,6 +197,10 @@ CASES = [
                                                 "--codebook", str(e["codebook"]), "--data.batch_size", "0",
                                                 "--trainer.default_root_dir", str(t / "run")], slow=True,
          expect="--data.batch_size must be an integer >= 1"),
+    Case("train-devices-zero", lambda e, t: ["train", "--config", "tiny_cpu", "--data.data", str(e["photos"]),
+                                             "--codebook", str(e["codebook"]), "--trainer.devices", "0",
+                                             "--trainer.default_root_dir", str(t / "run")], slow=True,
+         expect="; fix the --trainer option"),
 ]
 
 

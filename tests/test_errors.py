@@ -219,7 +219,9 @@ def test_build_codebook_full_disk_and_truncated_shard_are_one_sentence(
     ["sample", "--batch-size", "0"], ["sample", "--nar-steps", "0"], ["linear-probe", "--steps", "0"],
     ["linear-probe", "--test-fraction", "0"], ["linear-probe", "--lr", "-1"], ["linear-probe", "--batch-size", "0"],
     ["export-tokens", "--chunk-rows", "0"], ["convert", "--n-head", "0"], ["convert", "--embed-dim", "0"],
-    ["encode", "--device", "tpu"],
+    ["encode", "--device", "tpu"], ["sample", "--seed", "-1"], ["build-codebook", "--seed", "-1"],
+    ["linear-probe", "--seed", "abc"], ["train-gpt", "--seed", "-1"], ["train-gpt", "--devices", "0"],
+    ["train-gpt", "--batch-size", "0"], ["train-gpt", "--lr", "0"],
 ])
 def test_every_numeric_option_is_checked_by_argparse(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
@@ -245,6 +247,33 @@ def test_train_data_module_options_are_config_errors() -> None:
         with pytest.raises(ConfigError, match=r"^--data\.\w+ must be .*; fix the value$"):
             ImageDataModule("photos", **kwargs)  # type: ignore[arg-type]
     assert ImageDataModule("photos").num_workers == DEFAULT_NUM_WORKERS == min(4, usable_cpus())
+
+
+def test_config_fields_of_the_wrong_type_and_lightning_refusals(made: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from vqgan_lc.config import ModelConfig, check_fields
+    from vqgan_lc.train.gpt import GPTTrainConfig
+
+    with pytest.raises(ConfigError, match=r"^train config field 'lr' has the wrong type \(str 'abc'; expected a number\); "
+                                          r"fix the value$"):
+        GPTTrainConfig.from_dict({"lr": "abc"})
+    with pytest.raises(ConfigError, match=r"field 'objective' has the wrong type \(str 'x'; expected one of 'ar', 'maskgit'\)"):
+        GPTTrainConfig.from_dict({"objective": "x"})
+    with pytest.raises(ConfigError, match=r"field 'seed' has the wrong type \(bool True; expected an integer\)"):
+        GPTTrainConfig.from_dict({"seed": True})
+    assert GPTTrainConfig.from_dict({"devices": "auto", "grad_clip": None, "betas": [0.9, 0.9], "lr": 1}).lr == 1
+    check_fields(ModelConfig, ModelConfig().to_dict(), "model config")  # a saved config passes as it is
+    base = ["train-gpt", "--tokens", str(made["tok"]), "--config", "gpt_tiny_cpu", "--out", str(tmp_path / "g"),
+            "--no-progress"]
+    rc, _, err = cli([*base, "--train.lr", "abc"], capsys)
+    assert rc == 1 and err.endswith("train config field 'lr' has the wrong type (str 'abc'; expected a number); fix the value")
+    rc, _, err = cli([*base, "--train.accelerator", "tpu"], capsys)
+    assert rc == 1 and err.endswith("train.accelerator 'tpu' is not one vqgan-lc trains on; choose one of: auto, cpu, "
+                                    "gpu, cuda, mps")
+    rc, _, err = cli([*base, "--train.devices", "0", "--max-steps", "1"], capsys)
+    assert rc == 1 and "Trainer(devices=0)" in err and err.endswith("(from the train section); fix train.accelerator, "
+                                                                    "train.devices or train.precision")
+    assert not (tmp_path / "g" / "model.safetensors").exists()
 
 
 @pytest.mark.slow

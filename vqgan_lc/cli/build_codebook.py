@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .._system import default_num_workers
 from ..errors import CodebookError
-from ._args import device, nonnegative_int, positive_int
+from ._args import device, nonnegative_int, positive_int, seed
 from ._checks import check_device, check_output
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     km.add_argument("--k", type=positive_int, help="codebook size N (global k-means; with --per-class it must equal K x classes)")
     km.add_argument("--per-class", type=positive_int, metavar="K", help="K centres per class (the paper: 100)")
     km.add_argument("--niter", type=positive_int, default=20, help="k-means iterations (default 20)")
-    km.add_argument("--seed", type=int, default=0)
+    km.add_argument("--seed", type=seed, default=0)
     km.add_argument("--max-points-per-centroid", type=positive_int, default=256,
                     help="subsample cap: at most K x this many vectors are clustered (faiss default 256)")
     km.add_argument("--small-class", choices=("error", "take-all"), default="error",

@@ -19,7 +19,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from ._args import nonnegative_float, open_fraction, positive_float, positive_int
+from ._args import nonnegative_float, open_fraction, positive_float, positive_int, seed
 
 if TYPE_CHECKING:
     from ..generate.gpt import GPT
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=0.4, help="--method paper: peak learning rate (paper 0.4)")
     p.add_argument("--train-batch-size", type=positive_int, default=256, help="--method paper: rows per SGD update")
     p.add_argument("--test-fraction", type=open_fraction, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--l2", type=nonnegative_float, default=1e-3, help="L2 weight of the linear head")
     p.add_argument("--batch-size", type=positive_int, default=64)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._args import device, nonnegative_float, positive_int
+from ._args import device, nonnegative_float, positive_int, seed
 from ._checks import check_device, check_output
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("--nar-steps", type=positive_int, default=8, help="parallel decoding steps (DiGIT: 8)")
     n.add_argument("--choice-temperature", type=nonnegative_float, default=4.5,
                    help="Gumbel scale of the re-masking confidence, annealed by 1 - t/steps (DiGIT: 4.5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", type=device, help="torch device (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="sample even if the tokenizer did not make the GPT's tokens")

@@ -162,5 +162,12 @@ def resolve_ckpt_path(value: str | None, trainer: Any) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    build_cli(translate(list(args.rest)))
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from .main import one_line
+
+    try:
+        build_cli(translate(list(args.rest)))
+    except MisconfigurationException as e:  # Lightning refused a --trainer value (devices 0, an unknown accelerator)
+        raise ConfigError(f"{one_line(str(e)).rstrip('.')}; fix the --trainer option") from e
     return 0

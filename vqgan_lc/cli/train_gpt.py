@@ -26,13 +26,14 @@ import argparse
 import logging
 from typing import Any
 
-from ._args import positive_float, positive_int
+from ._args import devices, positive_float, positive_int, seed
 from ._checks import check_output
 
 log = logging.getLogger(__name__)
 
 
 SECTIONS = ("model", "train")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,9 +60,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=positive_int, help="override train.max_steps")
     p.add_argument("--batch-size", type=positive_int, help="override train.batch_size")
     p.add_argument("--lr", type=positive_float, help="override train.lr")
-    p.add_argument("--accelerator", help="override train.accelerator (cpu, gpu, auto)")
-    p.add_argument("--devices", help="override train.devices")
-    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--accelerator", choices=ACCELERATORS, help="override train.accelerator")
+    p.add_argument("--devices", type=devices, help="override train.devices (auto, -1, a count or indices 0,1)")
+    p.add_argument("--seed", type=seed, help="override train.seed")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any YAML value, e.g. --set model.n_layer=4 (value parsed as YAML)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/lightning/checkpoints/last.ckpt")
@@ -136,9 +137,12 @@ def load_config(path: str, sets: list[str]) -> dict[str, Any]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from ..errors import VQGANLCError
     from ..generate.gpt import GPT
     from ..train.gpt import fit_gpt
+    from .main import one_line
 
     parser = build_parser()
     args, extra = parser.parse_known_args(list(ns.rest))
@@ -154,11 +158,17 @@ def run(ns: argparse.Namespace) -> int:
             train[key] = getattr(args, key)
     if args.devices is not None:
         train["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
+    if train.get("accelerator", "auto") not in ACCELERATORS:
+        raise VQGANLCError(f"train.accelerator {train['accelerator']!r} is not one vqgan-lc trains on; choose one of: "
+                           f"{', '.join(ACCELERATORS)}")
     try:
         out = fit_gpt(args.tokens, args.out, model=cfg["model"], train=train, prefix_tokens=args.prefix_tokens,
                       resume=args.resume, progress=not args.no_progress)
     except ValueError as e:  # config values that do not fit the data
         raise VQGANLCError(str(e)) from e
+    except MisconfigurationException as e:  # Lightning refused train.accelerator / devices / precision
+        raise VQGANLCError(f"{one_line(str(e)).rstrip('.')} (from the train section); fix train.accelerator, "
+                           "train.devices or train.precision") from e
     gpt = GPT.from_pretrained(out)
     c = gpt.config
     print(f"{out}: GPT {c.n_layer}x{c.n_embd} ({gpt.num_parameters() / 1e6:.2f}M parameters), {c.n_codes} codes, "
