@@ -34,6 +34,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,8 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,  # the module's own two Adams; it sets their learning rates
             parser_kwargs={"prog": "vqgan-lc train", "description": "Train or fine-tune a VQGAN-LC tokenizer (--config NAME_OR_PATH: "
-                                          "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file)."},
+                                          "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file).",
+                           "exit_on_error": False},  # a usage error is raised; run() prints it as one line
         )
     if run:
         ckpt_path = resolve_ckpt_path(cli.config.get("ckpt_path"), cli.trainer)
@@ -168,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         build_cli(translate(list(args.rest)))
+    except argparse.ArgumentError as e:  # jsonargparse's usage error, raised (exit_on_error False), not printed
+        print(f"vqgan-lc train: error: {one_line(str(e))} (vqgan-lc train --help lists the options)", file=sys.stderr)
+        return 2
     except MisconfigurationException as e:  # Lightning refused a --trainer value (devices 0, an unknown accelerator)
         raise ConfigError(f"{one_line(str(e)).rstrip('.')}; fix the --trainer option") from e
     return 0
