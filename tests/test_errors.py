@@ -221,7 +221,9 @@ def test_build_codebook_full_disk_and_truncated_shard_are_one_sentence(
     ["export-tokens", "--chunk-rows", "0"], ["convert", "--n-head", "0"], ["convert", "--embed-dim", "0"],
     ["encode", "--device", "tpu"], ["sample", "--seed", "-1"], ["build-codebook", "--seed", "-1"],
     ["linear-probe", "--seed", "abc"], ["train-gpt", "--seed", "-1"], ["train-gpt", "--devices", "0"],
-    ["train-gpt", "--batch-size", "0"], ["train-gpt", "--lr", "0"],
+    ["train-gpt", "--batch-size", "0"], ["train-gpt", "--lr", "0"], ["evaluate-samples", "--batch-size", "0"],
+    ["evaluate-samples", "--isc-splits", "-1"], ["evaluate-samples", "--device", "tpu"], ["demo", "--steps", "0"],
+    ["demo", "--seed", "-1"],
 ])
 def test_every_numeric_option_is_checked_by_argparse(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
