@@ -119,7 +119,8 @@ CASES = [
                                                     out=str(user_folder(t, "00000000.png", "holiday.png"))),
          owner="guard"),
     Case("decode-indices-past-the-end", lambda e, t: _e("decode", model=str(e["vq"]), tokens=str(e["tok"]),
-                                                        out=str(t / "o"), indices="10:20"), owner="inputs"),
+                                                        out=str(t / "o"), indices="10:20"),
+         expect="--indices 10:20 selects none of the 6 rows of "),
     # evaluate
     Case("evaluate-all-unreadable", lambda e, t: _e("evaluate", model=str(e["vq"]), data=str(e["unreadable"]),
                                                     out=str(t / "o"), num_workers="0", image_size="64")),

@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     for p in problems:
         log.warning("decoding despite: %s", p)
     rows = parse_indices(args.indices, len(tokens))
+    if not rows:
+        raise VQGANLCError(f"--indices {args.indices} selects none of the {len(tokens)} rows of {args.tokens}; pass "
+                           f"rows from 0 to {len(tokens) - 1}" if len(tokens) else f"{args.tokens} holds no rows to decode")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for s in range(0, len(rows), args.batch_size):
