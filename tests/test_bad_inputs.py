@@ -254,3 +254,21 @@ def test_each_failure_is_one_sentence_and_leaves_the_users_files(case: Case, env
     assert snapshot(env["root"]) == before  # nothing of the user's inputs changed
     after_tmp = snapshot(tmp_path)  # the user's own files in an --out folder are untouched
     assert {k: v for k, v in after_tmp.items() if k in before_tmp} == before_tmp
+
+
+def test_the_console_entry_point_prints_one_line_too(env: dict[str, Path], tmp_path: Path) -> None:
+    """The same contract through a real process (``python -m vqgan_lc.cli.main``, what ``vqgan-lc`` runs)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    pythonpath = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "vqgan_lc.cli.main", "decode", "--model", str(env["vq"]), "--tokens",
+                           str(env["t-shards-str"]), "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": pythonpath}, check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"vqgan-lc decode: error: {env['t-shards-str']}/manifest.json: field 'shards' has the wrong type (expected a "
+        "list of shard records); rerun the `vqgan-lc encode` command that made the directory to rebuild it"]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
