@@ -31,8 +31,8 @@ from vqgan_lc.cli.main import main
 from vqgan_lc.tokens import EncodeOptions, encode_dataset
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_tiny"
-PROGRESS = re.compile(r"^[\w ]+:\s+\d+%\|[^|]*\|[^\]]*\]$")  # a whole tqdm redraw
-PROGRESS_PREFIX = re.compile(r"^[\w ]+:\s+\d+%\|[^|]*\|[^\]]*\]")  # a redraw a log line was appended to
+PROGRESS = re.compile(r"^[^|]{0,120}?:\s+\d+%\|[^|]*\|[^\]]*\]$")  # a whole tqdm redraw ("DESC: 50%|##| 3/6 [..]")
+PROGRESS_PREFIX = re.compile(r"^[^|]{0,120}?:\s+\d+%\|[^|]*\|[^\]]*\]")  # a redraw a log line was appended to
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) \S+: ")
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -89,9 +89,9 @@ ENC = {"num_workers": "0", "image_size": "64"}
 CASES = [
     # encode: unreadable folders, hostile names, hostile models, the user's folder as --out
     Case("encode-all-unreadable", lambda e, t: _e("encode", model=str(e["vq"]), data=str(e["unreadable"]),
-                                                  out=str(t / "o"), **ENC), owner="inputs", expect="readable"),
+                                                  out=str(t / "o"), **ENC), expect="readable"),
     *[Case(f"encode-name-{k}", lambda e, t, k=k: _e("encode", model=str(e["vq"]), data=str(e[f"name-{k}"]),
-                                                    out=str(t / "o"), **ENC), owner="inputs")
+                                                    out=str(t / "o"), **ENC))
       for k in ("cr", "formfeed", "u2028", "latin1")],
     Case("encode-model-zero-bytes", lambda e, t: _e("encode", model=str(e["w-model-zero"]), data=str(e["photos"]),
                                                     out=str(t / "o"), **ENC)),
@@ -100,8 +100,7 @@ CASES = [
     Case("encode-model-is-a-file", lambda e, t: _e("encode", model=str(e["w-pointer.pth"]), data=str(e["photos"]),
                                                    out=str(t / "o"), **ENC)),
     Case("encode-file-list-dotdot", lambda e, t: _e("encode", model=str(e["vq"]), data=str(e["photos"]),
-                                                    file_list=str(e["root"] / "dotdot.txt"), out=str(t / "o"), **ENC),
-         owner="inputs"),
+                                                    file_list=str(e["root"] / "dotdot.txt"), out=str(t / "o"), **ENC)),
     Case("encode-out-is-a-file", lambda e, t: _e("encode", model=str(e["vq"]), data=str(e["photos"]),
                                                  out=str(e["codebook"]), **ENC), expect="is a file, not a folder"),
     Case("encode-out-users-folder", lambda e, t: _e("encode", model=str(e["vq"]), data=str(e["photos"]),
@@ -120,14 +119,14 @@ CASES = [
          owner="guard"),
     Case("decode-indices-past-the-end", lambda e, t: _e("decode", model=str(e["vq"]), tokens=str(e["tok"]),
                                                         out=str(t / "o"), indices="10:20"),
-         expect="--indices 10:20 selects none of the 6 rows of "),
+         expect="--indices '10:20' selects none of the 6 rows"),
     # evaluate
     Case("evaluate-all-unreadable", lambda e, t: _e("evaluate", model=str(e["vq"]), data=str(e["unreadable"]),
                                                     out=str(t / "o"), num_workers="0", image_size="64")),
     Case("evaluate-tokens-truncated", lambda e, t: _e("evaluate", model=str(e["vq"]), tokens=str(e["t-truncated"]),
                                                       out=str(t / "o"), num_workers="0")),
     Case("evaluate-name-latin1", lambda e, t: _e("evaluate", model=str(e["vq"]), data=str(e["name-latin1"]),
-                                                 out=str(t / "o"), num_workers="0", image_size="64"), owner="inputs"),
+                                                 out=str(t / "o"), num_workers="0", image_size="64")),
     Case("evaluate-out-users-folder", lambda e, t: _e("evaluate", model=str(e["vq"]), data=str(e["photos"]),
                                                       out=str(user_folder(t, "report.md", "per_image.csv")),
                                                       num_workers="0", image_size="64"), owner="guard"),
@@ -135,8 +134,8 @@ CASES = [
     *[Case(f"build-codebook-{name}", lambda e, t, d=d: _e("build-codebook", data=str(e[d]), extractor="pixels",
                                                           image_size="64", pool="4", k="4", workers="0",
                                                           out=str(t / "cb.safetensors")), owner=owner)
-      for name, d, owner in (("all-unreadable", "unreadable", None), ("name-cr", "name-cr", "inputs"),
-                             ("name-u2028", "name-u2028", "inputs"), ("name-latin1", "name-latin1", "inputs"))],
+      for name, d, owner in (("all-unreadable", "unreadable", None), ("name-cr", "name-cr", None),
+                             ("name-u2028", "name-u2028", None), ("name-latin1", "name-latin1", None))],
     Case("build-codebook-out-is-a-folder", lambda e, t: _e("build-codebook", data=str(e["photos"]), extractor="pixels",
                                                            k="4", workers="0", out=str(e["t-empty"])),
          expect="is a folder, not a file"),

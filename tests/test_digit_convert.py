@@ -83,8 +83,10 @@ def _fairseq_positions(n: int, table: torch.Tensor) -> torch.Tensor:
     return table.double()[torch.arange(n) + PAD + 1]
 
 
-def reference_logits(s: dict[str, torch.Tensor], tokens: torch.Tensor, *, pre_ln: bool, n_prefix: int = 0) -> torch.Tensor:
-    """fairseq TransformerDecoder (no encoder attention) in float64: (B, L) fairseq ids -> (B, L, V) logits."""
+def reference_logits(s: dict[str, torch.Tensor], tokens: torch.Tensor, *, pre_ln: bool, n_prefix: int = 0,
+                     causal: bool = True) -> torch.Tensor:
+    """fairseq TransformerDecoder (no encoder attention) in float64: (B, L) fairseq ids -> (B, L, V) logits.
+    ``causal=False``: ``full_context_alignment=True`` (DiGIT's NAR stage 2), no future mask."""
     b, length = tokens.shape
     x = math.sqrt(D) * s["decoder.embed_tokens.weight"].double()[tokens]
     if n_prefix:  # DiGIT stage 2: the prefix has its own table; the rest restarts at position 2
@@ -94,6 +96,8 @@ def reference_logits(s: dict[str, torch.Tensor], tokens: torch.Tensor, *, pre_ln
         pos = _fairseq_positions(length, s["decoder.embed_positions.weight"])
     x = x + pos
     mask = torch.full((length, length), float("-inf"), dtype=torch.float64).triu(1)
+    if not causal:
+        mask = torch.zeros_like(mask)
     hd = D // H
     for i in range(LAYERS):
         p = f"decoder.layers.{i}."
@@ -194,6 +198,73 @@ def test_stage2_logits_and_greedy_ids_equal_fairseq(tmp_path: Path) -> None:
         torch.testing.assert_close(gpt(ids, None, prefix, with_eos=True).double(), ref, atol=1e-5, rtol=1e-5)
         greedy = _greedy_gpt(gpt, None, prefix, 2)
     assert torch.equal(greedy, _greedy_reference(s, torch.full((2,), EOS), n_dict=n_tgt, pre_ln=True, prefix=fs_prefix))
+
+
+def _nar_checkpoint(tmp_path: Path, *, name: str = "st2vtlm_nar", seed: int = 6) -> tuple[Path, dict[str, torch.Tensor]]:
+    n_tgt, n_src = NSPECIAL + K_VQ, NSPECIAL + K_DIGIT
+    s = _crafted_state(vocab_rows=n_tgt + n_src, out_rows=n_tgt, pre_ln=True, prefix_table=True, seed=seed)
+    obj_cfg = {"model": {"_name": name, "decoder_attention_heads": H}}
+    torch.save({"args": None, "cfg": obj_cfg, "model": s}, tmp_path / f"{name}.pt")
+    return tmp_path / f"{name}.pt", s
+
+
+def test_stage2_nar_logits_equal_fairseq_full_context(tmp_path: Path) -> None:
+    """model_nar.py: input [prefix + |tgt dict| + 5; EOS; VQ + 5 with <unk> (3) at masked positions], no
+    future mask, logits[:, P + 1 + i] predict VQ id i; specials are never sampled."""
+    from vqgan_lc.generate.maskgit import MaskGITSampling, maskgit_generate, maskgit_logits
+
+    n_tgt = NSPECIAL + K_VQ
+    ckpt, s = _nar_checkpoint(tmp_path)
+    conv = convert_digit(ckpt, grid=GRID, prefix_grid=GRID)
+    gpt, c = conv.gpt, conv.gpt.config
+    assert conv.stage == "stage2-nar" and c.bidirectional and not c.eos_target and c.norm_position == "pre"
+    assert (c.n_codes, c.prefix_vocab, c.mask_id, c.null_id) == (K_VQ, K_DIGIT, K_VQ + 1, K_VQ)
+    assert gpt.head.weight.shape == (K_VQ, D)
+    g = torch.Generator().manual_seed(2)
+    prefix = torch.randint(0, K_DIGIT, (3, T), generator=g)
+    ids = torch.randint(0, K_VQ, (3, T), generator=g)
+    mask = torch.rand(3, T, generator=g) < 0.5
+    mask[0] = True  # the first decoding step: everything masked
+    mask[1] = False
+    fs_vq = (ids + NSPECIAL).masked_fill(mask, 3)  # <unk>
+    tokens = torch.cat([prefix + n_tgt + NSPECIAL, torch.full((3, 1), EOS), fs_vq], dim=1)
+    ref = reference_logits(s, tokens, pre_ln=True, n_prefix=T, causal=False)[:, T + 1 :, NSPECIAL:n_tgt]
+    with torch.no_grad():
+        got = maskgit_logits(gpt, ids, mask, None, prefix)
+    assert got.shape == (3, T, K_VQ)
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+    # a future position matters (bidirectional): changing the last id changes the first logit
+    other = ids.clone()
+    other[:, -1] = (other[:, -1] + 1) % K_VQ
+    with torch.no_grad():
+        moved = maskgit_logits(gpt, other, torch.zeros_like(mask), None, prefix)[:, 0]
+        base = maskgit_logits(gpt, ids, torch.zeros_like(mask), None, prefix)[:, 0]
+    assert float((moved - base).abs().max()) > 1e-4
+    # one-step greedy decoding = argmax of the official all-<unk> logits over the image ids
+    with torch.no_grad():
+        dec = maskgit_generate(gpt, 3, prefix=prefix, sampling=MaskGITSampling(steps=1, temperature=0))
+    all_unk = torch.cat([prefix + n_tgt + NSPECIAL, torch.full((3, 1), EOS), torch.full((3, T), 3)], dim=1)
+    want = reference_logits(s, all_unk, pre_ln=True, n_prefix=T, causal=False)[:, T + 1 :, NSPECIAL:n_tgt].argmax(-1)
+    assert torch.equal(dec.reshape(3, T), want)
+
+
+def test_stage2_nar_stage_selection(tmp_path: Path) -> None:
+    ckpt, _ = _nar_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="NAR.*stage2-nar"):
+        convert_digit(ckpt, stage="stage2", grid=GRID, prefix_grid=GRID)
+    # same keys and shapes as AR: a file whose cfg does not name the NAR model converts as AR unless told
+    plain, _ = _nar_checkpoint(tmp_path, name="st2vtlm")
+    assert convert_digit(plain, grid=GRID, prefix_grid=GRID).stage == "stage2"
+    forced = convert_digit(plain, stage="stage2-nar", grid=GRID, prefix_grid=GRID)
+    assert forced.stage == "stage2-nar" and forced.gpt.config.bidirectional
+    out = tmp_path / "out"
+    save_digit_conversion(forced, out)
+    again = GPT.from_pretrained(out / "gpt")
+    assert again.config == forced.gpt.config and again.provenance["stage"] == "stage2-nar"
+    stage1 = _save_fairseq(tmp_path / "s1.pt", _crafted_state(vocab_rows=NSPECIAL + K_DIGIT, out_rows=NSPECIAL + K_DIGIT,
+                                                             pre_ln=False, prefix_table=False, seed=0))
+    with pytest.raises(CheckpointError, match="stage-1 checkpoint, not stage2-nar"):
+        convert_digit(stage1, stage="stage2-nar", grid=GRID)
 
 
 def test_cli_writes_gpt_and_codebook_and_reloads(tmp_path: Path) -> None:

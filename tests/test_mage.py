@@ -262,7 +262,7 @@ def test_tokenizer_interface() -> None:
     model = _random_model()
     assert model.kind == "mage-vqgan" and isinstance(model, DecodingTokenizer)
     assert model.preprocessing == {"image_size": 32, "resize": "shorter-side", "interpolation": "bicubic",
-                                   "crop": "center", "range": [-1, 1]}
+                                   "crop": "center", "range": [-1, 1], "orientation": "exif", "alpha": "white"}
     assert model.downsample_factor == 2 and model.latent_shape(64, 48) == (32, 24)
     assert model.codebook_size == 64
     other = MAGEVQGAN(TINY.replace(n_embed=128))

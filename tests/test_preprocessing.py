@@ -101,7 +101,8 @@ def test_preprocessing_is_frozen_serialisable_and_checked() -> None:
     pre = Preprocessing((224, 256), interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     d = pre.to_dict()
     assert d == {"image_size": [224, 256], "resize": "shorter-side", "resize_to": 224, "interpolation": "bilinear",
-                 "crop": "center", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+                 "crop": "center", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                 "orientation": "exif", "alpha": "white"}
     assert Preprocessing.from_dict(d) == pre and hash(Preprocessing.from_dict(d)) == hash(pre)
     assert pickle.loads(pickle.dumps(pre)) == pre
     assert Preprocessing(64) == Preprocessing((64, 64)) and Preprocessing(64).mean == HALF

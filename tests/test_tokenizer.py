@@ -108,7 +108,7 @@ def test_vqgan_lc_round_trip_keeps_ids_hash_provenance_and_preprocessing(tmp_pat
     model.save_pretrained(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert meta["preprocessing"] == {"image_size": 48, "resize": "shorter-side", "interpolation": "bicubic",
-                                     "crop": "center", "range": [-1, 1]}
+                                     "crop": "center", "range": [-1, 1], "orientation": "exif", "alpha": "white"}
     assert meta["provenance"] == {"note": "from a test"} and meta["weights"] == "full"
     back = load_tokenizer(tmp_path / "m")
     assert back.preprocessing == meta["preprocessing"] and back.provenance == {"note": "from a test"}

@@ -41,11 +41,15 @@ def test_load_rgb_full_decode_is_unchanged(tmp_path: Path) -> None:
     Image.fromarray(rgb).save(tmp_path / "a.jpg", quality=90)
     Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
     Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
-    for name in ("a.jpg", "gray.png", "rgba.png"):
+    for name in ("a.jpg", "gray.png"):
         with Image.open(tmp_path / name) as im:
             expected = np.asarray(im.convert("RGB"))
         got = load_rgb(tmp_path / name)
         assert got.mode == "RGB" and np.array_equal(np.asarray(got), expected), name
+    # alpha is composited on white now (audit O6), no longer dropped
+    a = rgb[..., :1].astype(np.float64) / 255
+    expected = np.round(rgb * a + 255 * (1 - a)).astype(np.uint8)
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "rgba.png")), expected)
 
 
 def test_draft_decode_is_close_to_the_full_decode(big_photos: Path) -> None:
@@ -71,7 +75,7 @@ def test_jpeg_draft_is_recorded_and_refused_on_a_rerun_without_it(
     m_draft = encode_dataset(model_dir, big_photos, tmp_path / "draft", options=draft, progress=False)
     # Off: the preprocessing record is exactly what it was before the option existed.
     assert m_exact["preprocessing"] == {"image_size": SIZE, "resize": "short-side-bicubic", "crop": "center",
-                                        "range": "[-1, 1]"}
+                                        "range": "[-1, 1]", "orientation": "exif", "alpha": "white"}
     assert m_draft["preprocessing"] == {**m_exact["preprocessing"], "jpeg_draft": {"min_short_side": 2 * SIZE}}
     assert json.loads((tmp_path / "draft" / "encode.json").read_text())["preprocessing"]["jpeg_draft"]
     # The ids are the model's ids of the draft-decoded images.

@@ -1,4 +1,4 @@
-"""DiGIT's released fairseq checkpoints (stage-1 GPT, stage-2 AR GPT) -> vqgan-lc directories.
+"""DiGIT's released fairseq checkpoints (stage-1 GPT, stage-2 AR and NAR GPTs) -> vqgan-lc directories.
 
 What a DiGIT ``checkpoint_*.pt`` holds (fairseq ``TransformerDecoder`` inside ``stlm`` / ``st2vtlm``):
 
@@ -17,6 +17,15 @@ The mapping: q/k/v are concatenated into ``qkv``; image ids drop the 5 specials;
 fairseq's BOS, becomes the start (null) token of an unconditional GPT and the EOS output becomes the
 extra ``eos_target`` logit; class rows become class tokens; positional rows start at 2; fp16 -> fp32.
 The network keeps fairseq's semantics (``norm_position``, ``embed_scale=True``, ``eos_target=True``).
+
+The NAR (MaskGIT) stage 2 (``st2vtlm_nar``, ``model_nar.py``) has the stage-2 AR layout, run without the
+causal mask: input ``[prefix; EOS; VQ ids with masked positions = <unk> (id 3)]``, the prefix on
+``embed_positions_1`` and ``[EOS; VQ]`` on ``embed_positions`` (both from row 2), and the logit at
+``[EOS; VQ]`` position ``1 + i`` predicts VQ id ``i`` (no EOS target; the specials are never sampled).
+It becomes ``GPTConfig(attention="bidirectional")``: EOS -> the start (null) token, ``<unk>`` -> the
+``[MASK]`` row, the head without the specials. The weights alone do not tell NAR from AR (same keys and
+shapes): ``stage="auto"`` reads the model name in ``cfg`` (``..._nar``); pass ``stage="stage2-nar"`` for a
+file without it.
 
 Files are read with ``torch.load(weights_only=True)`` and no extra allowed globals: tensors and plain
 containers (dict, list, tuple, OrderedDict, numbers, strings) only. fairseq's trainer stores ``cfg`` as
@@ -43,10 +52,12 @@ log = logging.getLogger(__name__)
 
 FAIRSEQ_NSPECIAL = 5  # <s>, <pad>, </s>, <unk> and DiGIT's extra "<n>"
 FAIRSEQ_EOS = 2
+FAIRSEQ_UNK = 3  # the mask token of DiGIT's NAR stage 2
 FAIRSEQ_POS_OFFSET = 2  # padding_idx (1) + 1: the first row a learned position uses
 DIGIT_CLASSES = 1000
 
-Stage = Literal["auto", "stage1", "stage2"]
+Stage = Literal["auto", "stage1", "stage2", "stage2-nar"]
+ConvertedStage = Literal["stage1", "stage2", "stage2-nar"]
 _LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.")
 
 
@@ -55,7 +66,7 @@ class DigitConversion:
     """The result of ``convert_digit``: the GPT and what the checkpoint holds of the tokenizer."""
 
     gpt: GPT
-    stage: Literal["stage1", "stage2"]
+    stage: ConvertedStage
     centroids: torch.Tensor | None  # (K, d) float32
     encoder_state: dict[str, torch.Tensor] | None  # the DINOv2 weights (``pretrained_encoder.`` stripped)
 
@@ -118,18 +129,21 @@ def convert_digit(path: str | os.PathLike, *, stage: Stage = "auto", n_head: int
     """A DiGIT fairseq checkpoint -> ``DigitConversion`` (a GPT plus the tokenizer's centroids / DINOv2).
 
     ``n_head`` is read from the checkpoint's ``cfg`` (``decoder_attention_heads``) unless given; the
-    shapes give everything else. ``stage="auto"`` picks stage 2 when a prefix position table exists.
+    shapes give everything else. ``stage="auto"`` picks stage 2 when a prefix position table exists, and
+    its NAR (MaskGIT) variant when the ``cfg`` model name ends in ``_nar`` (``st2vtlm_nar``).
     """
     state, cfg = load_fairseq_checkpoint(path)
-    if _cfg_model_name(cfg).endswith("_nar"):
-        raise CheckpointError(f"{path} is DiGIT's NAR (MaskGIT) stage 2 ({_cfg_model_name(cfg)}), which this converter "
-                              "does not handle yet; convert the AR stage-2 or a stage-1 checkpoint")
     is_stage2 = "decoder.embed_positions_1.weight" in state
+    named_nar = _cfg_model_name(cfg).endswith("_nar")
     if stage == "auto":
-        stage = "stage2" if is_stage2 else "stage1"
-    if (stage == "stage2") != is_stage2:
+        stage = ("stage2-nar" if named_nar else "stage2") if is_stage2 else "stage1"
+    if (stage != "stage1") != is_stage2:
         raise CheckpointError(f"{path} is a DiGIT {'stage-2' if is_stage2 else 'stage-1'} checkpoint, not {stage}; "
                               "drop --stage or pass the matching file")
+    if named_nar and stage != "stage2-nar":
+        raise CheckpointError(f"{path} is DiGIT's NAR (MaskGIT) stage 2 ({_cfg_model_name(cfg)}), not {stage}; "
+                              "drop --stage or pass --stage stage2-nar")
+    nar = stage == "stage2-nar"
     heads = n_head or _cfg_heads(cfg)
     if heads is None:
         raise CheckpointError(f"{path} does not record decoder_attention_heads in its cfg; pass --n-head (16 for DiGIT base)")
@@ -160,13 +174,17 @@ def convert_digit(path: str | os.PathLike, *, stage: Stage = "auto", n_head: int
             new["tok_emb.weight"] = torch.cat([image_rows, eos_row])
     else:
         prefix_rows = emb[out.shape[0] + FAIRSEQ_NSPECIAL :]
-        new["tok_emb.weight"] = torch.cat([image_rows, eos_row])
+        # EOS (fairseq's BOS) = the start token; NAR: <unk> (the mask token) = the [MASK] row after it
+        new["tok_emb.weight"] = torch.cat([image_rows, eos_row] + ([emb[FAIRSEQ_UNK : FAIRSEQ_UNK + 1]] if nar else []))
         new["prefix_emb.weight"] = prefix_rows
         new["prefix_pos_emb"] = _positions(_get(state, "decoder.embed_positions_1.weight"), prefix_grid[0] * prefix_grid[1],
                                            "decoder.embed_positions_1")[None]
         kwargs.update(prefix_vocab=prefix_rows.shape[0], prefix_grid=prefix_grid)
+        if nar:
+            kwargs.update(attention="bidirectional")
     new["pos_emb"] = _positions(_get(state, "decoder.embed_positions.weight"), seq_len + 1, "decoder.embed_positions")[None]
-    new["head.weight"] = torch.cat([out[FAIRSEQ_NSPECIAL:], out[FAIRSEQ_EOS : FAIRSEQ_EOS + 1]])
+    # NAR has no EOS target; its head covers the image ids only
+    new["head.weight"] = out[FAIRSEQ_NSPECIAL:] if nar else torch.cat([out[FAIRSEQ_NSPECIAL:], out[FAIRSEQ_EOS : FAIRSEQ_EOS + 1]])
     if pre_ln:
         new["ln_f.weight"] = _get(state, "decoder.layer_norm.weight")
         new["ln_f.bias"] = _get(state, "decoder.layer_norm.bias")
@@ -183,7 +201,7 @@ def convert_digit(path: str | os.PathLike, *, stage: Stage = "auto", n_head: int
 
     config = GPTConfig(n_codes=n_target, grid=grid, n_layer=len(layers), n_head=heads, n_embd=d,
                        mlp_ratio=fc1.shape[0] / d, dropout=dropout, bias=True, norm_position="pre" if pre_ln else "post",
-                       embed_scale=True, eos_target=True, **kwargs)
+                       embed_scale=True, eos_target=not nar, **kwargs)
     gpt = GPT(config, provenance={"source": "digit-fairseq", "stage": stage, "checkpoint": Path(path).name})
     missing = set(gpt.state_dict()) ^ set(new)
     if missing:

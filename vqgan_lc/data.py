@@ -6,9 +6,21 @@ files sorted by their relative POSIX path; class names are sorted; a file list i
 way. Labels are indices into the sorted class names, ``-1`` for an image without a class (a file
 directly in the root folder, or a file-list line without a label).
 
-Images are read with PIL and converted to RGB. A file that cannot be read is never fatal: the
-dataset returns ``None`` with the reason; the caller skips it and records it (the feature store's or
-the token directory's manifest).
+Images are read with PIL by ``load_rgb``, the one reader of every path (``to_rgb`` is its conversion
+step, also applied to PIL images handed to ``preprocess``): the EXIF orientation is applied (a portrait
+phone photo is upright, ``ImageOps.exif_transpose``); 16-bit and 32-bit images (PIL modes ``I;16``, ``I``,
+``F``) are scaled to 8 bits instead of clipped (``I;16``: ``round(x / 257)``; ``I`` and ``F``: from the
+smallest of ``[0, 1]`` (``F`` only), ``[0, 255]``, ``[0, 65535]``, ``[0, 2**31 - 1]`` that holds the
+image's maximum; negative values and NaN become 0); an alpha channel is composited on a **white**
+background (transparent areas come out white, as a browser shows such a PNG on a white page), then the
+image is converted to RGB. Both conventions are recorded as ``orientation: "exif"`` and ``alpha:
+"white"`` in every preprocessing record (``IMAGE_READING``). A file that cannot be read is never fatal:
+the dataset returns ``None`` with the reason; the caller skips it and records it (the feature store's
+or the token directory's manifest).
+
+File names are stored one per line (``paths.txt``, ``sources.tsv``), so ``list_images`` refuses, before
+any work, a name holding a line break of any kind (``\\n``, ``\\r``, form feed, U+2028, ...) or bytes that
+are not UTF-8 (``check_image_names``).
 
 ``Preprocessing`` is the one image -> tensor rule of the package (training, ``encode``, ``evaluate``,
 the codebook builder and the feature extractors all use it): the shorter side is resized to the
@@ -26,14 +38,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import posixpath
+import re
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import ImageSourceError, PreprocessingError
 
@@ -57,6 +73,14 @@ RESIZE_RULES: tuple[str, ...] = ("shorter-side",)
 CROP_RULES: tuple[str, ...] = ("center",)
 INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear")
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+Orientation = Literal["exif"]
+AlphaBackground = Literal["white"]
+ORIENTATIONS: tuple[str, ...] = ("exif",)
+ALPHA_BACKGROUNDS: tuple[str, ...] = ("white",)
+IMAGE_READING: dict[str, str] = {"orientation": "exif", "alpha": "white"}
+"""How ``load_rgb`` reads a file, as every preprocessing record states it: EXIF orientation applied, alpha
+composited on white. A record without these fields was written before they existed (orientation ignored,
+alpha dropped), so it differs from a new one and a resumed run refuses to mix the two."""
 
 
 # ----------------------------------------------------------------------------------------- preprocessing
@@ -84,6 +108,8 @@ def center_crop_offset(width: int, height: int, crop_h: int, crop_w: int) -> tup
 class Preprocessing:
     """PIL image -> ``(3, H, W)`` float32 tensor: resize the shorter side, crop, normalise.
 
+    ``orientation`` and ``alpha`` record how the image was read (``to_rgb``: the EXIF orientation applied,
+    alpha composited on white; the only values); ``resize_image`` applies them to an image not yet RGB.
     ``image_size`` is the output ``(H, W)`` (an int means square). The shorter side is resized to
     ``min(H, W)`` (``resize_to``) by ``resize_shorter_side``; the crop is centered (``center_crop_offset``);
     pixels become ``(x / 255 - mean) / std`` per channel (the default ``HALF`` gives [-1, 1]).
@@ -97,6 +123,8 @@ class Preprocessing:
     crop: CropRule = "center"
     mean: RGB = HALF
     std: RGB = HALF
+    orientation: Orientation = "exif"
+    alpha: AlphaBackground = "white"
 
     def __init__(
         self,
@@ -106,12 +134,16 @@ class Preprocessing:
         crop: CropRule = "center",
         mean: Sequence[float] = HALF,
         std: Sequence[float] = HALF,
+        orientation: Orientation = "exif",
+        alpha: AlphaBackground = "white",
     ) -> None:
         size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if len(size) != 2 or min(size) < 1:
             raise PreprocessingError(f"image size {image_size!r} must be a positive int or (height, width)")
         for value, allowed, what in ((resize, RESIZE_RULES, "resize rule"), (crop, CROP_RULES, "crop rule"),
-                                     (interpolation, INTERPOLATIONS, "interpolation")):
+                                     (interpolation, INTERPOLATIONS, "interpolation"),
+                                     (orientation, ORIENTATIONS, "orientation rule"),
+                                     (alpha, ALPHA_BACKGROUNDS, "alpha background")):
             if value not in allowed:
                 raise PreprocessingError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
         m, sd = tuple(float(v) for v in mean), tuple(float(v) for v in std)
@@ -123,6 +155,8 @@ class Preprocessing:
         object.__setattr__(self, "crop", crop)
         object.__setattr__(self, "mean", m)
         object.__setattr__(self, "std", sd)
+        object.__setattr__(self, "orientation", orientation)
+        object.__setattr__(self, "alpha", alpha)
 
     @property
     def resize_to(self) -> int:
@@ -130,9 +164,8 @@ class Preprocessing:
         return min(self.image_size)
 
     def resize_image(self, img: Image.Image) -> Image.Image:
-        """RGB conversion and the resize step alone (training takes its own random crops of it)."""
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        """RGB conversion (``to_rgb``) and the resize step alone (training takes its own random crops of it)."""
+        img = to_rgb(img)
         return resize_shorter_side(img, self.resize_to, self.interpolation)
 
     def crop_image(self, img: Image.Image) -> Image.Image:
@@ -153,17 +186,20 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable: ``{"image_size": [H, W], "resize", "resize_to", "interpolation", "crop", "mean",
-        "std"}`` (``resize_to`` is derived, recorded for readers)."""
+        "std", "orientation", "alpha"}`` (``resize_to`` is derived, recorded for readers)."""
         return {"image_size": list(self.image_size), "resize": self.resize, "resize_to": self.resize_to,
-                "interpolation": self.interpolation, "crop": self.crop, "mean": list(self.mean), "std": list(self.std)}
+                "interpolation": self.interpolation, "crop": self.crop, "mean": list(self.mean), "std": list(self.std),
+                "orientation": self.orientation, "alpha": self.alpha}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessing:
-        """The inverse of ``to_dict`` (``resize_to`` is ignored: it follows from ``image_size``)."""
+        """The inverse of ``to_dict`` (``resize_to`` is ignored: it follows from ``image_size``; a record older
+        than ``orientation``/``alpha`` opens with today's reading rules)."""
         try:
             return cls(d["image_size"], resize=d.get("resize", "shorter-side"),
                        interpolation=d.get("interpolation", "bicubic"), crop=d.get("crop", "center"),
-                       mean=d.get("mean", HALF), std=d.get("std", HALF))
+                       mean=d.get("mean", HALF), std=d.get("std", HALF),
+                       orientation=d.get("orientation", "exif"), alpha=d.get("alpha", "white"))
         except (KeyError, TypeError, ValueError) as e:
             raise PreprocessingError(f"invalid preprocessing record {dict(d)!r} ({e}); it needs an image_size") from e
 
@@ -237,6 +273,7 @@ def _from_folder(root: Path) -> ImageList:
         raise ImageSourceError(
             f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found under {root}; check --data"
         )
+    check_image_names(root, found)
     found.sort()
     top = {p.split("/", 1)[0] for p in found if "/" in p}
     classes = tuple(sorted(top))
@@ -252,10 +289,12 @@ def _from_file_list(root: Path, file_list: Path) -> ImageList:
     try:
         text = file_list.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ImageSourceError(f"file list {file_list} is not UTF-8 text (byte {e.start} cannot be decoded); save it "
-                               "as UTF-8 and rerun") from e
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
+        raise ImageSourceError(f"file list {file_list} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                               "save it as UTF-8") from None
+    # split("\n") only: splitlines() would also cut a name at \r, form feed or U+2028, which
+    # check_image_names then refuses with the name in full.
+    for lineno, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip(" \t\r")
         if not line or line.startswith("#"):
             continue
         path, sep, label = line.rpartition(",")
@@ -271,12 +310,18 @@ def _from_file_list(root: Path, file_list: Path) -> ImageList:
                     f"{file_list}:{lineno}: {path} is not under the image folder {root}; "
                     "list paths relative to --data"
                 ) from None
-        rel = p.as_posix()
+        rel = posixpath.normpath(p.as_posix())
+        if rel == ".." or rel.startswith("../"):
+            raise ImageSourceError(
+                f"{file_list}:{lineno}: {path} leads out of the image folder {root} ('..'); "
+                "list paths relative to --data that stay inside it"
+            )
         if rel in entries:
             raise ImageSourceError(f"{file_list}:{lineno}: {rel} is listed twice")
         entries[rel] = label or None
     if not entries:
         raise ImageSourceError(f"file list {file_list} names no images")
+    check_image_names(root, entries)
     names = {lab for lab in entries.values() if lab is not None}
     try:
         classes = tuple(str(c) for c in sorted({int(n) for n in names}))
@@ -289,19 +334,118 @@ def _from_file_list(root: Path, file_list: Path) -> ImageList:
     return ImageList(root=root, paths=paths, labels=labels, classes=classes)
 
 
+# Every character str.splitlines() splits on: a name holding one cannot be stored one per line.
+_LINE_BREAKS = {"\n": "a newline", "\r": "a carriage return", "\v": "a vertical tab", "\f": "a form feed",
+                "\x1c": "a file separator", "\x1d": "a group separator", "\x1e": "a record separator",
+                "\x85": "a next-line character (U+0085)", "\u2028": "a line separator (U+2028)",
+                "\u2029": "a paragraph separator (U+2029)"}
+
+
+_UNSTORABLE = re.compile("[" + "".join(_LINE_BREAKS) + "\ud800-\udfff]")  # breaks, or surrogate-escaped bytes
+
+
+def image_name_problem(name: str) -> str | None:
+    """Why the file name ``name`` cannot be listed (a line break of any kind, or bytes that are not UTF-8
+    and came through as surrogate escapes), or ``None`` when it is fine."""
+    hit = _UNSTORABLE.search(name)
+    if hit is None:
+        return None
+    if hit.group() in _LINE_BREAKS:
+        return f"contains {_LINE_BREAKS[hit.group()]}"
+    return "is not valid UTF-8 (a name from another encoding, e.g. an old zip archive)"
+
+
+def check_image_names(root: str | os.PathLike, names: Iterable[str]) -> None:
+    """Refuse, before any work, image names that cannot be stored one per line (``image_name_problem``):
+    ``ImageSourceError`` naming the first such file and how many there are."""
+    bad = [(n, why) for n in names if (why := image_name_problem(n)) is not None]
+    if bad:
+        name, why = bad[0]
+        more = f" (and {len(bad) - 1} more such names)" if len(bad) > 1 else ""
+        raise ImageSourceError(
+            f"image file name {os.path.join(os.fspath(root), name)!r} {why}{more}; rename it, since vqgan-lc "
+            "stores file names one per line in UTF-8"
+        )
+
+
+_HIGH_BIT_DEPTH = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    """A 16/32-bit gray image scaled to ``L`` (see the module docstring for the ranges)."""
+    x = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        return Image.fromarray(((x.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), "L")
+    x = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(x.max()) if x.size else 0.0
+    ranges = (1.0, 255.0, 65535.0, 2.0**31 - 1) if img.mode == "F" else (255.0, 65535.0, 2.0**31 - 1)
+    full = next((r for r in ranges if top <= r), top)
+    return Image.fromarray(np.clip(np.rint(x * (255.0 / full)), 0, 255).astype(np.uint8), "L")
+
+
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    """RGB of ``img`` (any mode with alpha) over white: ``round((c * a + 255 * (255 - a)) / 255)``."""
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.uint32)
+    a = rgba[..., 3:]
+    out = (rgba[..., :3] * a + 255 * (255 - a) + 127) // 255
+    return Image.fromarray(out.astype(np.uint8), "RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """An opened image as RGB, read the way every path of vqgan-lc reads images (``IMAGE_READING``).
+
+    The EXIF orientation is applied (``ImageOps.exif_transpose``); 16-bit and 32-bit images (``I;16``, ``I``,
+    ``F``) are scaled to 8 bits, not clipped; an alpha channel (or a palette's transparency) is composited
+    on white. An image that already is RGB and upright is returned as is, without a copy.
+    """
+    try:
+        orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation tag
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is not worth losing the image over
+        orientation = 1
+    if orientation not in (1, None):
+        img = ImageOps.exif_transpose(img)
+    if img.mode in _HIGH_BIT_DEPTH:
+        img = _to_8bit_gray(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in _ALPHA_MODES:
+        return _composite_on_white(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+_OPEN_LOCK = threading.Lock()
+
+
+def _open_image(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` with PIL's DecompressionBombWarning, which does not say which file, silenced: the caller
+    warns with the name instead. The lock keeps threads of this loader from restoring each other's filters."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def load_rgb(path: str | os.PathLike, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Open an image file fully and convert it to RGB (raises ``OSError``/``ValueError`` on a bad file).
+    """Open an image file fully and convert it to RGB by ``to_rgb`` (raises ``OSError``/``ValueError`` on a
+    bad file): EXIF orientation applied, 16/32-bit scaled to 8 bits, alpha composited on white.
 
     ``draft=(w, h)``: let a JPEG decoder decode at 1/2, 1/4 or 1/8 scale (DCT scaling in libjpeg),
     the smallest that is still at least ``w`` x ``h``; much faster when the target is far smaller than
     the file, but the pixels differ slightly from a full decode, so it is opt-in and callers record it.
     Other formats ignore it. An image that already is RGB is returned as decoded, without a copy.
+    An image larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (but under twice that, where PIL refuses it)
+    gives a ``DecompressionBombWarning`` naming the file.
     """
-    with Image.open(path) as im:
+    with _open_image(path) as im:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and im.size[0] * im.size[1] > limit:
+            warnings.warn(f"{os.fspath(path)}: {im.size[0]}x{im.size[1]} pixels exceeds PIL's limit of {limit} "
+                          "pixels (a possible decompression bomb); decoding it anyway",
+                          Image.DecompressionBombWarning, stacklevel=2)
         if draft is not None:
             im.draft("RGB", (max(1, int(draft[0])), max(1, int(draft[1]))))
         im.load()
-        return im if im.mode == "RGB" else im.convert("RGB")
+        return to_rgb(im)
 
 
 def draft_size(image_size: int) -> tuple[int, int]:
@@ -372,11 +516,19 @@ __all__ = [
     "Preprocessing",
     "PreprocessingError",
     "ResizeRule",
+    "ALPHA_BACKGROUNDS",
+    "IMAGE_READING",
+    "ORIENTATIONS",
+    "AlphaBackground",
+    "Orientation",
     "center_crop_offset",
+    "check_image_names",
     "collate",
     "draft_size",
+    "image_name_problem",
     "list_images",
     "load_rgb",
     "resize_shorter_side",
+    "to_rgb",
     "to_uint8",
 ]

@@ -58,7 +58,7 @@ from .extractors.dinov2 import (
     convert_dinov2_state_dict,
 )
 from .formats import Description, millions, numel, safetensors_header
-from .pretrained import PretrainedMixin
+from .pretrained import PretrainedMixin, check_save_directory
 from .quantize.search import nearest_code
 from .tokenizer import ImageTokenizerMixin, check_preprocessing, default_preprocessing
 
@@ -276,8 +276,11 @@ class DiscriminativeTokenizer(ImageTokenizerMixin, PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` in [-1, 1] -> ``(B, 16, 16)`` int64 ids in ``[0, K)`` (nearest centroid)."""
-        f = self.features(images)
+        """``(B, 3, S, S)`` in [-1, 1] -> ``(B, 16, 16)`` int64 ids in ``[0, K)`` (nearest centroid).
+
+        float16/bfloat16/float64 images are cast to the weights' dtype; NaN/Inf or values outside [-1, 1]
+        (by more than 1e-2) raise ``ImageShapeError``."""
+        f = self.features(self._encode_input(images))
         b, h, w, d = f.shape
         ids = nearest_code(f.reshape(-1, d), self.centroids, codebook_sq_norms=self.centroid_sq_norms)
         return ids.reshape(b, h, w)
@@ -299,6 +302,7 @@ class DiscriminativeTokenizer(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         ``provenance`` replaces ``self.provenance`` in the written file; ``push_to_hub=True`` then uploads
         the directory to ``repo_id``.
         """
+        check_save_directory(directory)
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         spec = self.spec

@@ -208,6 +208,7 @@ class MAGEVQGAN(ImageTokenizerMixin, PretrainedMixin, nn.Module):
 
     def ids_to_latents(self, ids: torch.Tensor) -> torch.Tensor:
         """``(B, h, w)`` ids -> quantized latent ``(B, embed_dim, h, w)`` (the codebook rows)."""
+        ids = self._decode_input(ids)
         self._check_ids(ids)
         return self.quantize.lookup(ids.long().to(self.quantize.embedding.weight.device))
 
@@ -217,12 +218,14 @@ class MAGEVQGAN(ImageTokenizerMixin, PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> token ids ``(B, H/16, W/16)`` int64."""
-        return self.latents_to_ids(self.encode_latents(images))
+        """``(B, 3, H, W)`` in [-1, 1] -> token ids ``(B, H/16, W/16)`` int64 (float16/bfloat16/float64 images
+        are cast to the weights' dtype; NaN/Inf or values outside [-1, 1] raise ``ImageShapeError``)."""
+        return self.latents_to_ids(self.encode_latents(self._encode_input(images)))
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids ``(B, h, w)`` -> images ``(B, 3, 16h, 16w)`` in [-1, 1] space (not clamped)."""
+        """Token ids ``(B, h, w)`` of any integer dtype (uint32 too) -> images ``(B, 3, 16h, 16w)`` in [-1, 1]
+        space (not clamped)."""
         return self.decode_latents(self.ids_to_latents(ids))
 
     def forward(self, images: torch.Tensor) -> MAGEOutput:

@@ -176,12 +176,19 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` in [-1, 1] -> token ids ``(B, H/f, W/f)`` int64 (the search only: no losses)."""
-        return self.quantize.search(self.encode_latents(images))
+        """``(B, 3, H, W)`` in [-1, 1] -> token ids ``(B, H/f, W/f)`` int64 (the search only: no losses).
+
+        float16/bfloat16/float64 images are cast to the weights' dtype (float32 unless the model was cast);
+        NaN/Inf, or values outside [-1, 1] by more than 1e-2 ([0, 1] or [0, 255] pixels), raise
+        ``ImageShapeError``: map pixels with ``x / 127.5 - 1`` or prepare files with ``preprocess``.
+        """
+        return self.quantize.search(self.encode_latents(self._encode_input(images)))
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids ``(B, h, w)`` -> images ``(B, 3, h*f, w*f)`` (not clamped)."""
+        """Token ids ``(B, h, w)`` of any integer dtype (the uint32 of token files too) in
+        ``[0, codebook_size)`` -> images ``(B, 3, h*f, w*f)`` (not clamped)."""
+        ids = self._decode_input(ids)
         self._check_ids(ids)
         return self.decode_latents(self.quantize.decode(ids.long().to(self.quant_conv.weight.device)))
 

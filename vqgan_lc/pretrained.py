@@ -58,6 +58,9 @@ def _resolve_pretrained(
     (``vqgan-lc-f16-100k``) or a Hub repo id (``org/name``) goes through ``vqgan_lc.hub`` (huggingface_hub's
     client and cache, offline mode honoured); anything else is returned as a ``Path`` so the loader names
     the missing directory in its own sentence."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"expected a model directory, a Hub repo id or a release name, got "
+                              f"{type(path).__name__}; pass e.g. 'vqgan-lc-f16-100k' or the path of a saved model")
     local = Path(path).expanduser()
     if local.exists():
         return local
@@ -69,6 +72,18 @@ def _resolve_pretrained(
         return resolve_pretrained(text, kind=kind, revision=revision, cache_dir=cache_dir,  # type: ignore[arg-type]
                                   local_files_only=local_files_only, token=token)
     return local
+
+
+def check_save_directory(directory: str | os.PathLike) -> None:
+    """``CheckpointError`` in one sentence when ``directory`` (where ``save_pretrained`` writes) exists and
+    is not a folder, or when one of its parents is a file."""
+    path = Path(directory)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise CheckpointError(f"cannot save to {path}: {p} is a file, and save_pretrained writes a folder; "
+                                      "pass a new or existing folder")
+            return
 
 
 def hash_config(config: dict[str, Any]) -> str:
@@ -155,6 +170,7 @@ class PretrainedMixin:
 
     def _write_pretrained(self, directory: str | os.PathLike, state: dict[str, torch.Tensor], extra: dict[str, Any],
                           provenance: dict[str, Any] | None) -> Path:
+        check_save_directory(directory)
         meta = {
             "format": self.FORMAT,
             "format_version": self.FORMAT_VERSION,
@@ -221,4 +237,4 @@ class PretrainedMixin:
         return model
 
 
-__all__ = ["PretrainedMixin", "hash_config"]
+__all__ = ["PretrainedMixin", "check_save_directory", "hash_config"]

@@ -9,30 +9,38 @@ Every image tokenizer of vqgan-lc (``VQGANLC``, the DiGIT ``DiscriminativeTokeni
 * ``preprocessing``: how an image file becomes the ``(3, S, S)`` input of ``encode`` that
   ``vqgan-lc encode`` uses (the dict below); its ``image_size`` is the default image size;
 * ``config_hash()``: the short hash token directories record to refuse a mismatched tokenizer;
-* ``encode(images (B, 3, H, W) in [-1, 1]) -> ids (B, h, w) int64``;
+* ``encode(images (B, 3, H, W) in [-1, 1]) -> ids (B, h, w) int64``: float16/bfloat16/float64 images are
+  cast to the weights' dtype; NaN/Inf or values outside [-1, 1] (by more than 1e-2) are refused;
 * ``save_pretrained(directory)``: a directory ``load_tokenizer`` opens again.
 
 A ``DecodingTokenizer`` is a tokenizer whose ids map back to pixels: ``decode(ids (B, h, w)) -> (B, 3, H, W)``
-in [-1, 1] (``VQGANLC``; DiGIT's ids are not decodable by themselves).
+in [-1, 1] (``VQGANLC``; DiGIT's ids are not decodable by themselves); ids may be any integer dtype,
+the uint32 of token files included.
 
 The preprocessing dict (``config.json``'s ``"preprocessing"`` block)::
 
-    {"image_size": 256, "resize": "shorter-side", "interpolation": "bicubic", "crop": "center", "range": [-1, 1]}
+    {"image_size": 256, "resize": "shorter-side", "interpolation": "bicubic", "crop": "center", "range": [-1, 1],
+     "orientation": "exif", "alpha": "white"}
 
-the shorter side resized to ``image_size`` with bicubic interpolation, a centred ``image_size`` square
-crop, pixel values mapped to ``range``. ``load_tokenizer(path)`` opens any tokenizer directory through
+the file read by ``vqgan_lc.data.load_rgb`` (the EXIF orientation applied, 16/32-bit images scaled to 8
+bits, an alpha channel composited on white: ``orientation`` and ``alpha`` record it; a block written
+before those fields existed opens with them), the shorter side resized to ``image_size`` with bicubic
+interpolation, a centred ``image_size`` square crop, pixel values mapped to ``range``. ``load_tokenizer(path)`` opens any tokenizer directory through
 the format table of ``vqgan_lc.formats``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
-from .errors import CheckpointError, ImageShapeError
+from .errors import CheckpointError, ImageShapeError, TokenRangeError
+
+log = logging.getLogger(__name__)
 
 TokenizerKind = Literal["vqgan-lc", "digit", "mage-vqgan"]
 
@@ -41,8 +49,13 @@ PREPROCESSING_DEFAULTS: dict[str, Any] = {
     "interpolation": "bicubic",
     "crop": "center",
     "range": [-1, 1],
+    "orientation": "exif",
+    "alpha": "white",
 }
 """Every field of the preprocessing block except ``image_size``, at the values ``vqgan-lc encode`` uses."""
+
+ENCODE_RANGE_TOLERANCE = 1e-2
+"""How far outside [-1, 1] ``encode`` accepts pixel values (float rounding of a [-1, 1] pipeline)."""
 
 
 def default_preprocessing(image_size: int) -> dict[str, Any]:
@@ -64,9 +77,13 @@ def check_preprocessing(block: Any) -> dict[str, Any]:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"preprocessing image_size must be a positive integer, got {size!r}")
     out = {**default_preprocessing(size), **block}
-    for key in ("resize", "interpolation", "crop"):
+    for key in ("resize", "interpolation", "crop", "orientation", "alpha"):
         if not isinstance(out[key], str):
             raise ValueError(f"preprocessing {key} must be a string, got {out[key]!r}")
+    for key in ("orientation", "alpha"):  # fixed reading rules (vqgan_lc.data.IMAGE_READING)
+        if out[key] != PREPROCESSING_DEFAULTS[key]:
+            raise ValueError(f"preprocessing {key} {out[key]!r} is not supported; vqgan-lc reads images with "
+                             f"{key} {PREPROCESSING_DEFAULTS[key]!r}")
     rng = out["range"]
     if not (isinstance(rng, (list, tuple)) and len(rng) == 2 and all(isinstance(v, (int, float)) for v in rng)
             and rng[0] < rng[1]):
@@ -131,6 +148,60 @@ class ImageTokenizerMixin:
         f = self.downsample_factor
         return height // f, (height if width is None else width) // f
 
+    def _weights_dtype(self) -> torch.dtype:
+        """The dtype of the weights (the one ``encode`` casts images to); refuses weights on the meta device."""
+        p = next(self.parameters(), None)  # type: ignore[attr-defined]
+        if p is None:  # pragma: no cover - every tokenizer has weights
+            return torch.float32
+        if p.is_meta:
+            raise CheckpointError("the tokenizer's weights are on the meta device (never loaded); load them with "
+                                  "from_pretrained or load_state_dict(..., assign=True) first")
+        return p.dtype
+
+    def _encode_input(self, images: Any) -> Any:
+        """``images`` checked for values and cast to the weights' dtype, for ``encode``: a float tensor with
+        NaN/Inf or values outside [-1, 1] (beyond ``ENCODE_RANGE_TOLERANCE``) is refused with one sentence;
+        float16/bfloat16/float64 images are cast. [0, 1] pixels lie inside [-1, 1] and cannot be told apart
+        from a bright [-1, 1] batch: a batch with no negative value only logs a warning. Anything else goes
+        on to the shape check unchanged."""
+        if not isinstance(images, torch.Tensor):
+            return images
+        if images.is_meta:
+            raise ImageShapeError("images are meta tensors (shapes without data); create them on a real device "
+                                  "(e.g. cpu) before encode")
+        dtype = self._weights_dtype()
+        if not images.is_floating_point() or images.numel() == 0:
+            return images
+        finite = torch.isfinite(images)
+        if not bool(finite.all()):
+            raise ImageShapeError(f"images hold {int((~finite).sum())} NaN or infinite values; check the "
+                                  "pipeline that made them (encode takes finite pixels in [-1, 1])")
+        lo, hi = float(images.min()), float(images.max())
+        tol = ENCODE_RANGE_TOLERANCE
+        if lo < -1.0 - tol or hi > 1.0 + tol:
+            hint = ("they look like [0, 255] pixels: pass x / 127.5 - 1" if hi > 2.0 else
+                    "they look like [0, 1] pixels: pass x * 2 - 1" if lo >= -tol else "rescale them")
+            raise ImageShapeError(f"images must lie in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]; {hint} "
+                                  "(or prepare files with tok.preprocess)")
+        if lo >= 0.0:  # inside [-1, 1] but with no dark pixel at all: most likely [0, 1] pixels
+            log.warning("images passed to encode hold no value below 0 (range [%.4g, %.4g]); if they are [0, 1] "
+                        "pixels, pass x * 2 - 1: encode expects [-1, 1]", lo, hi)
+        return images if images.dtype == dtype else images.to(dtype)
+
+    def _decode_input(self, ids: Any) -> Any:
+        """``ids`` for ``decode``: the unsigned ids token files hold (uint32) become int64; meta tensors are
+        refused with one sentence. The range check is the model's."""
+        if not isinstance(ids, torch.Tensor):
+            return ids
+        if ids.is_meta:
+            raise TokenRangeError("ids are a meta tensor (a shape without data); create them on a real device first")
+        if ids.dtype in (torch.uint16, torch.uint32, torch.uint64):
+            if ids.dtype == torch.uint64 and ids.numel() and bool((ids.view(torch.int64) < 0).any()):
+                raise TokenRangeError("ids hold values of 2**63 or more, far outside any codebook; were they made "
+                                      "with another model?")
+            return ids.to(torch.int64)
+        return ids
+
 
 def preprocess_images(block: dict[str, Any], images: Any) -> torch.Tensor:
     """What ``vqgan-lc encode`` feeds a tokenizer whose preprocessing block is ``block``.
@@ -158,7 +229,7 @@ def preprocess_images(block: dict[str, Any], images: Any) -> torch.Tensor:
             im = Image.fromarray(im)
         if not isinstance(im, Image.Image):
             raise ImageShapeError(f"image {i}: expected a PIL image or a uint8 array, got {type(im).__name__}")
-        out.append(prep(im.convert("RGB") if im.mode != "RGB" else im))
+        out.append(prep(im))  # Preprocessing.resize_image reads it as load_rgb does (vqgan_lc.data.to_rgb)
     return torch.stack(out)
 
 
@@ -211,6 +282,7 @@ def tokenizer_identity(tok: Tokenizer) -> dict[str, Any]:
 
 
 __all__ = [
+    "ENCODE_RANGE_TOLERANCE",
     "PREPROCESSING_DEFAULTS",
     "DecodingTokenizer",
     "ImageTokenizerMixin",

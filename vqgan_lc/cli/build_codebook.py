@@ -11,6 +11,9 @@ Examples::
     # DiGIT: DINOv2 ViT-B/14 reg4, block -3, 8192 global centres
     vqgan-lc build-codebook --data imagenet/train --extractor dinov2 \\
         --weights dinov2_vitb14_reg4_pretrain.pth --k 8192 --out km_8k.safetensors
+    # DiGIT's k-means data as released: ~10% of the images, Resize 224 + RandomCrop 224 + flip, float32
+    vqgan-lc build-codebook --recipe digit-official --data imagenet/train --extractor dinov2 \
+        --weights dinov2_vitb14_reg4_pretrain.pth --out km_8k.safetensors
     # offline demo: raw pixel patches
     vqgan-lc build-codebook --data photos/ --extractor pixels --pool 4 --k 1024 --out codebook.safetensors
 """
@@ -31,6 +34,12 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("images and extractor")
+    src.add_argument("--recipe", choices=("default", "digit-official"), default="default",
+                     help="k-means data recipe: default (every image, the extractor's center-crop view, float16) or "
+                          "digit-official (DiGIT's: ~10%% of the images, Resize 224 + RandomCrop 224 + flip fed to "
+                          "DINOv2 at 224, float32, --k 8192 (16384 for ViT-L) unless given; seeded by --seed)")
+    src.add_argument("--image-fraction", type=float, help="keep each image with this probability (seeded by --seed; "
+                                                          "default 1, digit-official 0.1)")
     src.add_argument("--data", help="image folder (classes = first-level sub-folders)")
     src.add_argument("--file-list", help="text file with one relative/path[,label] per line (paths under --data)")
     src.add_argument("--extractor", choices=("clip", "dinov2", "pixels"), help="frozen feature extractor")
@@ -51,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     stage.add_argument("--features-only", metavar="DIR", help="only extract features into DIR")
     stage.add_argument("--from-features", metavar="DIR", help="only cluster the features in DIR")
     st.add_argument("--features-dir", metavar="DIR", help="where to keep features (default: <out>.features)")
-    st.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature dtype")
+    st.add_argument("--dtype", choices=("float16", "float32"), help="stored feature dtype (default float16; "
+                                                                   "digit-official float32)")
     st.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard")
     st.add_argument("--batch-size", type=positive_int, default=32)
     st.add_argument("--workers", type=nonnegative_int, default=default_num_workers(),
@@ -88,9 +98,24 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..codebook import build
+    from ..codebook.recipes import RECIPES, ImageView, digit_kmeans_k
 
     progress = not args.no_progress
     gpu = {"auto": "auto", "yes": True, "no": False}[args.gpu]
+    recipe = RECIPES[args.recipe]
+    if args.recipe == "digit-official":
+        if args.extractor not in (None, "dinov2"):
+            raise CodebookError(f"--recipe digit-official clusters DINOv2 features; drop --extractor {args.extractor} "
+                                "or pass --extractor dinov2")
+        if args.image_size not in (None, recipe.image_size) or args.pool != 1 or args.per_class:
+            raise CodebookError(f"--recipe digit-official fixes the view ({recipe.image_size} px, no pooling, global "
+                                "k-means); drop --image-size, --pool and --per-class")
+        args.extractor = "dinov2"
+        args.image_size = recipe.image_size
+        if args.k is None and args.per_class is None:
+            args.k = digit_kmeans_k(args.model)
+    fraction = recipe.fraction if args.image_fraction is None else args.image_fraction
+    dtype = args.dtype or recipe.dtype
     if args.from_features is None:
         if not args.data or not args.extractor:
             raise CodebookError("--data and --extractor are required unless --from-features DIR is given")
@@ -115,10 +140,18 @@ def run(args: argparse.Namespace) -> int:
             args.extractor, model=args.model, weights=args.weights, hub_dir=args.hub_dir, layer=args.layer,
             image_size=args.image_size, patch_size=args.patch_size, quick_gelu=args.quick_gelu, device=device,
         )
+        from ..codebook.recipes import subsample_images
+        from ..data import list_images
+
+        images = subsample_images(list_images(args.data, args.file_list), fraction, args.seed)
+        if fraction < 1.0:
+            log.info("recipe %s: %d images kept (fraction %g, seed %d)", args.recipe, len(images), fraction, args.seed)
         store = build.extract_features(
-            args.data, ext, store_dir, file_list=args.file_list, pool=args.pool, dtype=args.dtype,
+            images, ext, store_dir, pool=args.pool, dtype=dtype,
             shard_size=args.shard_size, batch_size=args.batch_size, num_workers=args.workers,
             overwrite=args.overwrite, progress=progress,
+            view=ImageView(random_crop_flip=recipe.random_view, seed=args.seed, recipe=args.recipe,
+                           image_fraction=fraction),
         )
         if args.features_only is not None:
             print(f"features: {store.num_images} images x {store.grid[0]}x{store.grid[1]} x {store.dim} "

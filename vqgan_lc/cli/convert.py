@@ -3,7 +3,7 @@
 ``--format vqgan-lc`` (default): an official VQGAN-LC ``.pth`` (needs ``--config`` or ``--preset``).
 ``--format mage``: MAGE's VQGAN (``vqgan_jax_strongaug.ckpt``, DiGIT's pixel tokenizer); ``--config``
 is MAGE's ``vqgan.yaml`` and optional (the architecture is otherwise inferred from the tensor shapes).
-``--format digit``: a DiGIT fairseq checkpoint (stage 1 or stage-2 AR) -> ``OUT/gpt`` plus ``OUT/tokenizer``
+``--format digit``: a DiGIT fairseq checkpoint (stage 1, stage-2 AR or NAR) -> ``OUT/gpt`` plus ``OUT/tokenizer``
 (DINOv2 weights and centroids held by the checkpoint) or ``OUT/codebook.safetensors`` (centroids only).
 """
 
@@ -21,8 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("vqgan-lc", "mage", "digit"), default="vqgan-lc",
                    help="checkpoint family: vqgan-lc (official VQGAN-LC .pth, default), mage (MAGE's VQGAN) or "
                         "digit (DiGIT's fairseq stage-1 / stage-2 checkpoint_*.pt)")
-    p.add_argument("--stage", choices=("auto", "stage1", "stage2"), default="auto",
-                   help="--format digit: which DiGIT GPT the file is (auto: from its keys)")
+    p.add_argument("--stage", choices=("auto", "stage1", "stage2", "stage2-nar"), default="auto",
+                   help="--format digit: which DiGIT GPT the file is (auto: from its keys and cfg model name; "
+                        "stage2-nar = the MaskGIT stage 2, for a file whose cfg does not name st2vtlm_nar)")
     p.add_argument("--n-head", type=positive_int, help="--format digit: attention heads when the checkpoint's cfg lacks them")
     p.add_argument("--dinov2-model", help="--format digit: timm DINOv2 name for the embedded encoder "
                                          "(default: ViT-B/14 reg4 for 768-d centroids, ViT-L/14 reg4 for 1024-d)")

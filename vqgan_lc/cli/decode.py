@@ -12,33 +12,35 @@ log = logging.getLogger(__name__)
 
 
 def parse_indices(spec: str | None, n: int) -> range:
-    """``"a:b"``, ``"a:"``, ``":b"`` or ``"i"`` -> a range of rows (Python slice semantics)."""
+    """``"a:b"``, ``"a:"``, ``":b"`` or ``"i"`` -> a range of rows (Python slice semantics).
+
+    ``ConfigError`` when ``spec`` is not of that form or selects no row of the ``n``.
+    """
+    from ..errors import ConfigError
+
     if not spec:
-        return range(n)
-    if ":" in spec:
-        a, b = spec.split(":", 1)
-        return range(n)[slice(int(a) if a else None, int(b) if b else None)]
-    i = int(spec)
-    return range(n)[i : i + 1] if i >= 0 else range(n)[i : (i + 1) or None]
-
-
-def indices(value: str) -> str:
-    """An ``--indices`` value: ``a:b``, ``a:``, ``:b`` or ``i`` with integers (checked, kept as text)."""
-    parts = value.split(":", 1)
-    try:
-        for part in parts:
-            if part.strip() or len(parts) == 1:
-                int(part)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a row or a range such as 0:100, 5: or -1, got {value!r}") from None
-    return value
+        rows = range(n)
+    else:
+        try:
+            if ":" in spec:
+                a, b = spec.split(":", 1)
+                rows = range(n)[slice(int(a) if a.strip() else None, int(b) if b.strip() else None)]
+            else:
+                i = int(spec)
+                rows = range(n)[i : i + 1] if i >= 0 else range(n)[i : (i + 1) or None]
+        except ValueError:
+            raise ConfigError(f"--indices {spec!r} is not a row range; write e.g. 0:100, 5: or 7") from None
+    if not rows:
+        raise ConfigError(f"--indices {spec!r} selects none of the {n} rows; choose rows in 0:{n}" if spec
+                          else "the token directory has no rows to decode; check --tokens")
+    return rows
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory that made the tokens")
     p.add_argument("--tokens", required=True, help="token directory written by `vqgan-lc encode`")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--indices", type=indices, help="rows to decode, e.g. 0:100, 5 or -1 (default: all)")
+    p.add_argument("--indices", help="rows to decode, e.g. 0:100, 5 or -1 (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--force", action="store_true", help="decode even if the model does not match the manifest")
 
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from ..data import to_uint8
-    from ..errors import VQGANLCError
+    from ..errors import ConfigError, VQGANLCError
     from ..tokenizer import DecodingTokenizer, load_tokenizer
     from ..tokens import TokenFormatError, check_compatible, open_tokens
 
@@ -68,16 +70,17 @@ def run(args: argparse.Namespace) -> int:
     for p in problems:
         log.warning("decoding despite: %s", p)
     rows = parse_indices(args.indices, len(tokens))
-    if not rows:
-        raise VQGANLCError(f"--indices {args.indices} selects none of the {len(tokens)} rows of {args.tokens}; pass "
-                           f"rows from 0 to {len(tokens) - 1}" if len(tokens) else f"{args.tokens} holds no rows to decode")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.batch_size < 1:  # argparse refuses it; a Namespace built by hand may not
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    written = 0
     for s in range(0, len(rows), args.batch_size):
         batch = list(rows[s : s + args.batch_size])
         ids = torch.from_numpy(tokens[batch].astype(np.int64)).to(device)
         images = to_uint8(model.decode(ids))
         for r, img in zip(batch, images.permute(0, 2, 3, 1).cpu().numpy()):
             Image.fromarray(img).save(out / f"{r:08d}.png")
-    print(f"wrote {len(rows)} images to {out}")
+            written += 1
+    print(f"wrote {written} images to {out}")
     return 0

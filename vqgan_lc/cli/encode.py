@@ -102,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     source = args.model if args.devices > 1 and args.model else model
     m = encode_dataset(source, args.data, args.out, file_list=args.file_list,
                        options=opts, overwrite=args.overwrite, device=device)
+    if m["num_rows"] == 0:
+        from ..errors import EncodeError
+
+        first = f" ({m['skipped'][0]['path']}: {m['skipped'][0]['reason']})" if m["skipped"] else ""
+        raise EncodeError(f"none of the {m['num_skipped']} images under {args.data} could be read{first}, so "
+                          f"{args.out} holds no tokens; check --data (git-lfs pointers? another folder?)")
     print(f"{args.out}: {m['num_rows']} images as {m['grid'][0]}x{m['grid'][1]} tokens, {m['num_skipped']} skipped "
           f"({m['tokenizer']['kind']} tokenizer)")
     return 0

@@ -11,6 +11,11 @@ classes and prefix come from the token directories) and ``train`` (``GPTTrainCon
         --config gpt_digit_stage2_base --out stage2/
     # CPU smoke run
     vqgan-lc train-gpt --tokens tokens/ --config gpt_tiny_cpu --out gpt-tiny/ --max-steps 50
+    # DiGIT as published: images re-tokenized every step after Resize 256 + RandomCrop 256 + flip
+    vqgan-lc train-gpt --images imagenet/train --tokenizer digit-tokenizer/ \
+        --config gpt_digit_stage1_base --out stage1/
+    vqgan-lc train-gpt --images imagenet/train --tokenizer mage-vqgan/ --prefix-tokenizer digit-tokenizer/ \
+        --config gpt_digit_stage2_base --out stage2/
 
 CLI style: the one of ``vqgan-lc train`` (see ``vqgan_lc/cli/train.py``): ``--config NAME_OR_PATH``
 names a YAML file or a config shipped in ``vqgan_lc/configs``, and ``--SECTION.FIELD VALUE`` overrides
@@ -39,7 +44,8 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # `vqgan-lc` hands every argument after `train-gpt` to run() untouched (cli/main.py, OWN_PARSER),
     # which parses them with build_parser() plus the --SECTION.FIELD overrides.
-    p.usage = "vqgan-lc train-gpt --tokens DIR --config NAME_OR_PATH --out DIR [--SECTION.FIELD VALUE ...]"
+    p.usage = ("vqgan-lc train-gpt (--tokens DIR | --images DIR --tokenizer DIR) --config NAME_OR_PATH --out DIR "
+               "[--SECTION.FIELD VALUE ...]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tokens", required=True, help="token directory of the ids to model (vqgan-lc encode output)")
+    p.add_argument("--tokens", help="token directory of the ids to model (vqgan-lc encode output; variants written "
+                                     "by encode --augment are drawn at random)")
     p.add_argument("--prefix-tokens", help="token directory of the same images used as prefix (DiGIT stage 2)")
+    p.add_argument("--images", help="instead of --tokens: an image folder (or the root of --file-list) tokenized "
+                                    "online at every step after Resize + RandomCrop (train.image_size) + flip "
+                                    "(train.image_flip), as DiGIT trains")
+    p.add_argument("--file-list", help="--images: text file of relative/path[,label] lines")
+    p.add_argument("--tokenizer", help="--images: tokenizer directory (or name) that makes the target ids")
+    p.add_argument("--prefix-tokenizer", help="--images: tokenizer directory of the prefix ids (DiGIT stage 2: the "
+                                              "DiGIT tokenizer)")
     p.add_argument("--config", required=True, metavar="NAME_OR_PATH",
                    help="YAML with `model:` and `train:` sections: a file or a shipped config (gpt_tiny_cpu, "
                         "gpt_vqgan_lc_404m, gpt_digit_stage1_base, gpt_digit_stage2_base, gpt_digit_stage2_nar_base, gpt_digit_stage2_nar_tiny)")
@@ -158,12 +172,19 @@ def run(ns: argparse.Namespace) -> int:
             train[key] = getattr(args, key)
     if args.devices is not None:
         train["devices"] = int(args.devices) if args.devices.isdigit() else args.devices
+    if (args.tokens is None) == (args.images is None):
+        parser.error("give --tokens DIR (encoded ids) or --images DIR --tokenizer DIR (tokenized online), one of them")
+    if args.images is None and (args.tokenizer or args.prefix_tokenizer or args.file_list):
+        parser.error("--tokenizer, --prefix-tokenizer and --file-list apply to --images only")
+    if args.images is not None and (args.tokenizer is None or args.prefix_tokens):
+        parser.error("--images needs --tokenizer (and --prefix-tokenizer, not --prefix-tokens, for a prefix)")
     if train.get("accelerator", "auto") not in ACCELERATORS:
         raise VQGANLCError(f"train.accelerator {train['accelerator']!r} is not one vqgan-lc trains on; choose one of: "
                            f"{', '.join(ACCELERATORS)}")
     try:
         out = fit_gpt(args.tokens, args.out, model=cfg["model"], train=train, prefix_tokens=args.prefix_tokens,
-                      resume=args.resume, progress=not args.no_progress)
+                      resume=args.resume, progress=not args.no_progress, images=args.images,
+                      file_list=args.file_list, tokenizer=args.tokenizer, prefix_tokenizer=args.prefix_tokenizer)
     except ValueError as e:  # config values that do not fit the data
         raise VQGANLCError(str(e)) from e
     except MisconfigurationException as e:  # Lightning refused train.accelerator / devices / precision

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..data import ImageDataset, ImageList, collate, list_images
+from ..data import ImageList, collate, list_images
 from ..errors import CodebookError
 from ..extractors import FeatureExtractor, as_extractor, pool_features
 from ..progress import Progress
@@ -36,6 +36,7 @@ from .kmeans import (
     kmeans,
     kmeans_per_class,
 )
+from .recipes import ImageView
 from .store import FeatureStore, FeatureStoreWriter, ShardPlan, StoreDtype
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,13 @@ def extract_features(
     num_workers: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    view: ImageView | None = None,
 ) -> FeatureStore:
     """Extract ``(h/pool, w/pool, d)`` features of every readable image into the store at ``out_dir``.
+
+    ``view``: how images are shown to the extractor (default: its own center-crop preprocessing;
+    ``ImageView(random_crop_flip=True, seed=...)``: the seeded random crop + flip of the ``digit-official``
+    recipe, see ``vqgan_lc.codebook.recipes``); recorded in the store's options.
 
     ``images`` is an ``ImageList`` or an image folder (with ``file_list`` optional). Images stream
     through a ``DataLoader`` (``num_workers`` processes decode and preprocess) in batches that never
@@ -76,6 +82,8 @@ def extract_features(
     ext = as_extractor(extractor).eval()
     device = next(iter(ext.parameters()), torch.empty(0)).device
     options = {"extractor": ext.describe(), "pool": pool, "dtype": dtype, "shard_size": shard_size}
+    if view is not None and not view.is_default:  # the default view adds nothing: existing stores still resume
+        options["view"] = view.describe()
     store = FeatureStoreWriter.create_or_resume(out_dir, images, options, overwrite=overwrite)
 
     h, w = ext.image_size
@@ -91,7 +99,7 @@ def extract_features(
     if done:
         log.info("resuming %s: %d of %d shards already done", store.root, done, store.num_shards)
     _run_extraction(store, images, ext, pending, device, pool=pool, batch_size=batch_size,
-                    num_workers=num_workers, progress=progress)
+                    num_workers=num_workers, progress=progress, view=view or ImageView())
     result = FeatureStore.open(store.root)
     if result.skipped:
         log.warning("%d unreadable images were skipped (listed in %s/manifest.json)", len(result.skipped), store.root)
@@ -114,9 +122,10 @@ def _run_extraction(
     batch_size: int,
     num_workers: int,
     progress: bool,
+    view: ImageView,
 ) -> None:
     loader = torch.utils.data.DataLoader(
-        ImageDataset(images, ext.preprocess),
+        view.dataset(images, ext.preprocess),
         batch_sampler=_batches(pending, batch_size),
         num_workers=num_workers,
         collate_fn=collate,
@@ -181,6 +190,8 @@ def codebook_from_features(
         raise CodebookError(f"feature store {store.root} holds no features (every image was unreadable?)")
     mode: ClusterMode = "per-class" if per_class is not None else "global"
     prov: dict[str, Any] = _provenance_base(store)
+    if "view" in store.options:  # a recipe's view and image subset (digit-official: random crop + flip, ~10%)
+        prov["view"] = store.options["view"]
     prov.update(mode=mode, seed=int(seed), niter=int(niter), max_points_per_centroid=int(max_points_per_centroid))
     if mode == "per-class":
         assert per_class is not None

@@ -114,7 +114,7 @@ class FeatureStore:
         classes = manifest.get("classes", [])
         index = {c: i for i, c in enumerate(classes)}
         paths, labels = [], []
-        for line in text.splitlines():
+        for line in text.removesuffix("\n").split("\n") if text else []:  # not splitlines: \r, U+2028 are no line ends
             p, _, c = line.partition("\t")
             paths.append(p)
             labels.append(index[c] if c else UNLABELLED)

@@ -8,11 +8,16 @@ finished shards, redoes the rest and writes the manifest last.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import logging
 import os
 import shutil
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -23,7 +28,16 @@ import numpy as np
 import torch
 
 from .._io import TMP_GLOB, atomic_write_json
-from ..data import Batch, ImageDataset, ImageList, Preprocessing, collate, draft_size, list_images
+from ..data import (
+    IMAGE_READING,
+    Batch,
+    ImageDataset,
+    ImageList,
+    Preprocessing,
+    collate,
+    draft_size,
+    list_images,
+)
 from ..errors import EncodeError
 from ..progress import Progress
 from ..tokenizer import Tokenizer, load_tokenizer, tokenizer_identity
@@ -89,7 +103,7 @@ class EncodeOptions:
 def _run_descriptor(model: Tokenizer, images: ImageList, opts: EncodeOptions) -> dict[str, Any]:
     h, w = model.latent_shape(opts.image_size, opts.image_size)
     preprocessing: dict[str, Any] = {"image_size": opts.image_size, "resize": "short-side-bicubic", "crop": "center",
-                                     "range": "[-1, 1]"}
+                                     "range": "[-1, 1]", **IMAGE_READING}
     if opts.jpeg_draft:  # only when on, so directories written before the option existed still match
         preprocessing["jpeg_draft"] = {"min_short_side": draft_size(opts.image_size)[0]}
     return {
@@ -238,8 +252,32 @@ def _parallel_batches(dataset: ImageDataset, order: list[int], opts: EncodeOptio
         torch.set_num_threads(previous)
 
 
+def exit_with_parent() -> None:
+    """Make this (spawned) process exit when its parent dies, as after an OOM kill of the parent: Linux's
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``; elsewhere, or if that fails, a daemon thread polling the parent pid.
+    (torch's spawn asks for SIGINT instead, which a process started with SIGINT ignored, as a background job
+    of a non-interactive shell or under nohup is, never acts on: the workers then ran to the end.)"""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1: PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before the call
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def poll() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=poll, name="vqgan-lc-parent-watch", daemon=True).start()
+
+
 def _worker(rank: int, model_dir: str, images: ImageList, out: str, shards: list, opts: EncodeOptions,
             threads: int) -> None:
+    exit_with_parent()  # orphans would keep a GPU busy and write into a directory a rerun now owns
     torch.set_num_threads(threads)
     device = torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
     model = load_tokenizer(model_dir)

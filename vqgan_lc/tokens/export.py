@@ -40,7 +40,7 @@ import numpy as np
 
 from .._io import atomic_write_json, fsync_dir, reserve_file_space
 from ..errors import ExportError
-from .format import TokenFile, open_tokens
+from .format import TokenFile, open_tokens, read_paths_file
 
 log = logging.getLogger("vqgan_lc.tokens.export")
 
@@ -306,14 +306,14 @@ def read_export(out: str | os.PathLike) -> ExportedTokens:
         labs = out / layout["labels_dir"]
         ids = np.stack([np.load(codes / f"{i}.npy").reshape(row_shape) for i in range(n)]) if n else None
         labels = np.concatenate([np.load(labs / f"{i}.npy") for i in range(n)]) if n else np.empty(0, np.int64)
-        paths = (out / "paths.txt").read_text().splitlines()
+        paths = read_paths_file(out / "paths.txt")
     elif target == "memmap":
         meta = json.loads((out / layout["meta"]).read_text())
         flat = np.fromfile(out / meta["file"], dtype=np.dtype(meta["dtype"]).newbyteorder("<"))
         rows = flat.reshape(n, meta["row_stride"])
         ids = rows[:, : meta["row_length"]].reshape((n, *row_shape))
         labels = np.load(out / meta["labels_file"])
-        paths = (out / meta["paths_file"]).read_text().splitlines()
+        paths = read_paths_file(out / meta["paths_file"])
     elif target == "parquet":
         require("parquet")
         import pyarrow.parquet as pq

@@ -253,17 +253,70 @@ class TokenFile:
         return np.stack([self.row(int(i)) for i in rows]) if len(rows) else np.empty((0, h, w), TOKEN_DTYPE)
 
 
+def read_paths_file(path: Path) -> list[str]:
+    """The lines of a ``paths.txt``: UTF-8, split on ``\\n`` only (``splitlines`` would also split a name at
+    ``\\r``, form feed or U+2028), the final newline dropped."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenFormatError(f"{path} is not UTF-8 text ({e.reason}); rerun `vqgan-lc encode` to rebuild it") from None
+    if not text:
+        return []
+    return text.removesuffix("\n").split("\n")
+
+
+def _check_shard_records(directory: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's shard records after checking that they tile the rows and sources in order, that every
+    ``file`` stays inside ``directory`` and that the rows add up to ``num_rows``; one sentence per problem."""
+    fix = f"the manifest of {directory} was edited or damaged; rerun `vqgan-lc encode` into it to rebuild it"
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise TokenFormatError(f"{directory / MANIFEST} has no list of shards; {fix}")
+    root = directory.resolve()
+    row = source = 0
+    for k, rec in enumerate(shards):
+        if not isinstance(rec, dict) or not all(key in rec for key in ("file", "rows", "row_range", "sha256")):
+            raise TokenFormatError(f"shard entry {k} of {directory / MANIFEST} lacks file, rows, row_range or sha256; {fix}")
+        name, rows = rec["file"], rec["rows"]
+        if not isinstance(name, str) or not isinstance(rows, int) or rows < 0:
+            raise TokenFormatError(f"shard entry {k} of {directory / MANIFEST} has file {name!r} and rows {rows!r}; {fix}")
+        target = (directory / name).resolve()
+        if Path(name).is_absolute() or target.parent != root:
+            raise TokenFormatError(f"shard entry {k} names {name!r}, which is not a file in {directory}; {fix}")
+        if rec["row_range"] != [row, row + rows]:
+            raise TokenFormatError(f"shard entry {k} ({name}) has row_range {rec['row_range']}, expected {[row, row + rows]} "
+                                   f"(shards out of order or missing); {fix}")
+        src = rec.get("source_range")
+        if src is not None:
+            if not (isinstance(src, list) and len(src) == 2 and src[0] == source and isinstance(src[1], int)
+                    and src[1] - src[0] >= rows):
+                raise TokenFormatError(f"shard entry {k} ({name}) has source_range {src}, expected it to start at "
+                                       f"{source} and hold its {rows} rows (shards out of order or missing); {fix}")
+            source = src[1]
+        row += rows
+    if row != manifest.get("num_rows"):
+        raise TokenFormatError(f"the shards of {directory} hold {row} rows but the manifest says num_rows "
+                               f"{manifest.get('num_rows')!r} (a shard entry deleted?); {fix}")
+    n_src = manifest.get("num_sources")
+    if shards and isinstance(shards[-1].get("source_range"), list) and isinstance(n_src, int) and source != n_src:
+        raise TokenFormatError(f"the shards of {directory} cover {source} of its {n_src} sources (a shard entry "
+                               f"deleted?); {fix}")
+    return shards
+
+
 def open_tokens(directory: str | os.PathLike, *, verify: bool = True) -> TokenFile:
     """Open a token directory written by ``vqgan-lc encode``.
 
     ``verify=True`` checks every shard's sha256 against the manifest (about 1 s per GB); a missing
-    or corrupt shard raises ``TokenFormatError`` naming it.
+    or corrupt shard raises ``TokenFormatError`` naming it. Always checked, from the manifest alone:
+    the shards tile the rows and sources in order and add up to ``num_rows``, every shard file lies in
+    the directory, ``labels.npy``/``paths.txt`` have one entry per row and the labels index ``classes``.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
     h, w = manifest["grid"]
     shards = []
-    for rec in manifest["shards"]:
+    for rec in _check_shard_records(directory, manifest):
         path = directory / rec["file"]
         if not path.is_file():
             raise TokenFormatError(f"shard {path} is missing; rerun `vqgan-lc encode` into {directory} to rebuild it")
@@ -278,10 +331,22 @@ def open_tokens(directory: str | os.PathLike, *, verify: bool = True) -> TokenFi
         if arr.dtype != TOKEN_DTYPE or arr.shape != (rec["rows"], h, w):
             raise TokenFormatError(f"shard {path} has shape {arr.shape} {arr.dtype}, manifest says ({rec['rows']}, {h}, {w}) uint32")
         shards.append(arr)
+    n = manifest["num_rows"]
     labels = np.load(directory / manifest["labels_file"], allow_pickle=False)
-    paths = (directory / manifest["paths_file"]).read_text().splitlines()
-    if len(labels) != manifest["num_rows"] or len(paths) != manifest["num_rows"]:
-        raise TokenFormatError(f"{directory}: labels/paths do not have {manifest['num_rows']} rows")
+    paths = read_paths_file(directory / manifest["paths_file"])
+    if len(labels) != n or len(paths) != n:
+        raise TokenFormatError(
+            f"{directory}: {manifest['labels_file']} has {len(labels)} rows and {manifest['paths_file']} {len(paths)} "
+            f"lines for the manifest's {n} rows (a file name with a line break, or an edited file); rerun "
+            "`vqgan-lc encode` into a new directory (names with line breaks are refused: rename them)"
+        )
+    classes = manifest.get("classes") or []
+    if n and (labels.dtype.kind not in "iu" or int(labels.min()) < -1 or int(labels.max()) >= len(classes)):
+        bad = labels.max() if labels.dtype.kind in "iu" and int(labels.max()) >= len(classes) else labels.min()
+        raise TokenFormatError(
+            f"{directory / manifest['labels_file']} holds label {bad} but the manifest lists {len(classes)} classes "
+            "(labels must be -1 or an index into classes); rerun `vqgan-lc encode` to rebuild it"
+        )
     return TokenFile(directory=directory, manifest=manifest, shards=shards, labels=labels, paths=paths)
 
 
@@ -346,6 +411,7 @@ __all__ = [
     "describe",
     "open_tokens",
     "read_manifest",
+    "read_paths_file",
     "shard_done",
     "shard_name",
     "shard_ranges",

@@ -4,9 +4,24 @@
   directory (DiGIT stage 2: DiGIT ids of the same images) rows are paired by position after checking
   that both directories list the same images in the same order.
 * ``GPTLightningModule``: next-token cross-entropy, AdamW (official VQGAN-LC GPT: lr 4.5e-4, betas
-  (0.9, 0.95), weight decay 0.01 on Linear weights only, as minGPT), linear warmup -> optional constant
-  hold -> cosine decay, ``pkeep`` input corruption and class dropout for CFG.
+  (0.9, 0.95), weight decay 0.01 on Linear weights only, as minGPT; or on every parameter, as DiGIT's
+  fairseq Adam), linear warmup -> optional constant hold -> cosine decay (or fairseq's inverse square
+  root), ``pkeep`` input corruption and class dropout for CFG.
 * ``fit_gpt``: the whole run -- model config from the data, Trainer, export to a GPT directory.
+
+Two data modes (DiGIT's published training vs the package's fast default):
+
+* **token directories** (``fit_gpt(tokens, ...)``, the default): ids encoded once by ``vqgan-lc encode``
+  (one center crop per image). A directory written by ``encode --augment`` holds several variants per
+  image (rows ``(n_aug, h, w)``); each time a row is read one variant is drawn at random (the same one
+  for the paired prefix directory), so every epoch sees a random augmented view.
+* **images, tokenized online** (``fit_gpt(None, ..., images=FOLDER, tokenizer=DIR, prefix_tokenizer=DIR)``):
+  as DiGIT's stages 1 and 2 (``augmentation: randcrop``), each image is resized (shorter side 256,
+  bicubic), randomly cropped to 256 x 256 and flipped with probability 1/2 (``train.image_flip``), and
+  re-tokenized at every step by the frozen tokenizer(s) on the training device: the target ids by
+  ``tokenizer`` (DiGIT stage 1: the DiGIT tokenizer; stage 2: the pixel tokenizer, MAGE's VQGAN or a
+  VQGAN-LC model) and the prefix ids by ``prefix_tokenizer`` (stage 2: the DiGIT tokenizer) from the same
+  crop. Tokenizers run in float32 (autocast off) and are not part of the GPT's checkpoints.
 """
 
 from __future__ import annotations
@@ -27,14 +42,19 @@ from ..config import check_fields
 from ..errors import CheckpointError, UnknownPresetError
 from ..generate.gpt import GPT, GPT_PRESETS, GPTConfig
 from ..generate.maskgit import maskgit_loss
+from ..tokenizer import Tokenizer, tokenizer_identity
 from ..tokens.format import TokenFile, TokenFormatError, open_tokens
 from .callbacks import PeriodicCheckpoint
 from .checkpoints import check_lightning_checkpoint
-from .schedule import lr_factor, set_lr
+from .data import ImageDataModule
+from .schedule import inverse_sqrt_lr, lr_factor, set_lr
 
 log = logging.getLogger(__name__)
 
 DATA_FIELDS = ("n_codes", "grid", "n_classes", "prefix_vocab", "prefix_grid")
+
+LRSchedule = Literal["cosine", "inverse-sqrt"]
+DecayParams = Literal["weights", "all"]
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -51,9 +71,16 @@ class GPTTrainConfig:
     ``vqgan_lc.generate.maskgit``; DiGIT uses ``label_smoothing`` 0.1). ``fit_gpt`` sets the model's
     attention from it when the model config does not name one.
 
-    Schedule: lr rises linearly over ``warmup_steps``, stays at ``lr`` until ``decay_start`` (default: end
-    of warmup), then follows a half cosine to ``min_lr`` at ``max_steps`` (official: warmup 5,000, hold to
-    80,000, cosine to 0 at 450,000).
+    Schedule (``schedule``): ``"cosine"`` (the default): lr rises linearly over ``warmup_steps``, stays at
+    ``lr`` until ``decay_start`` (default: end of warmup), then follows a half cosine to ``min_lr`` at
+    ``max_steps`` (official VQGAN-LC GPT: warmup 5,000, hold to 80,000, cosine to 0 at 450,000).
+    ``"inverse-sqrt"``: fairseq's, as DiGIT trains both stages (``vqgan_lc.train.schedule.inverse_sqrt_lr``):
+    linear from ``warmup_init_lr`` to ``lr`` over ``warmup_steps`` (DiGIT: 1e-7 -> peak over 6,250), then
+    ``lr * sqrt(warmup_steps / step)``; ``decay_start`` and ``min_lr`` do not apply.
+
+    Weight decay (``weight_decay_params``): ``"weights"`` (the default, minGPT's) decays the Linear weights
+    only, not biases, LayerNorms, embeddings or positions; ``"all"`` decays every parameter, as fairseq's
+    Adam does (decoupled, DiGIT's ``weight_decay: 0.01``).
     """
 
     batch_size: int = 32
@@ -77,8 +104,21 @@ class GPTTrainConfig:
     checkpoint_every_n_steps: int = 1000
     objective: Literal["ar", "maskgit"] = "ar"
     checkpoint_every_minutes: float | None = 30.0  # last.ckpt also after this much wall time (None: steps only)
+    schedule: LRSchedule = "cosine"
+    image_size: int = 256  # image mode only: shorter side resized to this, then a random square crop
+    image_flip: bool = True  # image mode only: random horizontal flips (DiGIT's randcrop)
+    warmup_init_lr: float = 0.0  # inverse-sqrt only: the learning rate of step 0
+    weight_decay_params: DecayParams = "weights"
 
     def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "inverse-sqrt"):
+            raise ValueError(f"schedule must be 'cosine' or 'inverse-sqrt', got {self.schedule!r}")
+        if self.weight_decay_params not in ("weights", "all"):
+            raise ValueError(f"weight_decay_params must be 'weights' or 'all', got {self.weight_decay_params!r}")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.warmup_init_lr < 0:
+            raise ValueError(f"warmup_init_lr must be >= 0, got {self.warmup_init_lr}")
         if self.objective not in ("ar", "maskgit"):
             raise ValueError(f"objective must be 'ar' or 'maskgit', got {self.objective!r}")
         if self.objective == "maskgit" and self.pkeep < 1.0:
@@ -101,12 +141,30 @@ class GPTTrainConfig:
 
 def lr_at(step: int, cfg: GPTTrainConfig) -> float:
     """Learning rate at optimizer step ``step`` (0-based): warmup -> hold -> cosine to ``min_lr``
-    (``vqgan_lc.train.schedule.lr_factor`` with the minGPT warm-up, which starts at ``lr / warmup_steps``)."""
+    (``vqgan_lc.train.schedule.lr_factor`` with the minGPT warm-up, which starts at ``lr / warmup_steps``),
+    or fairseq's inverse square root with ``schedule="inverse-sqrt"``."""
+    if cfg.schedule == "inverse-sqrt":
+        return inverse_sqrt_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, warmup_init_lr=cfg.warmup_init_lr)
     return cfg.lr * lr_factor(step, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                               min_lr_ratio=cfg.min_lr / cfg.lr if cfg.lr else 0.0, hold_until=cfg.decay_start, warmup_start="one_step")
 
 
 # ----------------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DataShape:
+    """What ``model_config_from_data`` reads of the data when there is no token directory (image mode):
+    the tokenizer's codebook size and token grid, the images' labels (-1 = no class) and class names."""
+
+    codebook_size: int
+    grid: tuple[int, int]
+    labels: np.ndarray
+    classes: tuple[str, ...] = ()
+
+    @classmethod
+    def of_tokens(cls, tokens: TokenFile) -> DataShape:
+        return cls(tokens.codebook_size, tokens.grid, tokens.labels, tuple(tokens.manifest.get("classes") or ()))
+
+
 def check_paired(tokens: TokenFile, prefix: TokenFile) -> None:
     """Refuse a prefix directory whose rows are not the same images in the same order."""
     a, b = tokens.directory, prefix.directory
@@ -142,10 +200,25 @@ class GPTTokenDataset(torch.utils.data.Dataset):
         return len(self.tokens)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ids = torch.from_numpy(self.tokens.row(i).astype(np.int64).reshape(-1))
-        prefix = (torch.from_numpy(self.prefix.row(i).astype(np.int64).reshape(-1)) if self.prefix is not None
+        row = self.tokens.row(i)
+        prow = self.prefix.row(i) if self.prefix is not None else None
+        if row.ndim == 3 or (prow is not None and prow.ndim == 3):  # `encode --augment`: (n_aug, h, w)
+            row, prow = self._one_variant(row, prow)
+        ids = torch.from_numpy(np.asarray(row).astype(np.int64).reshape(-1))
+        prefix = (torch.from_numpy(np.asarray(prow).astype(np.int64).reshape(-1)) if prow is not None
                   else torch.empty(0, dtype=torch.long))
         return ids, torch.tensor(int(self.tokens.labels[i])), prefix
+
+    def _one_variant(self, row: np.ndarray, prow: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """One augmented variant, drawn uniformly (torch's RNG: seeded per worker by Lightning); the paired
+        prefix row takes the same variant, so both ids come from the same crop / flip."""
+        n = row.shape[0] if row.ndim == 3 else 1
+        if prow is not None and (prow.shape[0] if prow.ndim == 3 else 1) != n:
+            raise TokenFormatError(f"{self.tokens.directory} and the prefix tokens {self.prefix.directory} "  # type: ignore[union-attr]
+                                   "hold different numbers of augmented variants per image; encode both with the "
+                                   "same --augment")
+        v = int(torch.randint(n, ()))
+        return (row[v] if row.ndim == 3 else row), (None if prow is None else prow[v] if prow.ndim == 3 else prow)
 
 
 class GPTTokenData(pl.LightningDataModule):
@@ -165,14 +238,25 @@ class GPTTokenData(pl.LightningDataModule):
         )
 
 
-def model_config_from_data(spec: dict[str, Any], tokens: TokenFile, prefix: TokenFile | None = None) -> GPTConfig:
-    """A ``GPTConfig`` from a YAML ``model:`` section and the token directories.
+class GPTImageData(ImageDataModule):
+    """Image mode's training batches: ``ImageDataModule`` (Resize + seeded RandomCrop + flip, resumable
+    mid-epoch) without its validation loader, since the GPT has no validation step."""
+
+    val_dataloader = pl.LightningDataModule.val_dataloader  # type: ignore[assignment]
+
+
+def model_config_from_data(spec: dict[str, Any], tokens: TokenFile | DataShape,
+                           prefix: TokenFile | DataShape | None = None) -> GPTConfig:
+    """A ``GPTConfig`` from a YAML ``model:`` section and the token directories (or, in image mode, the
+    ``DataShape`` of the tokenizers and images).
 
     ``spec`` holds an optional ``preset`` (architecture only) and field overrides. Data fields default to
     the data: ``n_codes`` = codebook size, ``grid`` = token grid, ``n_classes`` (``auto``) = number of
     classes when every row has a label else 0, ``prefix_vocab``/``prefix_grid`` from the prefix directory.
     Explicit data fields are checked against the data.
     """
+    tokens = tokens if isinstance(tokens, DataShape) else DataShape.of_tokens(tokens)
+    prefix = prefix if prefix is None or isinstance(prefix, DataShape) else DataShape.of_tokens(prefix)
     spec = dict(spec)
     preset = spec.pop("preset", None)
     base: dict[str, Any] = {}
@@ -193,7 +277,7 @@ def model_config_from_data(spec: dict[str, Any], tokens: TokenFile, prefix: Toke
     labels = tokens.labels
     n_classes = cfg.get("n_classes", "auto")
     if n_classes in (None, "auto"):
-        n_classes = len(tokens.manifest.get("classes") or []) if len(labels) and labels.min() >= 0 else 0
+        n_classes = len(tokens.classes) if len(labels) and labels.min() >= 0 else 0
     cfg["n_classes"] = int(n_classes)
     if cfg["n_classes"] and len(labels) and (labels.min() < 0 or labels.max() >= cfg["n_classes"]):
         raise ValueError(f"n_classes={cfg['n_classes']} but the tokens' labels span [{labels.min()}, {labels.max()}] "
@@ -211,11 +295,44 @@ def model_config_from_data(spec: dict[str, Any], tokens: TokenFile, prefix: Toke
     return GPTConfig.from_dict(cfg)
 
 
+class OnlineTokenizers:
+    """The frozen tokenizers of image mode: ``(B, 3, S, S)`` images in [-1, 1] -> ``(ids (B, T), prefix
+    (B, P))`` int64 (``P = 0`` without a prefix tokenizer). A plain object, not an ``nn.Module``, so the
+    tokenizers stay out of the GPT's state dict and checkpoints; ``to(device)`` moves them."""
+
+    def __init__(self, target: Tokenizer, prefix: Tokenizer | None = None) -> None:
+        self.target, self.prefix = target, prefix
+
+    def shape(self, image_size: int) -> tuple[int, tuple[int, int], int, tuple[int, int] | None]:
+        """``(codebook_size, grid, prefix codebook size or 0, prefix grid or None)`` for square images."""
+        t, p = self.target, self.prefix
+        return (t.codebook_size, tuple(t.latent_shape(image_size)), p.codebook_size if p else 0,  # type: ignore[return-value]
+                tuple(p.latent_shape(image_size)) if p else None)
+
+    def to(self, device: torch.device | str) -> OnlineTokenizers:
+        for tok in (self.target, self.prefix):
+            if tok is not None:
+                tok.to(device).eval()  # type: ignore[attr-defined]
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            x = images.float()
+            ids = self.target.encode(x).reshape(x.shape[0], -1).long()
+            prefix = (self.prefix.encode(x).reshape(x.shape[0], -1).long() if self.prefix is not None
+                      else torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device))
+        return ids, prefix
+
+
 # ----------------------------------------------------------------------------------------- module
 class GPTLightningModule(pl.LightningModule):
-    """Trains a ``GPT`` on batches ``(ids (B, T), labels (B,), prefix (B, P))``."""
+    """Trains a ``GPT`` on batches ``(ids (B, T), labels (B,), prefix (B, P))``, or, with ``tokenizers``
+    (image mode), on image batches ``{"images": (B, 3, S, S) in [-1, 1], "labels": (B,)}`` (``ImageDataModule``)
+    tokenized at every step."""
 
-    def __init__(self, model_config: GPTConfig | dict[str, Any], train_config: GPTTrainConfig | dict[str, Any]) -> None:
+    def __init__(self, model_config: GPTConfig | dict[str, Any], train_config: GPTTrainConfig | dict[str, Any],
+                 *, tokenizers: OnlineTokenizers | None = None) -> None:
         super().__init__()
         mc = model_config if isinstance(model_config, GPTConfig) else GPTConfig.from_dict(model_config)
         tc = train_config if isinstance(train_config, GPTTrainConfig) else GPTTrainConfig.from_dict(train_config)
@@ -227,6 +344,11 @@ class GPTLightningModule(pl.LightningModule):
             raise ValueError(f"objective {tc.objective!r} needs model.attention "
                              f"{'bidirectional' if tc.objective == 'maskgit' else 'causal'}, got {mc.attention!r}")
         self.gpt = GPT(mc)
+        self.tokenizers = tokenizers
+
+    def on_fit_start(self) -> None:
+        if self.tokenizers is not None:
+            self.tokenizers.to(self.device)
 
     def corrupt(self, ids: torch.Tensor) -> torch.Tensor:
         """``pkeep``: each input id is kept with probability ``pkeep``, else replaced by a random id of the
@@ -248,8 +370,16 @@ class GPTLightningModule(pl.LightningModule):
             labels = labels.masked_fill(drop, -1)
         return labels
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        ids, labels, prefix = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...] | dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        if isinstance(batch, dict):  # image mode: tokenize this step's random crops
+            if self.tokenizers is None:
+                raise ValueError("an image batch needs the module's tokenizers (fit_gpt with images= and tokenizer=)")
+            if batch["images"].shape[0] == 0:  # every image of the batch was unreadable (recorded by the data module)
+                return None
+            ids, prefix = self.tokenizers(batch["images"])
+            labels = batch["labels"]
+        else:
+            ids, labels, prefix = batch
         # nanoGPT's way: the learning rate of this step from the step counter (optimizer steps so far).
         lr = lr_at(self.global_step, self.train_config)
         set_lr(self.optimizers(), lr)  # type: ignore[arg-type]
@@ -269,15 +399,18 @@ class GPTLightningModule(pl.LightningModule):
         no_decay: list[torch.nn.Parameter] = []
         for name, p in self.gpt.named_parameters():
             # minGPT: decay Linear weights only; biases, LayerNorms, embeddings and positions are not decayed.
-            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+            # fairseq (DiGIT): every parameter.
+            every = tc.weight_decay_params == "all"
+            (decay if every or (p.dim() >= 2 and "emb" not in name) else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
         # No scheduler: training_step sets the learning rate from global_step before each step.
         return torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas)
 
 
 # ----------------------------------------------------------------------------------------- the run
 def fit_gpt(
-    tokens: str | os.PathLike,
+    tokens: str | os.PathLike | None,
     out: str | os.PathLike,
     *,
     model: dict[str, Any] | GPTConfig | None = None,
@@ -285,8 +418,17 @@ def fit_gpt(
     prefix_tokens: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    images: str | os.PathLike | None = None,
+    file_list: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | Tokenizer | None = None,
+    prefix_tokenizer: str | os.PathLike | Tokenizer | None = None,
 ) -> Path:
     """Train a GPT on a token directory (and a paired prefix directory) and export it to ``out``.
+
+    Image mode (DiGIT's published recipe; see the module docstring): ``tokens=None`` and ``images`` (a
+    folder, or the root of ``file_list``) with ``tokenizer`` (a tokenizer directory or object: the target
+    ids) and optionally ``prefix_tokenizer`` (the prefix ids, DiGIT stage 2); images are random-cropped,
+    flipped and tokenized at every step.
 
     ``out`` receives ``config.json`` + ``model.safetensors`` (loadable with ``GPT.from_pretrained``);
     Lightning checkpoints and logs go to ``out/lightning``. ``resume=True`` continues from
@@ -296,7 +438,18 @@ def fit_gpt(
     checked, is random state (dropout, ``pkeep``, class dropout, the shuffle) that the checkpoint
     does not restore. Returns ``out``.
     """
+    from ..errors import ConfigError
+
     tc = train if isinstance(train, GPTTrainConfig) else GPTTrainConfig.from_dict(train or {})
+    image_mode = images is not None
+    if image_mode == (tokens is not None):
+        raise ConfigError("give either a token directory (--tokens) or an image folder (--images) with --tokenizer, "
+                          "not both and not neither")
+    if image_mode and (tokenizer is None or prefix_tokens is not None):
+        raise ConfigError("--images needs --tokenizer (and --prefix-tokenizer for a prefix, not --prefix-tokens)")
+    if not image_mode and (tokenizer is not None or prefix_tokenizer is not None or file_list is not None):
+        raise ConfigError("--tokenizer, --prefix-tokenizer and --file-list apply to --images only; drop them "
+                          "or train from --images")
     out = Path(out)
     work = out / "lightning"
     last = work / "checkpoints" / "last.ckpt"
@@ -305,15 +458,40 @@ def fit_gpt(
             raise CheckpointError(f"--resume: no checkpoint at {last}; drop --resume to start a new run, or give "
                                   "the --out of the run to continue")
         check_lightning_checkpoint(last, option="--resume")
-    dataset = GPTTokenDataset(tokens, prefix_tokens)
     spec = dict(model or {"preset": "gpt-tiny"}) if not isinstance(model, GPTConfig) else {}
     if spec and tc.objective == "maskgit":
         spec.setdefault("attention", "bidirectional")
-    mc = model if isinstance(model, GPTConfig) else model_config_from_data(spec, dataset.tokens, dataset.prefix)
+    online: OnlineTokenizers | None = None
+    data: pl.LightningDataModule
+    if image_mode:
+        from ..tokenizer import load_tokenizer
+
+        def _open(t: str | os.PathLike | Tokenizer) -> Tokenizer:
+            return t if isinstance(t, Tokenizer) else load_tokenizer(t)
+
+        online = OnlineTokenizers(_open(tokenizer), None if prefix_tokenizer is None else _open(prefix_tokenizer))  # type: ignore[arg-type]
+        data = GPTImageData(str(images), None if file_list is None else str(file_list), image_size=tc.image_size,
+                            batch_size=tc.batch_size, num_workers=tc.num_workers, flip=tc.image_flip, seed=tc.seed)
+        data.setup("fit")
+        listed = data.train_images
+        assert listed is not None
+        k, grid, pk, pgrid = online.shape(tc.image_size)
+        labels = np.asarray(listed.labels, dtype=np.int64)
+        shape = DataShape(k, grid, labels, tuple(listed.classes))
+        pshape = None if pgrid is None else DataShape(pk, pgrid, labels, tuple(listed.classes))
+        n_rows = len(listed)
+    else:
+        dataset = GPTTokenDataset(tokens, prefix_tokens)  # type: ignore[arg-type]
+        shape = DataShape.of_tokens(dataset.tokens)
+        pshape = None if dataset.prefix is None else DataShape.of_tokens(dataset.prefix)
+        data = GPTTokenData(dataset, batch_size=tc.batch_size, num_workers=tc.num_workers, seed=tc.seed)
+        n_rows = len(dataset)
+    mc = model if isinstance(model, GPTConfig) else model_config_from_data(spec, shape, pshape)
     pl.seed_everything(tc.seed, workers=True, verbose=False)
-    module = GPTLightningModule(mc, tc)
-    log.info("GPT %d layers x %d wide, %.2fM parameters; %d rows of %dx%d tokens, %d codes, %d classes%s",
-             mc.n_layer, mc.n_embd, module.gpt.num_parameters() / 1e6, len(dataset), *mc.grid, mc.n_codes,
+    module = GPTLightningModule(mc, tc, tokenizers=online)
+    log.info("GPT %d layers x %d wide, %.2fM parameters; %d %s of %dx%d tokens, %d codes, %d classes%s",
+             mc.n_layer, mc.n_embd, module.gpt.num_parameters() / 1e6, n_rows,
+             "images tokenized online" if image_mode else "rows", *mc.grid, mc.n_codes,
              mc.n_classes, f", prefix {mc.prefix_len} ids of {mc.prefix_vocab}" if mc.prefix_vocab else "")
     minutes = tc.checkpoint_every_minutes
     ckpt = PeriodicCheckpoint(dirpath=str(work / "checkpoints"), save_last=True, save_top_k=0,
@@ -323,19 +501,29 @@ def fit_gpt(
         max_steps=tc.max_steps, accelerator=tc.accelerator, devices=tc.devices, precision=tc.precision,  # type: ignore[arg-type]
         gradient_clip_val=tc.grad_clip, log_every_n_steps=tc.log_every_n_steps, default_root_dir=str(work),
         callbacks=[ckpt], enable_progress_bar=progress, enable_model_summary=False,
-        logger=pl.loggers.CSVLogger(str(work), name="logs"), num_sanity_val_steps=0,
+        logger=pl.loggers.CSVLogger(str(work), name="logs"), num_sanity_val_steps=0, limit_val_batches=0,
     )
-    data = GPTTokenData(dataset, batch_size=tc.batch_size, num_workers=tc.num_workers, seed=tc.seed)
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume else None)
     if trainer.global_rank == 0:
         final = trainer.callback_metrics.get("train/loss")
+        if image_mode:
+            assert online is not None
+            aug = f"resize {tc.image_size} + random crop {tc.image_size}" + (" + flip" if tc.image_flip else "")
+            source: dict[str, Any] = {"images": str(Path(images).resolve()), "online": True, "augmentation": aug,  # type: ignore[arg-type]
+                                      "tokenizer": tokenizer_identity(online.target), "num_rows": n_rows,
+                                      "classes": list(shape.classes)}
+            prefix_source = None if online.prefix is None else {"tokenizer": tokenizer_identity(online.prefix),
+                                                                "online": True}
+        else:
+            source = {"directory": str(Path(tokens).resolve()), "tokenizer": dataset.tokens.manifest["tokenizer"],  # type: ignore[arg-type]
+                      "num_rows": n_rows, "classes": list(shape.classes)}
+            prefix_source = None if dataset.prefix is None else {
+                "directory": str(Path(prefix_tokens).resolve()),  # type: ignore[arg-type]
+                "tokenizer": dataset.prefix.manifest["tokenizer"]}
         provenance = {
             "trainer": "vqgan-lc train-gpt",
-            "tokens": {"directory": str(Path(tokens).resolve()), "tokenizer": dataset.tokens.manifest["tokenizer"],
-                       "num_rows": len(dataset), "classes": list(dataset.tokens.manifest.get("classes") or [])},
-            "prefix_tokens": None if dataset.prefix is None else {
-                "directory": str(Path(prefix_tokens).resolve()),  # type: ignore[arg-type]
-                "tokenizer": dataset.prefix.manifest["tokenizer"]},
+            "tokens": source,
+            "prefix_tokens": prefix_source,
             "steps": int(trainer.global_step),
             "final_loss": None if final is None else float(final),
             "train_config": dataclasses.asdict(tc),
@@ -346,10 +534,13 @@ def fit_gpt(
 
 
 __all__ = [
+    "DataShape",
+    "GPTImageData",
     "GPTLightningModule",
     "GPTTokenData",
     "GPTTokenDataset",
     "GPTTrainConfig",
+    "OnlineTokenizers",
     "check_paired",
     "fit_gpt",
     "lr_at",

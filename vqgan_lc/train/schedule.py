@@ -1,4 +1,6 @@
-"""The one learning-rate schedule of the package: linear warm-up, optional hold, half-cycle cosine.
+"""The learning-rate schedules of the package: linear warm-up, optional hold, half-cycle cosine (the
+default everywhere), and fairseq's inverse square root (``inverse_sqrt_lr``, DiGIT's published recipe; a
+``train-gpt`` option).
 
 ``VQGANLCModule`` (MAE's ``util/lr_sched.py``, as the official VQGAN-LC, indexed by generator step)
 and ``GPTLightningModule`` (minGPT-style, as the official VQGAN-LC GPT, indexed by optimizer step)
@@ -43,10 +45,23 @@ def lr_factor(
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def inverse_sqrt_lr(step: int, *, lr: float, warmup_steps: int, warmup_init_lr: float = 0.0) -> float:
+    """fairseq's ``inverse_sqrt`` schedule (DiGIT's stages 1 and 2) at update ``step`` (0-based: the number
+    of updates already done, fairseq's ``num_updates``).
+
+    Linear from ``warmup_init_lr`` at step 0 to ``lr`` at ``warmup_steps``, then ``lr * sqrt(warmup_steps
+    / step)``: the learning rate halves every time the step count quadruples and never reaches 0. Without
+    warm-up (``warmup_steps = 0``) it is ``lr`` at step 0 and ``lr / sqrt(step)`` after.
+    """
+    if step < warmup_steps:
+        return warmup_init_lr + step * (lr - warmup_init_lr) / warmup_steps
+    return lr * math.sqrt(max(warmup_steps, 1) / max(step, 1))
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set ``lr`` on every parameter group of ``optimizer`` (Lightning's wrapper is an instance too)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
 
 
-__all__ = ["WarmupStart", "lr_factor", "set_lr"]
+__all__ = ["WarmupStart", "inverse_sqrt_lr", "lr_factor", "set_lr"]
