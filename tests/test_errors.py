@@ -276,8 +276,11 @@ def test_config_fields_of_the_wrong_type_and_lightning_refusals(made: dict[str, 
 @pytest.mark.slow
 def test_train_batch_size_zero_is_one_sentence(made: dict[str, Path], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from vqgan_lc.codebook import save_codebook
+
+    cb = save_codebook(tmp_path / "codebook.safetensors", torch.randn(64, 768) * 0.03, {"extractor": "pixels"})
     rc, _, err = cli(["train", "--config", "tiny_cpu", "--data.data", str(made["photos"]), "--data.batch_size", "0",
-                      "--trainer.default_root_dir", str(tmp_path / "run")], capsys)
+                      "--codebook", str(cb), "--trainer.default_root_dir", str(tmp_path / "run")], capsys)
     assert rc == 1 and err == "vqgan-lc train: error: --data.batch_size must be an integer >= 1, got 0; fix the value"
 
 
