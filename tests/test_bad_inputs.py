@@ -200,6 +200,10 @@ CASES = [
     Case("train-batch-size-not-a-number", lambda e, t: ["train", "--config", "tiny_cpu", "--data.data", str(e["photos"]),
                                                         "--data.batch_size", "abc"], slow=True,
          expect='Parser key "data.batch_size": Expected a <class \'int\'>. Got value: abc (vqgan-lc train --help'),
+    Case("train-root-dir-is-a-file", lambda e, t: ["train", "--config", "tiny_cpu", "--data.data", str(e["photos"]),
+                                                   "--codebook", str(e["codebook"]), "--trainer.default_root_dir",
+                                                   str(e["codebook"])], slow=True,
+         expect="--trainer.default_root_dir {} is a file, not a folder"),
     Case("train-devices-zero", lambda e, t: ["train", "--config", "tiny_cpu", "--data.data", str(e["photos"]),
                                              "--codebook", str(e["codebook"]), "--trainer.devices", "0",
                                              "--trainer.default_root_dir", str(t / "run")], slow=True,
@@ -249,7 +253,7 @@ def test_each_failure_is_one_sentence_and_leaves_the_users_files(case: Case, env
     assert [line for line in err if not LOG_LINE.match(line) and line not in errors and line.strip()] == [], err
     assert "Traceback" not in "\n".join(err)
     if case.expect:
-        assert case.expect in errors[0]
+        assert case.expect.format(*argv[-1:]) in errors[0]
     assert snapshot(env["root"]) == before  # nothing of the user's inputs changed
     after_tmp = snapshot(tmp_path)  # the user's own files in an --out folder are untouched
     assert {k: v for k, v in after_tmp.items() if k in before_tmp} == before_tmp

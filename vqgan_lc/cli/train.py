@@ -132,6 +132,9 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
                            "exit_on_error": False},  # a usage error is raised; run() prints it as one line
         )
     if run:
+        from ._checks import check_output
+
+        check_output(cli.trainer.default_root_dir, "folder", "--trainer.default_root_dir")  # before any step
         ckpt_path = resolve_ckpt_path(cli.config.get("ckpt_path"), cli.trainer)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     return cli
