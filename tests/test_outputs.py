@@ -436,5 +436,5 @@ def test_evaluate_on_an_unavailable_device_is_one_sentence(token_dir: Path, mode
     rc, err = run_cli(capsys, "evaluate", "--model", model_dir, "--tokens", token_dir, "--out", tmp_path / "eval",
                       "--device", "cuda", "--num-workers", "0")
     line = one_error_line(err, "evaluate")
-    assert rc == 1 and "device 'cuda' is unavailable" in line and "corrupt" not in line
+    assert rc == 1 and "--device cuda is unavailable" in line and "corrupt" not in line
     assert not (tmp_path / "eval").exists()

@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -81,6 +82,23 @@ def tmp_pattern(name_glob: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- reading
+def load_failure_reason(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` (or safetensors) refused a file, in a few words for a sentence.
+
+    torch's refusal of a pickle advises re-running with ``weights_only=False``, which would run the
+    file's code; that advice is dropped and the blocked Python object is named instead.
+    """
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        for line in text.splitlines():
+            line = line.strip()
+            if "GLOBAL" in line or "global" in line:
+                return (f"it holds a pickled Python object, not only tensors ({line.rstrip('.')}); vqgan-lc never "
+                        "unpickles such objects, since they can run code")
+        return "it holds pickled Python objects, not only tensors; vqgan-lc never unpickles such objects"
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
 def check_format(
     meta: Mapping[str, Any],
     path: str | os.PathLike,
@@ -102,6 +120,9 @@ def check_format(
     if found != expected_format:
         raise error(f"{path} is not a {what} (format={found!r}, expected {expected_format!r})")
     version = meta.get("format_version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise error(f"{path}: field 'format_version' has the wrong type ({type(version).__name__} {version!r}, "
+                    "expected an integer); the file was edited or damaged: restore it or write it again")
     if version not in known:
         reads = f"version {known[0]}" if len(known) == 1 else f"versions {', '.join(map(str, known))}"
         raise FormatVersionError(f"{path} is a {what} of format_version {version!r}; this vqgan-lc reads {reads}. {upgrade}")
@@ -185,39 +206,35 @@ def load_weights_dir(
     return meta, config, state, w_path
 
 
-def check_device(device: Any) -> None:
+def check_device(device: Any, *, flag: str | None = None) -> None:
     """Raise ``DeviceError`` (one sentence) when ``device`` (``"cuda"``, ``"cuda:1"``, ``torch.device``, None =
     CPU) is not a usable torch device on this machine, instead of letting a later load fail with a message
-    that blames the file."""
+    that blames the file. ``flag`` (e.g. ``"--device"``) names the CLI option the value came from."""
     import torch
-
 
     if device is None:
         return
+    what = f"{flag} {device}" if flag else f"device {str(device)!r}"
+    fix = f"use {flag} cpu" if flag else "pass map_location='cpu'"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise DeviceError(f"{str(device)!r} is not a torch device type; pass e.g. 'cpu' or 'cuda'") from e
-    if dev.type == "cpu" or dev.type == "meta":
+        raise DeviceError(f"{what} is not a torch device; {fix} or e.g. 'cuda'") from e
+    if dev.type in ("cpu", "meta"):
         return
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise DeviceError(f"device {str(dev)!r} is unavailable: torch sees no CUDA GPU on this machine; "
-                              "pass map_location='cpu' (or --device cpu)")
+            raise DeviceError(f"{what} is unavailable: this machine has no usable CUDA GPU; {fix}")
         if dev.index is not None and dev.index >= n:
-            raise DeviceError(f"device {str(dev)!r} is unavailable: this machine has {n} CUDA GPU(s) (cuda:0 to "
-                              f"cuda:{n - 1}); pass one of those or 'cpu'")
+            have = "cuda:0" if n == 1 else f"cuda:0 to cuda:{n - 1}"
+            raise DeviceError(f"{what} is unavailable: this machine has {n} CUDA GPU{'s' if n > 1 else ''} ({have}); "
+                              "pick one of them or cpu")
         return
-    if dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise DeviceError(f"device {str(dev)!r} is unavailable on this machine; pass map_location='cpu'")
-        return
-    backend = getattr(torch, dev.type, None)
+    backend = getattr(torch.backends, "mps", None) if dev.type == "mps" else getattr(torch, dev.type, None)
     is_available = getattr(backend, "is_available", None)
     if not callable(is_available) or not is_available():
-        raise DeviceError(f"device {str(dev)!r} is unavailable on this machine (torch has no usable {dev.type} "
-                          "backend); pass map_location='cpu'")
+        raise DeviceError(f"{what} is unavailable: torch has no usable {dev.type} backend on this machine; {fix}")
 
 
 def state_dict_mismatch(own: Mapping[str, Any], state: Mapping[str, Any], *, show: int = 5) -> str:
@@ -287,7 +304,7 @@ def load_weights_file(path: str | os.PathLike, option: str = "--weights") -> dic
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors/torch raise many kinds for a bad file
-        msg = str(e).splitlines()[0] if str(e) else ""
+        msg = load_failure_reason(e)
         raise CheckpointError(
             f"{path} is not a readable weights file (.safetensors, a torch.save state dict or a TorchScript "
             f"archive); {type(e).__name__}: {msg}"
@@ -326,6 +343,25 @@ def load_state_dict_strict(
 
 
 # ----------------------------------------------------------------------------------------- writing
+def reserve_file_space(path: str | os.PathLike) -> None:
+    """Allocate every block of the (sparse) file ``path`` now, so that writing through a memmap of it cannot
+    hit a full disk (which kills the process with SIGBUS). A full disk raises ``OSError(ENOSPC)`` here;
+    where the platform or file system has no ``posix_fallocate`` nothing is reserved."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):  # unsupported here: nothing to reserve
+            return
+        raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; once the block has written it, fsync it and rename it

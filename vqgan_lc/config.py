@@ -7,6 +7,8 @@ needed to rebuild the network and reproduce its numbers lives here.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,11 +27,50 @@ _DISTANCES = ("euclidean", "cosine")
 
 def check_fields(cls: type, d: dict[str, Any], what: str, hint: str = "") -> None:
     """Raise ``ValueError`` naming the keys of ``d`` that are not fields of the dataclass ``cls``
-    (``what`` names the config in the sentence, ``hint`` is appended)."""
+    (``what`` names the config in the sentence, ``hint`` is appended), and ``ConfigError`` naming the
+    first value of a plain field (int, float, str, bool, a Literal, a list/tuple, or None where allowed)
+    that is of the wrong type (``lr: abc``), instead of a ``TypeError`` from inside the code."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ValueError(f"unknown {what} keys: {', '.join(unknown)} (known: {', '.join(sorted(known))}){hint}")
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved: nothing to check against
+        return
+    for key, value in d.items():
+        expected = _type_mismatch(hints.get(key), value)
+        if expected is not None:
+            raise ConfigError(f"{what} field {key!r} has the wrong type ({type(value).__name__} {value!r}; expected "
+                              f"{expected}); fix the value")
+
+
+def _type_mismatch(hint: Any, value: Any) -> str | None:
+    """What ``hint`` expects when ``value`` does not fit it (None: it fits, or the hint is not a plain one)."""
+    if hint is None or hint is Any:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        results = [_type_mismatch(a, value) for a in args]
+        if any(r is None for r in results):
+            return None
+        return " or ".join(r for r in results if r)
+    if hint is type(None):
+        return None if value is None else "null"
+    if origin is Literal:
+        return None if value in args else "one of " + ", ".join(map(repr, args))
+    if origin in (tuple, list) or hint in (tuple, list):
+        return None if isinstance(value, (list, tuple)) else "a list"
+    if hint is bool:
+        return None if isinstance(value, bool) else "true or false"
+    if hint is int:
+        ok = (isinstance(value, int) or (isinstance(value, float) and value.is_integer())) and not isinstance(value, bool)
+        return None if ok else "an integer"
+    if hint is float:
+        return None if isinstance(value, (int, float)) and not isinstance(value, bool) else "a number"
+    if hint is str:
+        return None if isinstance(value, str) else "a string"
+    return None  # nested configs, dicts, classes: checked by their own code
 
 
 # What a baseline fixes: the official VQGAN-FC searches by Euclidean distance, the fc-cosine variant

@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
+from ._io import load_failure_reason
 from .codebook import load_codebook
 from .config import ModelConfig, Projector
-from .errors import CheckpointError
+from .errors import CheckpointError, VQGANLCError
 from .model import VQGANLC
 from .registry import get_config
 
@@ -76,7 +77,7 @@ def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling raises many kinds
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = load_failure_reason(e)
         raise CheckpointError(
             f"{path} cannot be read safely as an official VQGAN-LC checkpoint: {first}. Only tensors, plain "
             "containers and argparse.Namespace are allowed; a file needing other classes is refused."
@@ -116,16 +117,30 @@ def config_from_yaml(path: str | os.PathLike) -> ModelConfig:
         import yaml
     except ImportError as e:  # pragma: no cover
         raise CheckpointError("reading a YAML config needs PyYAML: pip install pyyaml (or pass --preset)") from e
-    with open(path) as f:
-        doc = yaml.safe_load(f)
+    if not Path(path).is_file():
+        raise CheckpointError(f"config {path} does not exist; pass the official vq_config.yaml or use --preset")
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path} is not valid YAML ({first}); pass the official vq_config.yaml or use --preset") from e
     try:
         params = doc["model"]["params"]
         dd = params["ddconfig"]
+        if not isinstance(dd, dict):
+            raise TypeError("ddconfig is not a mapping")
     except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not an official VQGAN config (needs model.params.ddconfig)") from e
+        raise CheckpointError(f"{path} is not an official VQGAN config (needs model.params.ddconfig); pass the "
+                              "official vq_config.yaml or use --preset") from e
     if dd.get("double_z"):
         raise CheckpointError(f"{path}: double_z=true is a KL autoencoder, not a VQGAN")
-    return ModelConfig(embed_dim=int(params.get("embed_dim", 8)), **{k: dd[k] for k in _DDCONFIG_KEYS if k in dd})
+    try:
+        return ModelConfig(embed_dim=int(params.get("embed_dim", 8)), **{k: dd[k] for k in _DDCONFIG_KEYS if k in dd})
+    except VQGANLCError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: model.params holds a value of the wrong type or range ({e}); compare it with "
+                              "the official vq_config.yaml or use --preset") from e
 
 
 def convert_official(

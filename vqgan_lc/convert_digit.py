@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import torch
 
+from ._io import load_failure_reason
 from .errors import CheckpointError
 from .generate.gpt import GPT, GPTConfig
 
@@ -78,7 +79,7 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Te
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling raises many kinds
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = load_failure_reason(e)
         try:  # name what the pickle needs, without running it
             needed = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or first
         except Exception:  # noqa: BLE001 - not a zip checkpoint: keep torch's message

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._io import sha256_file, state_dict_mismatch
+from ._io import load_failure_reason, sha256_file, state_dict_mismatch
 from .errors import CheckpointError
 from .mage import MAGEVQGAN, MAGEConfig
 
@@ -38,7 +38,7 @@ def load_mage_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling raises many kinds
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = load_failure_reason(e)
         raise CheckpointError(f"{path} cannot be read safely as a MAGE VQGAN checkpoint ({first}); only tensors "
                               "and plain containers are allowed, so pass the release's state-dict file") from e
     if isinstance(obj, Mapping) and "state_dict" in obj:

@@ -62,6 +62,11 @@ class PreprocessingError(VQGANLCError, ValueError):
     """An image preprocessing that cannot be built or applied (unknown rule, a crop larger than the image)."""
 
 
+class OutputPathError(VQGANLCError, OSError):
+    """An output path that cannot be written: a file where a folder is wanted (or the reverse), a read-only
+    or not writable folder. Raised before the work starts (``vqgan_lc.cli._checks.check_output``)."""
+
+
 # ----------------------------------------------------------------------------------------- tokens, evaluation
 class TokenFormatError(VQGANLCError, ValueError):
     """A token directory that is incomplete, corrupt, or made with other settings."""
@@ -130,5 +135,5 @@ class OutputLockedError(VQGANLCError, RuntimeError):
     """An output folder another running vqgan-lc process is writing to (its advisory lock is held)."""
 
 
-class DeviceError(VQGANLCError, ValueError):
+class DeviceError(ConfigError):
     """A torch device that does not exist or is unavailable on this machine (``map_location``, ``--device``)."""

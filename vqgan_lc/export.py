@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ._io import load_failure_reason
 from .config import ModelConfig
 from .errors import CheckpointError
 from .model import VQGANLC
@@ -33,7 +34,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, directory: str | os.PathLik
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a bad pickle
-        raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {load_failure_reason(e)})") from e
     meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if meta is None or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} was not written by vqgan-lc train (no '{CHECKPOINT_KEY}' entry)")

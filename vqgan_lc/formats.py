@@ -165,6 +165,10 @@ def _checked(path: Path, where: str, fmt: Any, version: Any, allowed: tuple[str,
             f"{', '.join(allowed)} there."
         )
     spec = FORMATS[fmt]
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        raise UnknownFormatError(f"{path}: {where} records format_version {version!r}, a {type(version).__name__} "
+                                 "where an integer belongs (the wrong type); the file was edited or damaged: "
+                                 "restore it or write it again")
     if version not in spec.versions:
         reads = (f"only version {spec.versions[0]}" if len(spec.versions) == 1
                  else f"versions {', '.join(map(str, spec.versions))}")

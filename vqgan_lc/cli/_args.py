@@ -58,6 +58,25 @@ def open_fraction(value: str) -> float:
     return x
 
 
+def seed(value: str) -> int:
+    """A random seed: an integer in [0, 2**32) (what numpy, faiss and torch all accept)."""
+    n = int(_number(value, int, "a seed, an integer >= 0"))
+    if not 0 <= n < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed, an integer from 0 to {2**32 - 1}, got {value!r}")
+    return n
+
+
+def devices(value: str) -> str:
+    """Lightning's ``devices``: ``auto``, ``-1`` (all), a count >= 1, or a comma list of device indices."""
+    v = value.strip()
+    if v in ("auto", "-1") or (v.isdigit() and int(v) >= 1):
+        return v
+    parts = [p.strip() for p in v.split(",") if p.strip()]
+    if "," in v and parts and all(p.isdigit() for p in parts):
+        return v
+    raise argparse.ArgumentTypeError(f"expected auto, -1 (all), a device count >= 1 or indices such as 0,1, got {value!r}")
+
+
 def device(value: str) -> str:
     """A torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked without importing torch."""
     if not _DEVICE.match(value):

@@ -24,8 +24,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from .._system import default_num_workers
 from ..errors import CodebookError
-from ._args import device, nonnegative_int, positive_int
+from ._args import device, nonnegative_int, positive_int, seed
+from ._checks import check_device, check_output
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                                    "digit-official float32)")
     st.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard")
     st.add_argument("--batch-size", type=positive_int, default=32)
-    st.add_argument("--workers", type=nonnegative_int, default=4, help="DataLoader worker processes")
+    st.add_argument("--workers", type=nonnegative_int, default=default_num_workers(),
+                    help="DataLoader worker processes (default: 4, or the number of CPU cores when fewer)")
     st.add_argument("--overwrite", action="store_true",
                     help="extract the store afresh (also one made with other options); files of other names in "
                          "the folder are kept")
@@ -71,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     km.add_argument("--k", type=positive_int, help="codebook size N (global k-means; with --per-class it must equal K x classes)")
     km.add_argument("--per-class", type=positive_int, metavar="K", help="K centres per class (the paper: 100)")
     km.add_argument("--niter", type=positive_int, default=20, help="k-means iterations (default 20)")
-    km.add_argument("--seed", type=int, default=0)
+    km.add_argument("--seed", type=seed, default=0)
     km.add_argument("--max-points-per-centroid", type=positive_int, default=256,
                     help="subsample cap: at most K x this many vectors are clustered (faiss default 256)")
     km.add_argument("--small-class", choices=("error", "take-all"), default="error",
@@ -126,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
 
     _check_dependencies(args)
     store_dir = args.features_only or args.from_features or args.features_dir or build.default_features_dir(args.out)
+    if args.features_only is None:
+        check_output(args.out, "file")  # before extraction and k-means, not after
+    if args.from_features is None:
+        check_output(store_dir, "folder", "--features-only" if args.features_only else "--features-dir")
+    check_device(args.device)
     if args.from_features is None:
         from ..extractors import create_extractor
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from ._args import positive_int, preset
+from ._checks import check_output
 
 _VQGAN_LC_ONLY = ("codebook", "preset", "embed_dim", "inference_only")
 
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", choices=("auto", "stage1", "stage2", "stage2-nar"), default="auto",
                    help="--format digit: which DiGIT GPT the file is (auto: from its keys and cfg model name; "
                         "stage2-nar = the MaskGIT stage 2, for a file whose cfg does not name st2vtlm_nar)")
-    p.add_argument("--n-head", type=int, help="--format digit: attention heads when the checkpoint's cfg lacks them")
+    p.add_argument("--n-head", type=positive_int, help="--format digit: attention heads when the checkpoint's cfg lacks them")
     p.add_argument("--dinov2-model", help="--format digit: timm DINOv2 name for the embedded encoder "
                                          "(default: ViT-B/14 reg4 for 768-d centroids, ViT-L/14 reg4 for 1024-d)")
     p.add_argument("--checkpoint", required=True,
@@ -57,6 +58,7 @@ def _prepare_out(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args._convert_parser
+    check_output(args.out, "folder")
     if args.format != "digit" and (args.n_head or args.dinov2_model or args.stage != "auto"):
         parser.error("--stage, --n-head and --dinov2-model apply to --format digit only")
     if args.format == "digit":

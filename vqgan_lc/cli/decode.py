@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from ._args import positive_int
+from ._checks import check_output
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory that made the tokens")
     p.add_argument("--tokens", required=True, help="token directory written by `vqgan-lc encode`")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--indices", help="rows to decode, e.g. 0:100 (default: all)")
+    p.add_argument("--indices", help="rows to decode, e.g. 0:100, 5 or -1 (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--force", action="store_true", help="decode even if the model does not match the manifest")
     p.add_argument("--overwrite", action="store_true",
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..tokenizer import DecodingTokenizer, load_tokenizer
     from ..tokens import TokenFormatError, check_compatible, open_tokens
 
+    check_output(args.out, "folder")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_tokenizer(args.model, map_location=device)
     if not isinstance(model, DecodingTokenizer):

@@ -12,15 +12,16 @@ import logging
 import math
 
 from ..errors import ConfigError
+from ._args import positive_int, seed
 
 log = logging.getLogger("vqgan_lc.cli.demo")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (the demo's own files in it are replaced)")
-    p.add_argument("--steps", type=int, default=300, help="generator steps of training")
-    p.add_argument("--k", type=int, default=512, help="codebook size (k-means centres)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int, default=300, help="generator steps of training")
+    p.add_argument("--k", type=positive_int, default=512, help="codebook size (k-means centres, at least 2)")
+    p.add_argument("--seed", type=seed, default=0)
 
 
 def run(args: argparse.Namespace) -> int:

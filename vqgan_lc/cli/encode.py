@@ -14,6 +14,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ._args import device, nonnegative_int, positive_int
+from ._checks import check_device, check_output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..tokens import EncodeOptions, encode_dataset
 
+    check_output(args.out, "folder")
+    check_output(args.save_tokenizer, "folder", "--save-tokenizer")
+    check_device(args.device)
     model = load_cli_tokenizer(args)
     opts = EncodeOptions(
         image_size=args.image_size or model.preprocessing["image_size"], batch_size=args.batch_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._args import device, nonnegative_int, positive_int
+from ._checks import check_device, check_output
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         print("vqgan-lc evaluate: error: pass --data FOLDER, or --tokens DIR (with --data for image metrics)",
               file=sys.stderr)
         return 2
+    check_output(args.out, "folder")
+    check_device(args.device)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     prepare_output_dir(args.out, "evaluation report", overwrite=args.overwrite, own_names=REPORT_NAMES, create=False)
     opts = EvaluateOptions(

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._io import WEIGHTS_DIR_NAMES, prepare_output_dir
     from ..export import export_checkpoint
+    from ._checks import check_output
+
+    check_output(args.out, "folder")
 
     prepare_output_dir(args.out, "model directory", overwrite=args.overwrite, own_names=WEIGHTS_DIR_NAMES, create=False)
     path = export_checkpoint(args.checkpoint, args.out, inference_only=args.inference_only)

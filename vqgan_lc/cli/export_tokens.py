@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..tokens.export import EXPORT_TARGETS
@@ -21,13 +23,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="llamagen only: name the folders NAME_codes / NAME_labels (e.g. imagenet256, what "
                         "LlamaGen's build_imagenet_code expects) instead of codes / labels")
     p.add_argument("--no-verify", action="store_true", help="skip the shards' sha256 check")
-    p.add_argument("--chunk-rows", type=int, default=4096, help="rows read from the token directory at a time")
+    p.add_argument("--chunk-rows", type=positive_int, default=4096, help="rows read from the token directory at a time")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import ExportError
     from ..tokens.export import export_tokens
+    from ._checks import check_output
 
+    check_output(args.out, "folder")
     if args.eos and args.to != "memmap":
         raise ExportError("--eos applies to --to memmap only; drop it or export to memmap")
     if args.llamagen_prefix and args.to != "llamagen":

@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from ._args import nonnegative_float, open_fraction, positive_float, positive_int
+from ._args import nonnegative_float, open_fraction, positive_float, positive_int, seed
+
+if TYPE_CHECKING:
+    from ..generate.gpt import GPT
+    from ..train.gpt import GPTTokenDataset
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,9 +41,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=0.4, help="--method paper: peak learning rate (paper 0.4)")
     p.add_argument("--train-batch-size", type=positive_int, default=256, help="--method paper: rows per SGD update")
     p.add_argument("--test-fraction", type=open_fraction, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--l2", type=nonnegative_float, default=1e-3, help="L2 weight of the linear head")
     p.add_argument("--batch-size", type=positive_int, default=64)
+
+
+def check_gpt_fits(gpt: GPT, dataset: GPTTokenDataset, flag: str, gpt_dir: str) -> None:
+    """Refuse a token directory whose grid or vocabulary is not the GPT's, in one sentence (instead of an
+    error from inside the transformer)."""
+    from ..errors import TokenFormatError
+
+    tokens = dataset.tokens
+    c = gpt.config
+    if tuple(tokens.grid) != tuple(c.grid):
+        raise TokenFormatError(
+            f"{flag} {tokens.directory} holds {tokens.grid[0]}x{tokens.grid[1]} token grids but the GPT {gpt_dir} "
+            f"was trained on {c.grid[0]}x{c.grid[1]} grids; encode the images at the GPT's image size "
+            "(--image-size) or probe a GPT trained on these tokens")
+    if tokens.codebook_size > c.n_codes:
+        raise TokenFormatError(
+            f"{flag} {tokens.directory} holds ids of a {tokens.codebook_size}-entry codebook but the GPT {gpt_dir} "
+            f"models {c.n_codes} ids; probe with the tokens of the tokenizer the GPT was trained on")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         raise VQGANLCError("a prefix GPT probed with --test-tokens needs both --prefix-tokens and --test-prefix-tokens")
     train = GPTTokenDataset(args.tokens, args.prefix_tokens)
     test = GPTTokenDataset(args.test_tokens, args.test_prefix_tokens) if args.test_tokens else None
+    for flag, ds in (("--tokens", train), ("--test-tokens", test)):
+        if ds is not None:
+            check_gpt_fits(gpt, ds, flag, args.gpt)
     if args.method == "paper":
         n = gpt.config.n_layer
         states = None if args.layer is None else [s if s == -1 else s % n for s in args.layer]

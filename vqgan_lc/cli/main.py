@@ -14,8 +14,10 @@ status 1; a bad flag value is a usage error (one sentence, exit status 2) from a
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -157,10 +159,74 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(_load(args._module).run(args) or 0)
     except VQGANLCError as e:
-        print(f"vqgan-lc {args.command}: error: {e}", file=sys.stderr)
+        print(f"vqgan-lc {args.command}: error: {one_line(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        logging.getLogger(__name__).debug("%s failed", args.command, exc_info=True)
+        print(f"vqgan-lc {args.command}: error: {os_error_sentence(e)}", file=sys.stderr)
         return 1
     finally:
         unconfigure_logging()  # main() called from Python (tests, the demo) leaves logging as it found it
+
+
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (from a wrapped library message) become spaces."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def _shown(path: str | bytes | os.PathLike | None) -> str | None:
+    """A path as the user wrote it, with a temporary ``.NAME.tmp-PID`` of ``atomic_path`` shown as ``NAME``."""
+    if path is None:
+        return None
+    text = os.fsdecode(path)
+    head, name = os.path.split(text)
+    if name.startswith(".") and ".tmp-" in name:
+        text = os.path.join(head, name[1:].rsplit(".tmp-", 1)[0])
+    return text
+
+
+def _folder_of(path: str | None) -> str:
+    """The folder that holds ``path`` (the path itself when it is a folder), for "no space left on DIR"."""
+    if path is None:
+        return "the output device"
+    return path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+
+
+def os_error_sentence(e: OSError) -> str:
+    """One sentence for an ``OSError`` that says what is wrong and what to do, by its errno.
+
+    ``ENOSPC`` -> "no space left on DIR", ``EROFS`` -> "DIR is read-only", ``EEXIST``/``ENOTDIR`` on a
+    file -> "OUT is a file", ``EISDIR`` -> "OUT is a folder", ``EACCES`` -> "permission denied", ``ENOENT``
+    -> "does not exist"; anything else keeps the system's reason next to the path.
+    """
+    path, other = _shown(e.filename), _shown(e.filename2)
+    target = other if other is not None and e.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST) else path
+    code = e.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left" if code == errno.ENOSPC else "the disk quota is used up"
+        return (f"{what} on {_folder_of(target)}; free some space or write to another folder, then rerun the "
+                "same command (finished parts are kept)")
+    if code == errno.EROFS:
+        return f"{_folder_of(target)} is read-only; choose a writable output folder"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied on {target}; choose a folder you can write to, or fix its permissions"
+    if code in (errno.EEXIST, errno.ENOTDIR) and target is not None:
+        where = target
+        while where and not os.path.exists(where):  # ENOTDIR: a component of the path is a file
+            where = os.path.dirname(where)
+        if where and os.path.isfile(where):
+            return f"{where} is a file, not a folder; remove it or choose another output path"
+        return f"{target} already exists; remove it or choose another output path"
+    if code == errno.EISDIR and target is not None:
+        return f"{target} is a folder, not a file; give a file path (e.g. {os.path.join(target, 'NAME')})"
+    if code == errno.ENOENT and target is not None:
+        return f"{target} does not exist; check the path"
+    if code == errno.ENAMETOOLONG and target is not None:
+        return f"the file name {target!r} is too long for this file system; use a shorter name"
+    reason = one_line(e.strerror or str(e) or type(e).__name__)
+    if target is not None:
+        return f"{target}: {reason}; check the path and the disk, then rerun"
+    return f"{reason} (an operating-system error); check the paths and the disk, then rerun"
 
 
 def unconfigure_logging() -> None:

@@ -20,7 +20,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ._args import device, nonnegative_float, positive_int
+from ._args import device, nonnegative_float, positive_int, seed
+from ._checks import check_device, check_output
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +30,38 @@ SAMPLE_NAMES = (r"class\d{4}_\d{5,}\.png", r"sample_\d{5,}\.png", r"ids\.npy", r
 
 
 def parse_top_k(value: str) -> int | float:
-    """``200`` -> 200 ids, ``0.1`` or ``10%`` -> 10% of the vocabulary, ``0``/``none`` -> 0 (off)."""
+    """``200`` -> 200 ids, ``0.1`` or ``10%`` -> 10% of the vocabulary, ``0``/``none``/``100%`` -> 0 (off)."""
     v = value.strip().lower()
     if v in ("none", "off", "0"):
         return 0
+    bad = argparse.ArgumentTypeError(f"expected an id count (200), a fraction in (0, 1) (0.1), a percentage (10%) "
+                                     f"or none, got {value!r}")
+    try:
+        f = float(v[:-1]) / 100.0 if v.endswith("%") else float(v)
+    except ValueError:
+        raise bad from None
+    if not 0.0 < f < float("inf") or (v.endswith("%") and f > 1.0):
+        raise bad
     if v.endswith("%"):
-        return float(v[:-1]) / 100.0
-    f = float(v)
+        return 0 if f == 1.0 else f  # 100%: every id, i.e. no filter
     if f < 1.0:
         return f
     if not f.is_integer():
-        raise argparse.ArgumentTypeError(f"top-k {value!r}: an id count or a fraction in (0, 1)")
+        raise bad
     return int(f)
 
 
 def _top_p(value: str) -> float:
     """A nucleus mass in (0, 1]; ``none``/``off`` -> 1.0 (off)."""
-    return 1.0 if value.strip().lower() in ("none", "off") else float(value)
+    if value.strip().lower() in ("none", "off"):
+        return 1.0
+    try:
+        p = float(value)
+    except ValueError:
+        p = float("nan")
+    if not 0.0 < p <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a nucleus mass in (0, 1] or none, got {value!r}")
+    return p
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     n.add_argument("--nar-steps", type=positive_int, default=8, help="parallel decoding steps (DiGIT: 8)")
     n.add_argument("--choice-temperature", type=nonnegative_float, default=4.5,
                    help="Gumbel scale of the re-masking confidence, annealed by 1 - t/steps (DiGIT: 4.5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--device", type=device, help="torch device (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="sample even if the tokenizer did not make the GPT's tokens")
@@ -112,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     from ..generate.sampling import SamplingConfig
     from ..tokenizer import DecodingTokenizer, identity_mismatch, load_tokenizer
 
+    check_output(args.out, "folder")
+    check_device(args.device)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpt = GPT.from_pretrained(args.gpt, map_location=device)
     stage2 = GPT.from_pretrained(args.stage2, map_location=device) if args.stage2 else None

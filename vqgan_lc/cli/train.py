@@ -39,6 +39,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -138,13 +139,16 @@ def build_cli(args: list[str], *, run: bool = True) -> Any:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,  # the module's own two Adams; it sets their learning rates
             parser_kwargs={"prog": "vqgan-lc train", "description": "Train or fine-tune a VQGAN-LC tokenizer (--config NAME_OR_PATH: "
-                                          "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file)."},
+                                          "tiny_cpu, vqgan_lc_f16_100k, vqgan_lc_f8_100k or a YAML file).",
+                           "exit_on_error": False},  # a usage error is raised; run() prints it as one line
         )
     if run:
         from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
         from .._io import OutputLock
+        from ._checks import check_output
 
+        check_output(cli.trainer.default_root_dir, "folder", "--trainer.default_root_dir")  # before any step
         ckpt_path = resolve_ckpt_path(cli.config.get("ckpt_path"), cli.trainer)
         # Rank from the launcher's environment: the strategy learns its rank only inside fit.
         first = getattr(rank_zero_only, "rank", 0) == 0 and os.environ.get("NODE_RANK", "0") == "0"
@@ -208,5 +212,15 @@ def resolve_ckpt_path(value: str | None, trainer: Any) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    build_cli(translate(list(args.rest)))
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from .main import one_line
+
+    try:
+        build_cli(translate(list(args.rest)))
+    except argparse.ArgumentError as e:  # jsonargparse's usage error, raised (exit_on_error False), not printed
+        print(f"vqgan-lc train: error: {one_line(str(e))} (vqgan-lc train --help lists the options)", file=sys.stderr)
+        return 2
+    except MisconfigurationException as e:  # Lightning refused a --trainer value (devices 0, an unknown accelerator)
+        raise ConfigError(f"{one_line(str(e)).rstrip('.')}; fix the --trainer option") from e
     return 0

@@ -31,12 +31,14 @@ import argparse
 import logging
 from typing import Any
 
-from ._args import positive_float, positive_int
+from ._args import devices, positive_float, positive_int, seed
+from ._checks import check_output
 
 log = logging.getLogger(__name__)
 
 
 SECTIONS = ("model", "train")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,9 +74,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=positive_int, help="override train.max_steps")
     p.add_argument("--batch-size", type=positive_int, help="override train.batch_size")
     p.add_argument("--lr", type=positive_float, help="override train.lr")
-    p.add_argument("--accelerator", help="override train.accelerator (cpu, gpu, auto)")
-    p.add_argument("--devices", help="override train.devices")
-    p.add_argument("--seed", type=int, help="override train.seed")
+    p.add_argument("--accelerator", choices=ACCELERATORS, help="override train.accelerator")
+    p.add_argument("--devices", type=devices, help="override train.devices (auto, -1, a count or indices 0,1)")
+    p.add_argument("--seed", type=seed, help="override train.seed")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any YAML value, e.g. --set model.n_layer=4 (value parsed as YAML)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/lightning/checkpoints/last.ckpt")
@@ -124,10 +126,21 @@ def load_config(path: str, sets: list[str]) -> dict[str, Any]:
     from ..errors import VQGANLCError
 
     file = config_path(path)
-    cfg = yaml.safe_load(file.read_text()) or {}
-    unknown = sorted(set(cfg) - {"model", "train"})
+    try:
+        cfg = yaml.safe_load(file.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise VQGANLCError(f"{file} is not valid YAML ({first}); fix it or pass a shipped config such as gpt_tiny_cpu") from e
+    if not isinstance(cfg, dict):
+        raise VQGANLCError(f"{file} holds a YAML {type(cfg).__name__}, not the mapping of `model:` and `train:` "
+                           "sections; fix it or pass a shipped config such as gpt_tiny_cpu")
+    unknown = sorted(map(str, set(cfg) - {"model", "train"}))
     if unknown:
         raise VQGANLCError(f"{file}: unknown sections {', '.join(unknown)} (expected model and train)")
+    for section in ("model", "train"):
+        if cfg.get(section) is not None and not isinstance(cfg[section], dict):
+            raise VQGANLCError(f"{file}: section {section} is a YAML {type(cfg[section]).__name__}, not a mapping of "
+                               "FIELD: VALUE lines; fix it")
     for item in sets:
         key, eq, value = item.partition("=")
         section, dot, name = key.partition(".")
@@ -138,9 +151,12 @@ def load_config(path: str, sets: list[str]) -> dict[str, Any]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from ..errors import VQGANLCError
     from ..generate.gpt import GPT
     from ..train.gpt import fit_gpt
+    from .main import one_line
 
     parser = build_parser()
     args, extra = parser.parse_known_args(list(ns.rest))
@@ -148,6 +164,7 @@ def run(ns: argparse.Namespace) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (overrides are --model.FIELD VALUE or "
                      "--train.FIELD VALUE)")
+    check_output(args.out, "folder")
     cfg = load_config(args.config, [*args.set, *sets])
     train = cfg["train"]
     for key in ("max_steps", "batch_size", "lr", "accelerator", "seed"):
@@ -161,12 +178,18 @@ def run(ns: argparse.Namespace) -> int:
         parser.error("--tokenizer, --prefix-tokenizer and --file-list apply to --images only")
     if args.images is not None and (args.tokenizer is None or args.prefix_tokens):
         parser.error("--images needs --tokenizer (and --prefix-tokenizer, not --prefix-tokens, for a prefix)")
+    if train.get("accelerator", "auto") not in ACCELERATORS:
+        raise VQGANLCError(f"train.accelerator {train['accelerator']!r} is not one vqgan-lc trains on; choose one of: "
+                           f"{', '.join(ACCELERATORS)}")
     try:
         out = fit_gpt(args.tokens, args.out, model=cfg["model"], train=train, prefix_tokens=args.prefix_tokens,
                       resume=args.resume, progress=not args.no_progress, images=args.images,
                       file_list=args.file_list, tokenizer=args.tokenizer, prefix_tokenizer=args.prefix_tokenizer)
     except ValueError as e:  # config values that do not fit the data
         raise VQGANLCError(str(e)) from e
+    except MisconfigurationException as e:  # Lightning refused train.accelerator / devices / precision
+        raise VQGANLCError(f"{one_line(str(e)).rstrip('.')} (from the train section); fix train.accelerator, "
+                           "train.devices or train.precision") from e
     gpt = GPT.from_pretrained(out)
     c = gpt.config
     print(f"{out}: GPT {c.n_layer}x{c.n_embd} ({gpt.num_parameters() / 1e6:.2f}M parameters), {c.n_codes} codes, "

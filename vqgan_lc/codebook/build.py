@@ -32,6 +32,7 @@ from .kmeans import (
     GpuChoice,
     SmallClassPolicy,
     check_memory,
+    import_faiss,
     kmeans,
     kmeans_per_class,
 )
@@ -240,8 +241,7 @@ def codebook_from_features(
 
 def _provenance_base(store: FeatureStore) -> dict[str, Any]:
     try:
-        import faiss
-
+        faiss = import_faiss()
         faiss_version = getattr(faiss, "__version__", None)
     except ImportError:  # pragma: no cover
         faiss_version = None

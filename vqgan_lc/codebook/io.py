@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .._io import atomic_save_safetensors, check_format
+from .._io import atomic_save_safetensors, check_format, load_failure_reason
 from ..errors import CodebookError, UnknownFormatError
 from ..formats import Description
 
@@ -74,7 +74,7 @@ def load_codebook(path: str | os.PathLike) -> Codebook:
     except Exception as e:  # torch raises many kinds for a bad pickle
         raise CodebookError(
             f"{path} is not a readable codebook: expected our .safetensors file or the official "
-            f".pth holding one float tensor ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            f".pth holding one float tensor ({type(e).__name__}: {load_failure_reason(e)})"
         ) from e
     if isinstance(obj, dict) and len(obj) == 1:  # tolerate {"codebook": tensor}-style wrappers
         obj = next(iter(obj.values()))

@@ -30,6 +30,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -90,10 +91,22 @@ class PerClassResult:
 
 
 # ----------------------------------------------------------------------------------------- resources
+def import_faiss() -> ModuleType:
+    """``import faiss`` without its loader's INFO lines ("Could not load library with AVX2 support due to:
+    ModuleNotFoundError ..." on every machine without the AVX2 build): the ``faiss.loader`` logger is set to
+    WARNING unless the user gave it a level. Raises ``ImportError`` when faiss is not installed."""
+    loader = logging.getLogger("faiss.loader")
+    if loader.level == logging.NOTSET:
+        loader.setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
+
+
 def faiss_gpu_available() -> bool:
     """True when faiss was built with GPUs, sees one, and CUDA is available to torch."""
     try:
-        import faiss
+        faiss = import_faiss()
     except ImportError:
         return False
     get = getattr(faiss, "get_num_gpus", None)
@@ -172,7 +185,7 @@ def kmeans(
         CodebookError: fewer points than centres, or non-finite input.
         InsufficientMemoryError: the job is estimated not to fit (``memory_check``).
     """
-    import faiss
+    faiss = import_faiss()
 
     t0 = time.perf_counter()
     if isinstance(x, torch.Tensor):
@@ -221,7 +234,7 @@ def kmeans(
         )
         obj = float(km.train(pts, init_centroids=start))
         centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-        splits = int(sum(s["nsplit"] for s in km.iteration_stats))  # type: ignore[union-attr]
+        splits = int(sum(s["nsplit"] for s in km.iteration_stats))
         index = km.index
     else:
         centroids = np.ascontiguousarray(start, dtype=np.float32)

@@ -41,6 +41,7 @@ from .._io import (
     atomic_write_text,
     prepare_output_dir,
     read_format_json,
+    reserve_file_space,
     sha256_file,
 )
 from ..data import UNLABELLED, ImageList
@@ -212,7 +213,13 @@ class FeatureStore:
         entry = self.shard_entry(index)
         if entry is None:
             raise FeatureStoreError(f"shard {index} of {self.root} was not extracted yet; rerun the extraction")
-        arr = np.load(self.root / entry["file"], mmap_mode="r")
+        try:
+            arr = np.load(self.root / entry["file"], mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:  # a truncated file: "mmap length is greater than file size"
+            raise FeatureStoreError(
+                f"{self.root / entry['file']} is missing, truncated or not a feature shard ({e}); rerun the same "
+                "build-codebook command to extract it again, or pass --overwrite to rebuild the store"
+            ) from e
         h, w = self.grid
         if arr.shape != (int(entry["rows"]), h, w, self.dim):
             raise FeatureStoreError(
@@ -440,6 +447,7 @@ class FeatureStoreWriter(FeatureStore):
             )
         with atomic_path(self.root / plan.file) as tmp:
             mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=out.shape)
+            reserve_file_space(tmp)  # a full disk is ENOSPC here, not a SIGBUS while writing the map
             mm[...] = out
             mm.flush()
             del mm

@@ -38,7 +38,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from .._io import OutputLock, atomic_write_json, fsync_dir
+from .._io import OutputLock, atomic_write_json, fsync_dir, reserve_file_space
 from ..errors import ExportError
 from .format import TokenFile, open_tokens, read_paths_file
 
@@ -125,6 +125,8 @@ def _write_memmap(tokens: TokenFile, tmp: Path, chunk_rows: int, eos: bool) -> d
     dtype = memmap_dtype(tokens.codebook_size, eos=eos)
     n = len(tokens)
     out = np.memmap(tmp / "tokens.bin", dtype=dtype, mode="w+", shape=(n * stride,)) if n else None
+    if out is not None:
+        reserve_file_space(tmp / "tokens.bin")  # a full disk: ENOSPC now, not SIGBUS while writing the map
     for start, block in _chunks(tokens, chunk_rows):
         rows = np.zeros((len(block), stride), dtype=dtype)
         rows[:, :length] = block.reshape(len(block), length)

@@ -162,13 +162,65 @@ def write_manifest(out: Path, images: ImageList, descriptor: dict[str, Any]) -> 
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a token directory, after checking format and version."""
-    return read_format_json(
+    """The manifest of a token directory, after checking format, version, the types of the fields a reader
+    uses, and that the labels and paths files it names exist (each problem: one ``TokenFormatError``)."""
+    manifest = read_format_json(
         Path(directory) / MANIFEST, TOKENS_FORMAT, TOKENS_FORMAT_VERSION,
         what="vqgan-lc token manifest", error=TokenFormatError,
         missing=f"{directory} has no {MANIFEST}: not a token directory, or an encode run that has not finished "
         "(rerun the same `vqgan-lc encode` command to complete it)",
     )
+    _check_manifest_fields(manifest, Path(directory))
+    return manifest
+
+
+_REBUILD = "rerun the `vqgan-lc encode` command that made the directory to rebuild it"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_manifest_fields(m: dict[str, Any], directory: Path) -> None:
+    """Raise ``TokenFormatError`` naming the first manifest field that is missing or of the wrong type."""
+    where = directory / MANIFEST
+
+    def bad(field: str, expected: str) -> TokenFormatError:
+        if field not in m and "." not in field and "[" not in field:
+            return TokenFormatError(f"{where} lacks the field {field!r} ({expected}); {_REBUILD}")
+        return TokenFormatError(f"{where}: field {field!r} has the wrong type (expected {expected}); {_REBUILD}")
+
+    grid = m.get("grid")
+    if not (isinstance(grid, list) and len(grid) == 2 and all(_is_int(v) and v > 0 for v in grid)):
+        raise bad("grid", "a list of two positive integers")
+    if not (_is_int(m.get("num_rows")) and m["num_rows"] >= 0):
+        raise bad("num_rows", "an integer >= 0")
+    for field in ("labels_file", "paths_file"):
+        if not (isinstance(m.get(field), str) and m[field]):
+            raise bad(field, "a file name")
+    tok = m.get("tokenizer")
+    if not isinstance(tok, dict):
+        raise bad("tokenizer", "an object with codebook_size and config_hash")
+    if not (_is_int(tok.get("codebook_size")) and tok["codebook_size"] > 0):
+        raise bad("tokenizer.codebook_size", "a positive integer")
+    classes = m.get("classes", [])
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", "a list of class names")
+    shards = m.get("shards")
+    if not isinstance(shards, list):
+        raise bad("shards", "a list of shard records")
+    for i, rec in enumerate(shards):
+        if not isinstance(rec, dict):
+            raise bad(f"shards[{i}]", "an object with file, rows and sha256")
+        if not (isinstance(rec.get("file"), str) and rec["file"]):
+            raise bad(f"shards[{i}].file", "a file name")
+        if not (_is_int(rec.get("rows")) and rec["rows"] >= 0):
+            raise bad(f"shards[{i}].rows", "an integer >= 0")
+        if not isinstance(rec.get("sha256"), str):
+            raise bad(f"shards[{i}].sha256", "a hex string")
+    for field in ("labels_file", "paths_file"):
+        if not (directory / m[field]).is_file():
+            raise TokenFormatError(f"{directory} has no {m[field]} (its manifest names it); {_REBUILD}")
 
 
 @dataclass

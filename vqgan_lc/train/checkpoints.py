@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._io import load_failure_reason
 from ..errors import CheckpointError
 
 
@@ -22,7 +23,7 @@ def check_lightning_checkpoint(path: Path, option: str = "--ckpt-path") -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many unrelated types for a bad file (truncated zip, refused pickle, not a torch file); each becomes the one sentence
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = load_failure_reason(e)
         raise CheckpointError(f"{option} {path} is not a readable Lightning checkpoint ({reason[:200]}); "
                               "give an intact .ckpt written by vqgan-lc train or train-gpt") from None
     missing = [k for k in ("state_dict", "optimizer_states", "loops") if not isinstance(ckpt, dict) or k not in ckpt]

@@ -34,9 +34,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .._system import default_num_workers
 from ..data import RESIZE_RULES, ImageList, ImageSourceError, Preprocessing, ResizeRule, list_images, load_rgb
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_NUM_WORKERS = default_num_workers()
+"""ImageDataModule's default worker count: min(4, CPU cores)."""
 
 PAD = -1  # sampler index of a padding slot (validation shards of equal length)
 
@@ -200,7 +205,7 @@ class ImageDataModule(pl.LightningDataModule):
         image_size: int = 256,
         batch_size: int = 8,
         val_batch_size: int | None = None,
-        num_workers: int = 4,
+        num_workers: int = DEFAULT_NUM_WORKERS,
         flip: bool = False,
         seed: int = 0,
         samples_per_epoch: int | None = None,
@@ -208,13 +213,16 @@ class ImageDataModule(pl.LightningDataModule):
         resize: ResizeRule = "shorter-side",
     ) -> None:
         super().__init__()
+        for name, value, least in (("image_size", image_size, 1), ("batch_size", batch_size, 1),
+                                   ("val_batch_size", val_batch_size, 1), ("num_workers", num_workers, 0),
+                                   ("samples_per_epoch", samples_per_epoch, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ConfigError(f"--data.{name} must be an integer >= {least}, got {value!r}; fix the value")
         if resize not in RESIZE_RULES:
-            raise ValueError(f"resize must be one of {RESIZE_RULES}, got {resize!r}")
+            raise ConfigError(f"--data.resize must be one of {', '.join(RESIZE_RULES)}, got {resize!r}; fix the value")
         self.resize = resize
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if image_size < 1 or batch_size < 1:
-            raise ValueError("image_size and batch_size must be positive")
+            raise ConfigError(f"--data.val_fraction must be in [0, 1), got {val_fraction}; fix the value")
         self.data, self.file_list = data, file_list
         self.val_data, self.val_file_list = val_data, val_file_list
         self.val_fraction = val_fraction

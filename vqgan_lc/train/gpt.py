@@ -205,6 +205,9 @@ class GPTTokenDataset(torch.utils.data.Dataset):
         if prefix_tokens is not None:
             self.prefix = prefix_tokens if isinstance(prefix_tokens, TokenFile) else open_tokens(prefix_tokens, verify=verify)
             check_paired(self.tokens, self.prefix)
+        if len(self.tokens) == 0:
+            raise TokenFormatError(f"{self.tokens.directory} holds no token rows (every image was skipped, or the "
+                                   "folder was empty); encode a folder of readable images into it first")
 
     def __len__(self) -> int:
         return len(self.tokens)
