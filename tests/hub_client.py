@@ -3,7 +3,8 @@
 
 SPEC: ``{"calls": [{"name": ..., "kwargs": {...}}, ...], "releases": [release rows to register],
 "offline_flag": bool, "forbid_pickle": bool}`` (or one call as ``"name"``/``"kwargs"`` at the top level). A release row is ``{"name", "repo", "checkpoint": {...}, "codebook": {...},
-"yaml_config": path}`` with ``ReleaseFile`` fields. Prints one JSON line per call: ``{"path": ...}``
+"yaml_config": path}`` with ``ReleaseFile`` fields, or for a GPT ``{"name", "repo", "kind": "gpt",
+"checkpoint": {...}, "options": {...}, "tokenizer": name}``. Prints one JSON line per call: ``{"path": ...}``
 or ``{"error": class name, "message": ...}``.
 """
 
@@ -20,6 +21,13 @@ def _register(rows: list[dict[str, Any]]) -> None:
     from vqgan_lc.releases import Release, ReleaseFile, register_release
 
     for row in rows:
+        if row.get("kind") == "gpt":
+            register_release(Release(
+                name=row["name"], kind="gpt", repo=row["repo"], preset=None, description="test GPT release",
+                checkpoint=ReleaseFile(**row["checkpoint"]), codebook=None, tokenizer=row.get("tokenizer"),
+                options=row.get("options", {}),
+            ), overwrite=True)
+            continue
         register_release(Release(
             name=row["name"], kind="vqgan-lc", repo=row["repo"], preset=None, description="test release",
             config=config_from_yaml(row["yaml_config"]), checkpoint=ReleaseFile(**row["checkpoint"]),
@@ -32,6 +40,7 @@ def _forbid_pickle() -> None:
     import torch
 
     import vqgan_lc.convert
+    import vqgan_lc.convert_gpt
     import vqgan_lc.hub
 
     def refuse(*args: object, **kwargs: object) -> None:
@@ -39,6 +48,7 @@ def _forbid_pickle() -> None:
 
     torch.load = refuse  # type: ignore[assignment]
     vqgan_lc.convert.load_official_checkpoint = refuse  # type: ignore[assignment]
+    vqgan_lc.convert_gpt.load_official_gpt_checkpoint = refuse  # type: ignore[assignment]
     vqgan_lc.hub.sha256_file = refuse  # type: ignore[assignment]
 
 

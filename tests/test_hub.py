@@ -254,9 +254,11 @@ def test_exact_size_and_bounds(tmp_path: Path) -> None:
     assert "at least 5" in (g.size_problem(4) or "") and "at most 8" in (g.size_problem(9) or "")
 
 
-def test_gpt_release_is_registered_but_not_converted_yet() -> None:
+def test_a_release_kind_without_a_converter_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vqgan_lc.hub
     from vqgan_lc.hub import resolve_pretrained
 
+    monkeypatch.delitem(vqgan_lc.hub._CONVERTERS, "gpt")  # as an older vqgan-lc without the GPT converter
     with pytest.raises(UnsupportedReleaseError, match="cannot convert gpt checkpoints yet"):
         resolve_pretrained("vqgan-lc-gpt-f16-100k", kind="gpt")
     with pytest.raises(CheckpointError, match="is a gpt release, not a vqgan-lc model"):

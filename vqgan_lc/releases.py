@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .config import ModelConfig
@@ -85,7 +85,9 @@ class Release:
 
     ``checkpoint`` is the official pickle; ``codebook`` the k-means file it was trained with (None for a
     GPT, whose tokenizer is the release named in ``tokenizer``). ``preset`` names the architecture in
-    ``vqgan_lc.registry``; ``config`` (tests, custom releases) overrides it.
+    ``vqgan_lc.registry``; ``config`` (tests, custom releases) overrides it. ``options`` are keyword
+    arguments of the converter that the file itself does not hold (a GPT's head count:
+    ``vqgan_lc.convert_gpt.convert_official_gpt``).
     """
 
     name: str
@@ -102,6 +104,7 @@ class Release:
     origin: str = ""
     tokenizer: str | None = None
     config: ModelConfig | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def files(self) -> dict[str, ReleaseFile]:
@@ -154,6 +157,8 @@ _TABLE: tuple[Release, ...] = (
         description="the official class-conditional GPT (minGPT, 24 layers, 1024 wide) over vqgan-lc-f16-100k ids",
         checkpoint=ReleaseFile("mbin/gpt-lc-100K-f16.pth", "1.6G", **_listed_gib(16)),
         codebook=None, origin="Google Drive folder 1DDHYpEKJUeVePIPzLf72DbUZ7Qa9x9yx (GPT)",
+        # models/models_gpt.py: n_head 16 (not stored in the file), n_vision_words 100,000
+        options={"n_head": 16, "n_codes": 100_000},
     ),
 )
 
