@@ -2,7 +2,8 @@
 (``HF_ENDPOINT``, ``HF_HOME``, ``HF_HUB_OFFLINE``) is set before huggingface_hub is imported.
 
 SPEC: ``{"calls": [{"name": ..., "kwargs": {...}}, ...], "releases": [release rows to register],
-"offline_flag": bool, "forbid_pickle": bool}`` (or one call as ``"name"``/``"kwargs"`` at the top level). A release row is ``{"name", "repo", "checkpoint": {...}, "codebook": {...},
+"offline_flag": bool, "forbid_pickle": bool}`` (or one call as ``"name"``/``"kwargs"`` at the top level, or
+``"cli": [argv]`` to run ``vqgan-lc`` with the rows registered; it prints ``{"rc": exit code}``). A release row is ``{"name", "repo", "checkpoint": {...}, "codebook": {...},
 "yaml_config": path}`` with ``ReleaseFile`` fields, or for a GPT ``{"name", "repo", "kind": "gpt",
 "checkpoint": {...}, "options": {...}, "tokenizer": name}``. Prints one JSON line per call: ``{"path": ...}``
 or ``{"error": class name, "message": ...}``.
@@ -22,7 +23,7 @@ def _register(rows: list[dict[str, Any]]) -> None:
 
     for row in rows:
         if row.get("kind") == "gpt":
-            register_release(Release(
+            register_release(Release(  # a GPT row
                 name=row["name"], kind="gpt", repo=row["repo"], preset=None, description="test GPT release",
                 checkpoint=ReleaseFile(**row["checkpoint"]), codebook=None, tokenizer=row.get("tokenizer"),
                 options=row.get("options", {}),
@@ -64,6 +65,11 @@ def main() -> int:
     _register(spec.get("releases", []))
     if spec.get("forbid_pickle"):
         _forbid_pickle()
+    if "cli" in spec:  # a vqgan-lc command line, in this process (so the registered rows apply)
+        from vqgan_lc.cli.main import main as cli
+
+        print(json.dumps({"rc": cli(spec["cli"])}), flush=True)
+        return 0
     for call in spec.get("calls") or [{"name": spec["name"], "kwargs": spec.get("kwargs", {})}]:
         try:
             out: dict[str, Any] = {"path": str(resolve_pretrained(call["name"], **call.get("kwargs", {})))}

@@ -35,15 +35,17 @@ VOCAB, BLOCK = N_CODES + N_CLASSES, GRID[0] * GRID[1] + 1
 N_LAYER, N_HEAD, D = 2, 2, 32
 
 
-def mingpt_state(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def mingpt_state(seed: int = 0, dtype: torch.dtype = torch.float32, *, n_codes: int = N_CODES,
+                 n_classes: int = N_CLASSES, grid: tuple[int, int] = GRID) -> dict[str, torch.Tensor]:
     """Random weights under the official key names (std large enough that every logit matters)."""
     g = torch.Generator().manual_seed(seed)
+    vocab, block = n_codes + n_classes, grid[0] * grid[1] + 1
 
     def rnd(*shape: int, std: float = 0.2) -> torch.Tensor:
         return (torch.randn(*shape, generator=g) * std).to(dtype)
 
-    s: dict[str, torch.Tensor] = {"transformer.tok_emb.weight": rnd(VOCAB, D, std=1.0),
-                                  "transformer.pos_emb": rnd(1, BLOCK, D, std=0.5)}
+    s: dict[str, torch.Tensor] = {"transformer.tok_emb.weight": rnd(vocab, D, std=1.0),
+                                  "transformer.pos_emb": rnd(1, block, D, std=0.5)}
     for i in range(N_LAYER):
         b = f"transformer.blocks.{i}."
         for ln in ("ln1", "ln2"):
@@ -52,13 +54,13 @@ def mingpt_state(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str,
         for name in ("key", "query", "value", "proj"):
             s[b + f"attn.{name}.weight"] = rnd(D, D)
             s[b + f"attn.{name}.bias"] = rnd(D, std=0.1)
-        s[b + "attn.mask"] = torch.ones(BLOCK, BLOCK).tril().view(1, 1, BLOCK, BLOCK)
+        s[b + "attn.mask"] = torch.ones(block, block).tril().view(1, 1, block, block)
         s[b + "mlp.0.weight"], s[b + "mlp.0.bias"] = rnd(4 * D, D), rnd(4 * D, std=0.1)
         s[b + "mlp.2.weight"], s[b + "mlp.2.bias"] = rnd(D, 4 * D), rnd(D, std=0.1)
     s["transformer.ln_f.weight"], s["transformer.ln_f.bias"] = 1 + rnd(D, std=0.1), rnd(D, std=0.1)
-    s["transformer.head.weight"] = rnd(VOCAB, D)
+    s["transformer.head.weight"] = rnd(vocab, D)
     # the frozen tokenizer the GPT was trained with: its codebook gives n_vision_words
-    s["vqgan.tok_embeddings.weight"] = torch.randn(N_CODES, 768, generator=g)
+    s["vqgan.tok_embeddings.weight"] = torch.randn(n_codes, 768, generator=g)
     s["vqgan.quant_conv.weight"] = torch.randn(8, 64, 1, 1, generator=g)
     return s
 
@@ -230,6 +232,33 @@ def test_gpt_release_by_name_downloads_converts_once_and_samples_with_its_tokeni
     assert main(["sample", "--gpt", str(path), "--tokenizer", str(tok), "--class", "2", "--n", "1",
                  "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
     assert np.load(tmp_path / "s" / "ids.npy").shape == (1, 8, 8)
+
+
+def test_sample_by_release_names_through_the_cli_with_the_tokenizer_the_gpt_records(
+    official_tiny: Path, tmp_path: Path
+) -> None:
+    from test_hub import RELEASE_REPO, release_row
+
+    gpt_file = tmp_path / "gpt.pth"  # a GPT over the fixture tokenizer: 1000 codes, f16 at 64 px -> 4x4 ids
+    torch.save(mingpt_state(seed=9, n_codes=1000, n_classes=3, grid=(4, 4)), gpt_file)
+    tok_row = release_row(official_tiny, "vqgan-lc-f16-100k")  # the test-only override of the real row
+    gpt_row = {"name": "test-gpt-release", "kind": "gpt", "repo": RELEASE_REPO, "tokenizer": "vqgan-lc-f16-100k",
+               "options": {"n_head": N_HEAD}, "checkpoint": {"path": "mbin/gpt.pth", "listed": "1M",
+                                                            "size": gpt_file.stat().st_size}}
+    files = {"mbin/vqgan_lc_official_format.pth": official_tiny / "vqgan_lc_official_format.pth",
+             "mbin/codebook.pth": official_tiny / "codebook.pth", "mbin/gpt.pth": gpt_file}
+    argv = ["sample", "--gpt", "test-gpt-release", "--class", "2", "--n", "2", "--device", "cpu", "--seed", "3"]
+    with FakeHub({RELEASE_REPO: files}) as hub:
+        first = run_client(hub, tmp_path, {"cli": [*argv, "--out", str(tmp_path / "a")], "releases": [tok_row, gpt_row]})
+        n = len(hub.requests)
+        again = run_client(hub, tmp_path, {"cli": [*argv, "--offline", "--out", str(tmp_path / "b")],
+                                           "releases": [tok_row, gpt_row]})
+        assert len(hub.requests) == n  # the second run reads the converted copies only
+    assert first == {"rc": 0} and again == {"rc": 0}
+    ids = np.load(tmp_path / "a" / "ids.npy")
+    assert ids.shape == (2, 4, 4) and ids.min() >= 0 and ids.max() < 1000
+    assert np.array_equal(ids, np.load(tmp_path / "b" / "ids.npy"))  # same seed, same samples
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == ["class0002_00000.png", "class0002_00001.png"]
 
 
 def test_the_registered_gpt_release_converts_with_the_official_sizes() -> None:
