@@ -266,6 +266,16 @@ def test_dinov2_by_timm_name_and_by_torch_hub_name_from_the_caches(tmp_path: Pat
         a, b = by_timm(x), by_hub(x)
     assert a.shape == (1, 16, 16, 384) and torch.equal(a, b)
 
+    # the DiGIT tokenizer (encode --tokenizer digit --dinov2-model dinov2_vits14_reg, no --weights) takes the same file
+    from vqgan_lc.codebook import save_codebook
+    from vqgan_lc.digit import DiscriminativeTokenizer
+
+    save_codebook(tmp_path / "km.safetensors", torch.randn(16, 384), {"extractor": "dinov2"})
+    tok = DiscriminativeTokenizer.from_files(tmp_path / "km.safetensors", None, model="dinov2_vits14_reg", layer=-1)
+    assert tok.spec.weights is not None and Path(tok.spec.weights).name == "dinov2_vits14_reg4_pretrain.pth"
+    ids = tok.encode(torch.rand(1, 3, 256, 256) * 2 - 1)
+    assert ids.shape == (1, 16, 16) and 0 <= int(ids.min()) and int(ids.max()) < 16
+
     with pytest.raises(PretrainedNotFoundError, match="timm weights vit_base_patch14_reg4_dinov2.lvd142m .* is not in "
                                                       "the Hugging Face cache"):
         load_dinov2("vit_base_patch14_reg4_dinov2.lvd142m", cache_dir=cache)
@@ -273,9 +283,14 @@ def test_dinov2_by_timm_name_and_by_torch_hub_name_from_the_caches(tmp_path: Pat
         load_dinov2("dinov2_vitb14_reg", pretrained=True)
 
 
-def test_dinov2_without_weights_or_a_name_says_how_to_name_them() -> None:
+def test_dinov2_without_weights_or_a_name_says_how_to_name_them(tmp_path: Path) -> None:
+    from vqgan_lc.codebook import save_codebook
+    from vqgan_lc.digit import DiscriminativeTokenizer
     from vqgan_lc.errors import MissingWeightsError
     from vqgan_lc.extractors import load_dinov2
 
     with pytest.raises(MissingWeightsError, match="--model vit_base_patch14_reg4_dinov2.lvd142m"):
         load_dinov2("vit_base_patch14_reg4_dinov2")
+    save_codebook(tmp_path / "km.safetensors", torch.randn(4, 768), {"extractor": "dinov2"})
+    with pytest.raises(MissingWeightsError, match="--dinov2-model vit_base_patch14_reg4_dinov2.lvd142m"):
+        DiscriminativeTokenizer.from_files(tmp_path / "km.safetensors", None)

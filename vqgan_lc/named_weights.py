@@ -258,6 +258,26 @@ def timm_weights(name: str, *, cache_dir: str | os.PathLike | None = None) -> tu
     return path, arch
 
 
+def dinov2_weights(model: str, pretrained: bool | str = True, *,
+                   cache_dir: str | os.PathLike | None = None) -> tuple[Path, str, str]:
+    """The DINOv2 weights a name stands for: ``(file, timm architecture, source)``.
+
+    ``model`` is a timm name, tagged (``vit_base_patch14_reg4_dinov2.lvd142m``) or not (then ``pretrained``:
+    ``True`` = timm's default tag, a string = that tag), fetched as timm does (huggingface_hub cache,
+    ``cache_dir``); or a torch.hub name (``dinov2_vitb14_reg``): the official ``*_pretrain.pth`` in the torch
+    hub checkpoint cache. ``source`` (``timm:...`` / ``torch.hub:...``) is what provenance records."""
+    from .extractors.dinov2 import DINOV2_HUB_TO_TIMM
+
+    arch, _, tag = model.partition(".")
+    if isinstance(pretrained, str) and pretrained:
+        tag = pretrained
+    if arch in DINOV2_HUB_TO_TIMM and not tag:
+        return fetch_checkpoint(CHECKPOINTS[arch], option="--weights"), DINOV2_HUB_TO_TIMM[arch], f"torch.hub:{arch}"
+    name = f"{DINOV2_HUB_TO_TIMM.get(arch, arch)}{'.' + tag if tag else ''}"
+    path, timm_arch = timm_weights(name, cache_dir=cache_dir)
+    return path, timm_arch, f"timm:{name}"
+
+
 __all__ = [
     "CHECKPOINTS",
     "CheckpointRole",
@@ -265,6 +285,7 @@ __all__ = [
     "cached_checkpoint",
     "checkpoint_names",
     "checkpoints_dir",
+    "dinov2_weights",
     "fetch_checkpoint",
     "find_checkpoint",
     "open_clip_weights",

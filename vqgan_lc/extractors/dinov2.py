@@ -142,19 +142,10 @@ def load_dinov2(
     """
     source: str | None = None
     arch, _, tag = model.partition(".")
-    if isinstance(pretrained, str) and pretrained:
-        tag = pretrained
     if weights is None and hub_dir is None and (tag or pretrained):
-        if arch in DINOV2_HUB_TO_TIMM and not tag:
-            from ..named_weights import CHECKPOINTS, fetch_checkpoint
+        from ..named_weights import dinov2_weights
 
-            weights, source = fetch_checkpoint(CHECKPOINTS[arch], option="--weights"), f"torch.hub:{arch}"
-        else:
-            from ..named_weights import timm_weights
-
-            name = f"{DINOV2_HUB_TO_TIMM.get(arch, arch)}{'.' + tag if tag else ''}"
-            weights, _ = timm_weights(name, cache_dir=cache_dir)
-            source = f"timm:{name}"
+        weights, _, source = dinov2_weights(model, pretrained or True, cache_dir=cache_dir)
     model = arch if hub_dir is None else model
     if weights is None:
         raise MissingWeightsError(
