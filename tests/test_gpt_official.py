@@ -177,6 +177,10 @@ def test_convert_then_sample_end_to_end_through_the_cli(official_file: Path, tmp
                  "--out", str(out)]) == 0
     assert f"{N_CODES} image ids + {N_CLASSES} classes, 8x8 grid" in capsys.readouterr().out
     assert GPT.from_pretrained(out).config.full_head
+    from vqgan_lc.generate.gpt import describe
+
+    info = describe(out).fields
+    assert info["head"].startswith("full") and info["input_vocab"] == VOCAB and info["classes"] == N_CLASSES
 
     samples = tmp_path / "samples"
     assert main(["sample", "--gpt", str(out), "--tokenizer", str(tok), "--class", "1", "3", "--n", "2",

@@ -294,3 +294,24 @@ def test_dinov2_without_weights_or_a_name_says_how_to_name_them(tmp_path: Path) 
     save_codebook(tmp_path / "km.safetensors", torch.randn(4, 768), {"extractor": "dinov2"})
     with pytest.raises(MissingWeightsError, match="--dinov2-model vit_base_patch14_reg4_dinov2.lvd142m"):
         DiscriminativeTokenizer.from_files(tmp_path / "km.safetensors", None)
+
+
+def test_an_unreachable_hub_with_an_empty_cache_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from vqgan_lc.extractors import load_clip
+
+    calls: list[str] = []
+
+    def unreachable(*, repo_id: str, filename: str, local_files_only: bool, **kwargs: object) -> str:
+        calls.append(filename)  # what the client raises online when the Hub cannot be reached and nothing is cached
+        assert not local_files_only
+        raise LocalEntryNotFoundError("connection error and no cached file")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(PretrainedNotFoundError) as e:
+        load_clip("ViT-L-14", pretrained="openai", cache_dir=tmp_path / "empty")
+    msg = str(e.value)
+    assert calls == ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    assert "is not in the Hugging Face cache" in msg and "could not be reached; retry online" in msg and "\n" not in msg

@@ -178,11 +178,14 @@ def _hf_file(repo: str, filenames: tuple[str, ...], *, what: str, cache_dir: str
     hf, errors = _hf_module(), _hf_errors()
     offline = _offline()
     last: Exception | None = None
+    unreachable = False
     for name in filenames:
         try:
             return Path(hf.hf_hub_download(repo_id=repo, filename=name, cache_dir=cache_dir, local_files_only=offline,
                                            library_name=library))
-        except (errors.LocalEntryNotFoundError, errors.EntryNotFoundError, errors.OfflineModeIsEnabled) as e:
+        except (errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled) as e:  # not cached, Hub unreachable
+            last, unreachable = e, True
+        except errors.EntryNotFoundError as e:  # the Hub answered: no such file, try the next name
             last = e
         except errors.RepositoryNotFoundError as e:
             raise PretrainedNotFoundError(f"{what}: the Hub repo {repo} does not exist or is private; {how}") from e
@@ -195,6 +198,12 @@ def _hf_file(repo: str, filenames: tuple[str, ...], *, what: str, cache_dir: str
         raise PretrainedNotFoundError(f"{what} ({repo}: {files}) is not in the Hugging Face cache "
                                       f"{hub_cache_dir(cache_dir)} and offline mode is on ({_offline_reason()}); "
                                       f"go online once, or {how}") from last
+    if unreachable:
+        from .hub import _endpoint
+
+        raise PretrainedNotFoundError(f"{what} ({repo}: {files}) is not in the Hugging Face cache "
+                                      f"{hub_cache_dir(cache_dir)} and the Hub at {_endpoint()} could not be reached; "
+                                      f"retry online, or {how}") from last
     raise PretrainedNotFoundError(f"{what}: {repo} has no {files}; {how}") from last
 
 
