@@ -6,8 +6,8 @@ serving the official-format golden fixture under the release registry's own repo
 (``wufuheng/VQ``, ``mbin/...``), so ``from_pretrained("vqgan-lc-f16-100k")`` runs huggingface_hub's real
 client. The test-only part is here, before the blocks: the registry rows of the release are re-registered
 with the fixture's architecture and exact sizes (the real rows expect 626 MB files), ``cat.jpg`` is a
-scikit-image photograph, ``models/vqgan-lc-f16-100k`` is the fixture converted, and ``TOKENS/`` is that
-model's tokens of a few photographs. Prints one JSON line describing what the blocks produced.
+scikit-image photograph, ``models/vqgan-lc-f16-100k`` is the fixture converted, ``TOKENS/`` is that
+model's tokens of a few photographs, and the GPT release is a tiny minGPT-layout file over the fixture's codes. Prints one JSON line describing what the blocks produced.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 FENCE = re.compile(r"^```python\n(.*?)^```", re.M | re.S)
+GPT_FILE = Path("gpt-lc-100K-f16.pth")
+"""Written by ``prepare`` in the current directory; the test's loopback Hub serves it as the GPT release file."""
 
 
 def python_blocks(readme: str) -> list[str]:
@@ -37,14 +39,22 @@ def prepare(fixture: Path) -> None:
     from vqgan_lc.tokens import encode_dataset
 
     ckpt, cb = fixture / "vqgan_lc_official_format.pth", fixture / "codebook.pth"
-    for name in ("vqgan-lc-f16-100k",):
-        r = get_release(name)
-        assert r.codebook is not None
-        register_release(replace(
-            r, preset=None, config=config_from_yaml(fixture / "vq_config.yaml"),
-            checkpoint=replace(r.checkpoint, size=ckpt.stat().st_size, min_size=None, max_size=None),
-            codebook=replace(r.codebook, size=cb.stat().st_size, min_size=None, max_size=None),
-        ), overwrite=True)
+    r = get_release("vqgan-lc-f16-100k")
+    assert r.codebook is not None
+    register_release(replace(
+        r, preset=None, config=config_from_yaml(fixture / "vq_config.yaml"),
+        checkpoint=replace(r.checkpoint, size=ckpt.stat().st_size, min_size=None, max_size=None),
+        codebook=replace(r.codebook, size=cb.stat().st_size, min_size=None, max_size=None),
+    ), overwrite=True)
+    # the official GPT's stand-in: a tiny minGPT-layout file over the fixture's 1000 codes, 1000 classes, 16x16
+    import torch
+    from test_gpt_official import N_HEAD, mingpt_state
+
+    gpt = get_release("vqgan-lc-gpt-f16-100k")
+    torch.save(mingpt_state(seed=11, n_codes=1000, n_classes=1000, grid=(16, 16)), GPT_FILE)
+    register_release(replace(gpt, checkpoint=replace(gpt.checkpoint, size=GPT_FILE.stat().st_size, min_size=None,
+                                                     max_size=None), options={"n_head": N_HEAD, "n_codes": 1000}),
+                     overwrite=True)
     PIL.Image.fromarray(skimage.data.chelsea()).save("cat.jpg")
     convert_official(ckpt, codebook=cb, yaml_config=fixture / "vq_config.yaml").save_pretrained("models/vqgan-lc-f16-100k")
     photos = Path("photos")
@@ -65,6 +75,10 @@ def describe(ns: dict[str, Any]) -> dict[str, Any]:
     for key in ("tok", "tokens", "ds"):
         if key in ns:
             out[key + "_type"] = type(ns[key]).__name__
+    if "out" in ns:
+        out["sample_ids"] = list(ns["out"].ids.shape)
+        out["sample_images"] = list(ns["out"].images.shape)
+        out["sample_labels"] = ns["out"].labels.tolist()
     if "q" in ns:
         out["q_ids_shape"] = list(ns["q"].ids.shape)
     if "tokens" in ns:

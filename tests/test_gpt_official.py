@@ -206,6 +206,7 @@ def test_convert_then_sample_end_to_end_through_the_cli(official_file: Path, tmp
 
 
 # ----------------------------------------------------------------------------------------- by name, cached
+@pytest.mark.slow  # two fresh interpreters against the loopback Hub
 def test_gpt_release_by_name_downloads_converts_once_and_samples_with_its_tokenizer(
     official_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -238,6 +239,7 @@ def test_gpt_release_by_name_downloads_converts_once_and_samples_with_its_tokeni
     assert np.load(tmp_path / "s" / "ids.npy").shape == (1, 8, 8)
 
 
+@pytest.mark.slow  # two fresh interpreters against the loopback Hub
 def test_sample_by_release_names_through_the_cli_with_the_tokenizer_the_gpt_records(
     official_tiny: Path, tmp_path: Path
 ) -> None:

@@ -14,9 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import FakeHub
-from readme_runner import python_blocks
+from readme_runner import GPT_FILE, python_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).parent / "readme_runner.py"
@@ -30,15 +32,17 @@ def test_the_readme_has_python_blocks_that_use_the_release_by_name() -> None:
         compile(block, "README block", "exec")  # each block is valid Python on its own
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: a fresh interpreter, two conversions, an encode, GPT sampling
 def test_the_readme_python_blocks_run_verbatim(official_tiny: Path, tmp_path: Path) -> None:
     from vqgan_lc.releases import get_release
 
     release = get_release("vqgan-lc-f16-100k")
     assert release.codebook is not None
-    files = {release.checkpoint.path: official_tiny / "vqgan_lc_official_format.pth",
-             release.codebook.path: official_tiny / "codebook.pth"}
     work, home = tmp_path / "work", tmp_path / "hf"
     work.mkdir()
+    files = {release.checkpoint.path: official_tiny / "vqgan_lc_official_format.pth",
+             release.codebook.path: official_tiny / "codebook.pth",
+             get_release("vqgan-lc-gpt-f16-100k").checkpoint.path: work / GPT_FILE}  # written by the runner
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "VQGAN_LC_"))}
     with FakeHub({release.repo: files}) as hub:
         env.update(HF_ENDPOINT=hub.url, HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1",
@@ -59,6 +63,8 @@ def test_the_readme_python_blocks_run_verbatim(official_tiny: Path, tmp_path: Pa
     assert out["z"]["shape"] == [4, 8, 16, 16] and out["q_ids_shape"] == [4, 16, 16]
     assert out["x"]["shape"][0] == 1 and -1.0 <= out["x"]["min"] and out["x"]["max"] <= 1.0
     assert out["tokens_len"] == 3 and out["ds_type"] == "TokenDataset"
+    assert out["sample_ids"] == [4, 16, 16] and out["sample_images"] == [4, 3, 256, 256]
+    assert out["sample_labels"] == [207] * 4
     # the release was fetched once from the loopback Hub, then read from the converted cache
     gets = [p for m, p in requests if m == "GET" and "/resolve/" in p]
     assert sorted(gets) == sorted(f"/{release.repo}/resolve/main/{p}" for p in files)
