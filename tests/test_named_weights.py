@@ -115,6 +115,24 @@ def test_lpips_trunk_by_name_and_by_default_from_the_cache(torch_home: Path, off
     assert "--lpips-vgg-weights" in msg and "\n" not in msg
 
 
+def test_fid_inception_by_name_and_by_default_from_the_cache(torch_home: Path, offline: None) -> None:
+    from vqgan_lc.metrics.fid import read_inception_weights
+    from vqgan_lc.metrics.samples import find_inception_weights
+
+    state = {"Conv2d_1a_3x3.conv.weight": torch.randn(32, 3, 3, 3), "fc.weight": torch.randn(1008, 2048)}
+    assert resolve_checkpoint(None, "inception") is None
+    torch.save(state, torch_home / "pt_inception-2015-12-05-6726825d.pth")  # only pytorch-fid's file is cached
+    assert resolve_checkpoint(None, "inception") == torch_home / "pt_inception-2015-12-05-6726825d.pth"
+    assert torch.equal(read_inception_weights("pytorch-fid")["fc.weight"], state["fc.weight"])
+    with pytest.raises(PretrainedNotFoundError, match="weights-inception-2015-12-05-6726825d.pth .* offline mode is on"):
+        read_inception_weights("torch-fidelity")
+    torch.save(state, torch_home / "weights-inception-2015-12-05-6726825d.pth")
+    assert resolve_checkpoint(None, "inception") == torch_home / "weights-inception-2015-12-05-6726825d.pth"  # first
+    for name in ("torch-fidelity", "torchmetrics", CHECKPOINTS["torch-fidelity"].url):
+        assert find_inception_weights(name) == torch_home / "weights-inception-2015-12-05-6726825d.pth"
+    assert find_inception_weights() == torch_home / "weights-inception-2015-12-05-6726825d.pth"
+
+
 def test_a_named_file_is_fetched_into_the_cache_with_its_hash_prefix_checked(torch_home: Path, tmp_path: Path) -> None:
     good = b"pretend weights" * 100
     prefix = hashlib.sha256(good).hexdigest()[:8]
