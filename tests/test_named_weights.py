@@ -220,6 +220,28 @@ def test_clip_by_open_clip_tag_from_the_cache_offline(tiny_clip_tag: tuple[Path,
         load_clip("vqgan-lc-test-tiny", pretrained="nope", cache_dir=cache)
 
 
+def test_clip_by_open_clip_hub_model_name_from_the_cache(tiny_clip_tag: tuple[Path, dict[str, torch.Tensor]],
+                                                         offline: None) -> None:
+    import json
+    import shutil
+
+    from vqgan_lc.extractors import load_clip
+
+    cache, state = tiny_clip_tag
+    repo = "testorg/tiny-clip-hub"  # an open_clip Hub model: open_clip_config.json + weights in one repo
+    hf_cache_file(cache, repo, "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": {**TINY_CLIP, "quick_gelu": True}, "preprocess_cfg": {"mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}))
+    shutil.copy(hf_cache_file(cache, "testorg/tiny-clip", "open_clip_model.safetensors"),
+                hf_cache_file(cache, repo, "open_clip_model.safetensors"))
+    ext = load_clip(f"hf-hub:{repo}", cache_dir=cache)
+    assert torch.equal(ext.visual.state_dict()["conv1.weight"], state["visual.conv1.weight"])
+    assert ext.preprocess.mean == (0.4, 0.4, 0.4) and ext.describe()["model"] == f"hf-hub:{repo}"
+    assert ext.describe()["pretrained"] == f"hf-hub:{repo}"
+    with pytest.raises(PretrainedNotFoundError, match="open_clip model hf-hub:testorg/missing .* is not in the Hugging "
+                                                      "Face cache"):
+        load_clip("hf-hub:testorg/missing", cache_dir=cache)
+
+
 def test_the_papers_clip_name_resolves_to_its_hub_files_and_offline_empty_cache_is_one_sentence(
     tmp_path: Path, offline: None
 ) -> None:

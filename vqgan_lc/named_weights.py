@@ -246,6 +246,19 @@ def open_clip_weights(model: str, tag: str, *, cache_dir: str | os.PathLike | No
         raise PretrainedNotFoundError(f"{what} could not be downloaded from {url} ({type(e).__name__}); retry, or {how}") from e
 
 
+def open_clip_hub_model(repo: str, *, cache_dir: str | os.PathLike | None = None,
+                        with_weights: bool = True) -> tuple[Path, Path | None]:
+    """An open_clip Hub model (``hf-hub:org/name``): its ``open_clip_config.json`` and, with ``with_weights``, its
+    weights (``open_clip_model.safetensors`` first, then ``open_clip_pytorch_model.bin``), as open_clip reads them."""
+    from open_clip.constants import HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    what, how = f"open_clip model hf-hub:{repo}", "pass a local .json model config with --model and --weights PATH"
+    config = _hf_file(repo, (HF_CONFIG_NAME,), what=what, cache_dir=cache_dir, library="open_clip", how=how)
+    weights = _hf_file(repo, (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME), what=what, cache_dir=cache_dir,
+                       library="open_clip", how=how) if with_weights else None
+    return config, weights
+
+
 def timm_weights(name: str, *, cache_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
     """The weights file of timm's pretrained ``name`` (``vit_base_patch14_reg4_dinov2.lvd142m``; without a tag,
     timm's default one) and the architecture name, read from the tag's ``hf_hub_id`` as timm downloads it."""
@@ -297,6 +310,7 @@ __all__ = [
     "dinov2_weights",
     "fetch_checkpoint",
     "find_checkpoint",
+    "open_clip_hub_model",
     "open_clip_weights",
     "resolve_checkpoint",
     "timm_weights",

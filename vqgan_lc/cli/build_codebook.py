@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", help="image folder (classes = first-level sub-folders)")
     src.add_argument("--file-list", help="text file with one relative/path[,label] per line (paths under --data)")
     src.add_argument("--extractor", choices=("clip", "dinov2", "pixels"), help="frozen feature extractor")
-    src.add_argument("--model", help="clip: open_clip architecture or .json config (default ViT-L-14-quickgelu); "
+    src.add_argument("--model", help="clip: open_clip architecture, .json config or hf-hub:org/name (default "
+                                     "ViT-L-14-quickgelu); "
                                      "dinov2: timm name (default vit_base_patch14_reg4_dinov2) or hub entry")
     src.add_argument("--weights", help="local weights file of the clip/dinov2 extractor (clip: an open_clip tag "
                                        "such as openai works too)")

@@ -100,9 +100,11 @@ def load_clip(
     Args:
         model: an open_clip architecture name (``ViT-L-14-quickgelu`` = OpenAI's ViT-L/14, the paper's),
             a ``.json`` open_clip model config (``{"embed_dim", "vision_cfg", ...}``, optionally wrapped as
-            ``{"model_cfg": ..., "preprocess_cfg": ...}``), or a folder holding ``open_clip_config.json``.
+            ``{"model_cfg": ..., "preprocess_cfg": ...}``), a folder holding ``open_clip_config.json``, or an
+            open_clip Hub model ``hf-hub:org/name`` (its ``open_clip_config.json`` and, without ``weights``, its
+            weights, through huggingface_hub's cache).
         weights: a full CLIP or a vision-only state dict (``.safetensors``, ``.pt``/``.bin``), or the
-            OpenAI TorchScript release ``ViT-L-14.pt``. Required; nothing is downloaded.
+            OpenAI TorchScript release ``ViT-L-14.pt``; or None with ``pretrained`` or an ``hf-hub:`` model.
         quick_gelu: force QuickGELU (OpenAI weights were trained with it); ``None`` = the config's value
             (the pretrained tag's, with ``pretrained``), or True for a TorchScript archive.
         pretrained: an open_clip pretrained tag of ``model`` (``open_clip.list_pretrained_tags_by_model``);
@@ -115,7 +117,16 @@ def load_clip(
             and os.fspath(weights) in open_clip.list_pretrained_tags_by_model(model):
         pretrained, weights = os.fspath(weights), None  # --weights openai: a tag, not a file
     tag_cfg: dict[str, Any] = {}
-    if weights is None and pretrained is not None:
+    hub_name: str | None = None
+    if model.startswith("hf-hub:"):  # open_clip's Hub models: config + weights in one repo
+        from ..named_weights import open_clip_hub_model
+
+        hub_name = model
+        config_file, hub_weights = open_clip_hub_model(model.removeprefix("hf-hub:"), cache_dir=cache_dir,
+                                                       with_weights=weights is None)
+        model, weights = str(config_file), weights if weights is not None else hub_weights
+        pretrained = None
+    elif weights is None and pretrained is not None:
         from ..named_weights import open_clip_weights
 
         weights, tag_cfg = open_clip_weights(model, pretrained, cache_dir=cache_dir)
@@ -125,6 +136,7 @@ def load_clip(
             "--model ViT-L-14 --pretrained openai) or --weights PATH (a local open_clip or OpenAI CLIP checkpoint)"
         )
     cfg, pp, name = _open_clip_config(model)
+    name = hub_name or name
     pp = {**{k: tag_cfg[k] for k in ("mean", "std", "interpolation") if k in tag_cfg}, **pp}
     if quick_gelu is None and "quick_gelu" in tag_cfg:
         quick_gelu = bool(tag_cfg["quick_gelu"])
@@ -146,7 +158,8 @@ def load_clip(
         std=tuple(pp.get("std", OPENAI_CLIP_STD)),
         interpolation=pp.get("interpolation", "bicubic"),
     )
-    ext.set_weights_info(weights, pretrained=f"open_clip:{name}/{pretrained}" if pretrained is not None else None)
+    source = f"open_clip:{name}/{pretrained}" if pretrained is not None else hub_name
+    ext.set_weights_info(weights, pretrained=source)
     log.info("clip extractor %s (quick_gelu=%s) from %s", name, quick_gelu, weights)
     return ext
 
