@@ -91,9 +91,9 @@ class VQGANLCModule(pl.LightningModule):
             vgg = resolve_checkpoint(loss.lpips_weights, "lpips-vgg", option="--model.loss.lpips_weights")
             if vgg is None:
                 raise MissingWeightsError(
-                    "the perceptual loss needs VGG16 ImageNet weights: pass --model.loss.lpips_weights "
-                    "PATH/vgg16-397923af.pth (or 'torchvision' to fetch it into the torch hub cache), or turn the "
-                    "loss off with --model.loss.perceptual_weight 0"
+                    "the perceptual loss needs local VGG16 ImageNet weights: pass --model.loss.lpips_weights "
+                    "PATH/vgg16-397923af.pth (or torchvision, to fetch that file into the torch hub cache), or turn "
+                    "the loss off with --model.loss.perceptual_weight 0"
                 )
             perceptual = PerceptualLoss(vgg, loss.lpips_lin_weights)
         else:
