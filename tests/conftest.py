@@ -16,6 +16,22 @@ OFFICIAL_TINY = FIXTURES / "official-format-tiny"
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_torch_hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An empty torch hub cache (``$TORCH_HOME``) for the session: weights a developer has cached (the LPIPS
+    trunks, FID Inception) are found by default, so tests must not see them; tests that want a warm cache
+    populate their own."""
+    import os
+
+    old = os.environ.get("TORCH_HOME")
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch-home"))
+    yield
+    if old is None:
+        os.environ.pop("TORCH_HOME", None)
+    else:
+        os.environ["TORCH_HOME"] = old
+
+
 @pytest.fixture(scope="session")
 def official_tiny() -> Path:
     """../shared/fixtures/official-format-tiny; skipped where that folder is absent (a user's clone)."""

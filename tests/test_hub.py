@@ -235,7 +235,19 @@ def test_the_registry_table_holds_the_official_release_files() -> None:
 
 
 def test_readme_shows_the_registry_table_verbatim() -> None:
-    assert release_table_markdown() in (ROOT / "README.md").read_text()
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index("| name | kind | repo @ revision | files | sizes | sha256 | licence |")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    assert "\n".join(lines[start:end]) == release_table_markdown()  # no README row more or less than the code's
+    assert end - start == 2 + len(list_releases())
+    assert "unpinned, no known commit" in lines[start + 2] and "| unknown |" in lines[start + 2]
+
+
+def test_a_pinned_row_shows_its_commit_and_sha256() -> None:
+    r = get_release("vqgan-lc-gpt-f16-100k")
+    pinned = replace(r, revision="a" * 40, pinned=True, checkpoint=replace(r.checkpoint, sha256="b" * 64))
+    row = release_table_markdown([pinned]).splitlines()[2]
+    assert f"`wufuheng/VQ` @ `{'a' * 40}`" in row and f"| `{'b' * 64}` |" in row and "unpinned" not in row
 
 
 def test_release_repo_can_be_pointed_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,9 +266,11 @@ def test_exact_size_and_bounds(tmp_path: Path) -> None:
     assert "at least 5" in (g.size_problem(4) or "") and "at most 8" in (g.size_problem(9) or "")
 
 
-def test_gpt_release_is_registered_but_not_converted_yet() -> None:
+def test_a_release_kind_without_a_converter_is_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vqgan_lc.hub
     from vqgan_lc.hub import resolve_pretrained
 
+    monkeypatch.delitem(vqgan_lc.hub._CONVERTERS, "gpt")  # as an older vqgan-lc without the GPT converter
     with pytest.raises(UnsupportedReleaseError, match="cannot convert gpt checkpoints yet"):
         resolve_pretrained("vqgan-lc-gpt-f16-100k", kind="gpt")
     with pytest.raises(CheckpointError, match="is a gpt release, not a vqgan-lc model"):

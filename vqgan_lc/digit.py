@@ -58,6 +58,7 @@ from .extractors.dinov2 import (
     convert_dinov2_state_dict,
 )
 from .formats import Description, millions, numel, safetensors_header
+from .named_weights import dinov2_weights
 from .pretrained import PretrainedMixin, check_save_directory
 from .quantize.search import nearest_code
 from .tokenizer import ImageTokenizerMixin, check_preprocessing, default_preprocessing
@@ -188,11 +189,20 @@ class DiscriminativeTokenizer(ImageTokenizerMixin, PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_files(cls, codebook: str | os.PathLike, weights: str | os.PathLike, *,
+    def from_files(cls, codebook: str | os.PathLike, weights: str | os.PathLike | None, *,
                    model: str = DEFAULT_DINOV2_MODEL, hub_dir: str | os.PathLike | None = None,
                    layer: int = DEFAULT_DINOV2_LAYER, load_size: int = 256, image_size: int = 224,
                    model_kwargs: dict[str, Any] | None = None, check_provenance: bool = True) -> DiscriminativeTokenizer:
-        """Build from a ``build-codebook`` output (DINOv2 features, K centroids) and a local DINOv2 weights file."""
+        """Build from a ``build-codebook`` output (DINOv2 features, K centroids) and a local DINOv2 weights file,
+        or, with ``weights=None``, the weights ``model`` names (a tagged timm name such as
+        ``vit_base_patch14_reg4_dinov2.lvd142m``, or a torch.hub name such as ``dinov2_vitb14_reg``), fetched
+        through that library's cache only then (``vqgan_lc.named_weights.dinov2_weights``)."""
+        if weights is None:
+            arch, _, tag = model.partition(".")
+            if not tag and arch not in DINOV2_HUB_TO_TIMM:
+                raise MissingWeightsError(f"no DINOv2 weights given for {model}; pass a local file with --weights, or "
+                                          f"name pretrained ones, as in --dinov2-model {DEFAULT_DINOV2_MODEL}.lvd142m")
+            weights, model, _ = dinov2_weights(model)
         weights = Path(weights).resolve()
         if not weights.is_file():
             raise MissingWeightsError(f"weights file {weights} does not exist; pass an existing local file with --weights")

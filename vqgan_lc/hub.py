@@ -272,7 +272,8 @@ def _download(release: Release, f: ReleaseFile, rev: str, *, cache_dir: str | os
     errors = _hf_errors()
     where = f"{f.path} of release {release.name} (Hub repo {release.repo} at revision {rev})"
     how = (f"go online once to fetch it ({f.listed}), or download {_file_url(release.repo, f.path, rev)} yourself and "
-           f"convert it with `vqgan-lc convert --checkpoint FILE{' --codebook CODEBOOK' if release.codebook else ''}"
+           f"convert it with `vqgan-lc convert{' --format gpt' if release.kind == 'gpt' else ''} --checkpoint FILE"
+           f"{' --codebook CODEBOOK' if release.codebook else ''}"
            f"{' --preset ' + release.preset if release.preset else ''} --out DIR`, then pass DIR")
     try:
         path = hf.hf_hub_download(repo_id=release.repo, filename=f.path, revision=rev, cache_dir=cache_dir,
@@ -376,7 +377,16 @@ def _convert_vqgan_lc(release: Release, files: Mapping[str, Path], out: Path, re
     model.save_pretrained(out, provenance=provenance)
 
 
-_CONVERTERS: dict[str, Converter] = {"vqgan-lc": _convert_vqgan_lc}
+def _convert_gpt(release: Release, files: Mapping[str, Path], out: Path, record: Mapping[str, Any]) -> None:
+    from .convert_gpt import convert_official_gpt
+
+    gpt = convert_official_gpt(files["checkpoint"], **release.options)
+    provenance = {**gpt.provenance, "tokenizer_release": release.tokenizer,
+                  "release": {k: record[k] for k in ("release", "repo", "revision", "commit", "note", "licence", "files")}}
+    gpt.save_pretrained(out, provenance=provenance)
+
+
+_CONVERTERS: dict[str, Converter] = {"vqgan-lc": _convert_vqgan_lc, "gpt": _convert_gpt}
 
 
 def register_converter(kind: ReleaseKind, converter: Converter) -> None:

@@ -10,9 +10,11 @@ here, so each file carries the byte range its listing allows (plus a lower bound
 must hold). That still refuses a truncated download or the wrong file under the right name. A user who
 has checked a file pins it exactly with ``register_release(replace(get_release(name), ...))``.
 
-Revision: no commit of ``wufuheng/VQ`` is known here, so every row reads ``main``
-(``Release.pinned`` is False). Pass ``revision=<commit>`` to pin one; the converted directory records the
-commit it was made from.
+Revision: the project's references (``vqgan-lc-facts.md`` §8, the audits, the fixtures) record the mirror's
+file names and listed sizes but no commit of ``wufuheng/VQ`` and no sha256 of any release file, so every row
+reads ``main`` (``Release.pinned`` is False, ``UNPINNED_REASON`` says why in the README table) and checks
+sizes only. Pass ``revision=<commit>`` to pin one; the converted directory records the commit it was made
+from and every file's sha256, which ``register_release`` can then pin.
 
 ``VQGAN_LC_RELEASE_REPO=org/name`` (or ``repo=`` in ``get_release``/``resolve_pretrained``) reads the same
 paths from another repo, e.g. a private copy of the mirror.
@@ -21,8 +23,8 @@ paths from another repo, e.g. a private copy of the mirror.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from .config import ModelConfig
@@ -37,6 +39,10 @@ REPO_ENV = "VQGAN_LC_RELEASE_REPO"
 
 MIRROR_NOTE = "unofficial mirror of the authors' release"
 LICENCE_NOTE = "none stated by the authors (no LICENSE in zh460045050/VQGAN-LC); mirror card: apache-2.0"
+
+UNPINNED_REASON = "no known commit"
+"""Why the rows read ``main``: shown in the README table beside each unpinned revision."""
+SHA256_UNKNOWN = "unknown"
 
 _MIB = 1 << 20
 _GIB = 1 << 30
@@ -85,7 +91,9 @@ class Release:
 
     ``checkpoint`` is the official pickle; ``codebook`` the k-means file it was trained with (None for a
     GPT, whose tokenizer is the release named in ``tokenizer``). ``preset`` names the architecture in
-    ``vqgan_lc.registry``; ``config`` (tests, custom releases) overrides it.
+    ``vqgan_lc.registry``; ``config`` (tests, custom releases) overrides it. ``options`` are keyword
+    arguments of the converter that the file itself does not hold (a GPT's head count:
+    ``vqgan_lc.convert_gpt.convert_official_gpt``).
     """
 
     name: str
@@ -102,6 +110,7 @@ class Release:
     origin: str = ""
     tokenizer: str | None = None
     config: ModelConfig | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def files(self) -> dict[str, ReleaseFile]:
@@ -154,6 +163,8 @@ _TABLE: tuple[Release, ...] = (
         description="the official class-conditional GPT (minGPT, 24 layers, 1024 wide) over vqgan-lc-f16-100k ids",
         checkpoint=ReleaseFile("mbin/gpt-lc-100K-f16.pth", "1.6G", **_listed_gib(16)),
         codebook=None, origin="Google Drive folder 1DDHYpEKJUeVePIPzLf72DbUZ7Qa9x9yx (GPT)",
+        # models/models_gpt.py: n_head 16 (not stored in the file), n_vision_words 100,000
+        options={"n_head": 16, "n_codes": 100_000},
     ),
 )
 
@@ -192,14 +203,17 @@ def iter_releases() -> Iterator[Release]:
         yield _RELEASES[name]
 
 
-def release_table_markdown() -> str:
-    """The registry as the Markdown table the README shows (one row per release, default repos)."""
-    lines = ["| name | kind | repo @ revision | files | sizes | licence |", "|---|---|---|---|---|---|"]
-    for r in _TABLE:
+def release_table_markdown(releases: Iterable[Release] | None = None) -> str:
+    """The registry as the Markdown table the README shows: one row per release of ``releases`` (default: the
+    built-in table, default repos). A pinned row shows its commit; a row with a known sha256 shows it."""
+    lines = ["| name | kind | repo @ revision | files | sizes | sha256 | licence |", "|---|---|---|---|---|---|---|"]
+    for r in _TABLE if releases is None else releases:
         files = "<br>".join(f"`{f.path}`" for f in r.files.values())
         sizes = " + ".join(f.expected_size_text() for f in r.files.values())
-        rev = r.revision + ("" if r.pinned else " (unpinned)")
-        lines.append(f"| `{r.name}` | {r.kind} | `{r.repo}` @ {rev} | {files} | {sizes} | {r.licence} |")
+        shas = [f"`{f.sha256}`" if f.sha256 else SHA256_UNKNOWN for f in r.files.values()]
+        sha = SHA256_UNKNOWN if set(shas) == {SHA256_UNKNOWN} else "<br>".join(shas)
+        rev = f"`{r.revision}`" if r.pinned else f"{r.revision} (unpinned, {UNPINNED_REASON})"
+        lines.append(f"| `{r.name}` | {r.kind} | `{r.repo}` @ {rev} | {files} | {sizes} | {sha} | {r.licence} |")
     return "\n".join(lines)
 
 
@@ -209,6 +223,8 @@ __all__ = [
     "LICENCE_NOTE",
     "MIRROR_NOTE",
     "REPO_ENV",
+    "SHA256_UNKNOWN",
+    "UNPINNED_REASON",
     "Release",
     "ReleaseFile",
     "ReleaseKind",

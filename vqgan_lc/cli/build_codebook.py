@@ -6,9 +6,14 @@ resumes), or split: ``--features-only DIR`` extracts, ``--from-features DIR`` cl
 Examples::
 
     # the paper: OpenAI CLIP ViT-L/14, 16x16 -> 4x4 pooling, 100 centres per ImageNet class
+    vqgan-lc build-codebook --data imagenet/train --extractor clip --model ViT-L-14 --pretrained openai \\
+        --pool 4 --per-class 100 --k 100000 --out codebook.safetensors
+    # the same from a local file
     vqgan-lc build-codebook --data imagenet/train --extractor clip --model ViT-L-14-quickgelu \\
         --weights ViT-L-14.pt --pool 4 --per-class 100 --k 100000 --out codebook.safetensors
-    # DiGIT: DINOv2 ViT-B/14 reg4, block -3, 8192 global centres
+    # DiGIT: DINOv2 ViT-B/14 reg4, block -3, 8192 global centres (timm's name, fetched once)
+    vqgan-lc build-codebook --data imagenet/train --extractor dinov2 --model vit_base_patch14_reg4_dinov2.lvd142m \\
+        --k 8192 --out km_8k.safetensors
     vqgan-lc build-codebook --data imagenet/train --extractor dinov2 \\
         --weights dinov2_vitb14_reg4_pretrain.pth --k 8192 --out km_8k.safetensors
     # DiGIT's k-means data as released: ~10% of the images, Resize 224 + RandomCrop 224 + flip, float32
@@ -43,9 +48,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", help="image folder (classes = first-level sub-folders)")
     src.add_argument("--file-list", help="text file with one relative/path[,label] per line (paths under --data)")
     src.add_argument("--extractor", choices=("clip", "dinov2", "pixels"), help="frozen feature extractor")
-    src.add_argument("--model", help="clip: open_clip architecture or .json config (default ViT-L-14-quickgelu); "
+    src.add_argument("--model", help="clip: open_clip architecture, .json config or hf-hub:org/name (default "
+                                     "ViT-L-14-quickgelu); "
                                      "dinov2: timm name (default vit_base_patch14_reg4_dinov2) or hub entry")
-    src.add_argument("--weights", help="local weights file of the clip/dinov2 extractor (never downloaded)")
+    src.add_argument("--weights", help="local weights file of the clip/dinov2 extractor (clip: an open_clip tag "
+                                       "such as openai works too)")
+    src.add_argument("--pretrained", nargs="?", const=True, default=None, metavar="TAG",
+                     help="fetch the weights the library names, through its own cache, only now (offline: the cache "
+                          "only): clip: an open_clip tag (--model ViT-L-14 --pretrained openai); dinov2: a timm tag, "
+                          "or bare with a torch.hub name (--model dinov2_vitb14_reg --pretrained); a tagged timm name "
+                          "(--model vit_base_patch14_reg4_dinov2.lvd142m) needs no flag")
     src.add_argument("--hub-dir", help="dinov2: a local clone of the DINOv2 torch.hub repository")
     src.add_argument("--layer", type=int, help="dinov2: block index, negative from the end (default -3, DiGIT)")
     src.add_argument("--quick-gelu", action="store_true", default=None,
@@ -141,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         ext = create_extractor(
             args.extractor, model=args.model, weights=args.weights, hub_dir=args.hub_dir, layer=args.layer,
             image_size=args.image_size, patch_size=args.patch_size, quick_gelu=args.quick_gelu, device=device,
+            pretrained=args.pretrained,
         )
         from ..codebook.recipes import subsample_images
         from ..data import list_images

@@ -24,9 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the tokenizer kind (default: detected from --model); digit with --codebook builds one")
     d = p.add_argument_group("DiGIT tokenizer from files (--tokenizer digit without --model)")
     d.add_argument("--codebook", help="DINOv2 k-means centroids from `vqgan-lc build-codebook --extractor dinov2`, or DiGIT's km_8k.npy")
-    d.add_argument("--weights", help="local DINOv2 weights file (e.g. dinov2_vitb14_reg4_pretrain.pth)")
+    d.add_argument("--weights", help="local DINOv2 weights file (e.g. dinov2_vitb14_reg4_pretrain.pth); without it, "
+                                     "the weights --dinov2-model names are fetched through its library's cache")
     d.add_argument("--dinov2-model", default="vit_base_patch14_reg4_dinov2",
-                   help="timm architecture or torch.hub entry (default: DiGIT's ViT-B/14 with 4 registers)")
+                   help="timm architecture or torch.hub entry (default: DiGIT's ViT-B/14 with 4 registers); a tagged "
+                        "timm name (vit_base_patch14_reg4_dinov2.lvd142m) or a torch.hub name (dinov2_vitb14_reg) "
+                        "without --weights names pretrained weights")
     d.add_argument("--hub-dir", help="a local clone of the DINOv2 torch.hub repository")
     d.add_argument("--layer", type=int, default=-3, help="DINOv2 block, negative from the end (default -3, DiGIT)")
     d.add_argument("--no-provenance-check", action="store_true",
@@ -75,9 +78,7 @@ def load_cli_tokenizer(args: argparse.Namespace) -> Tokenizer:
             raise VQGANLCError("pass --model DIR, or --tokenizer digit with --codebook FILE and --weights FILE")
         from ..digit import DiscriminativeTokenizer
 
-        if not args.weights:
-            raise VQGANLCError("the DiGIT tokenizer needs --weights (a local DINOv2 weights file); nothing is downloaded")
-        tok = DiscriminativeTokenizer.from_files(args.codebook, args.weights, model=args.dinov2_model,
+        tok = DiscriminativeTokenizer.from_files(args.codebook, args.weights or None, model=args.dinov2_model,
                                                  hub_dir=args.hub_dir, layer=args.layer,
                                                  check_provenance=not args.no_provenance_check)
         if args.save_tokenizer:

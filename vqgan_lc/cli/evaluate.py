@@ -18,10 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="short side resized then center-cropped (default: the model's; with --tokens, the manifest's)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (also the throughput batch size)")
     p.add_argument("--num-workers", type=nonnegative_int, default=2, help="image decoding processes")
-    p.add_argument("--lpips-alex-weights", metavar="PATH",
-                   help="torchvision AlexNet ImageNet state dict (alexnet-owt-7be5be79.pth); enables LPIPS-Alex")
-    p.add_argument("--lpips-vgg-weights", metavar="PATH",
-                   help="torchvision VGG16 ImageNet state dict (vgg16-397923af.pth); enables LPIPS-VGG")
+    p.add_argument("--lpips-alex-weights", metavar="PATH|NAME",
+                   help="torchvision AlexNet ImageNet state dict: a path, or 'torchvision' / alexnet-owt-7be5be79.pth "
+                        "(from, or fetched into, the torch hub cache); default: that cached file if present")
+    p.add_argument("--lpips-vgg-weights", metavar="PATH|NAME",
+                   help="torchvision VGG16 ImageNet state dict: a path, or 'torchvision' / vgg16-397923af.pth "
+                        "(from, or fetched into, the torch hub cache); default: that cached file if present")
     p.add_argument("--protocol", choices=("standard", "official"), default="standard",
                    help="standard: PIL bicubic resize, torchmetrics rFID vs the centre crops; official: the official "
                         "VQGAN-LC evaluation (OpenCV bilinear resize, LPIPS with pyiqa's convention, clean-fid "
@@ -32,8 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cleanfid-inception", metavar="PATH",
                    help="clean-fid's inception-2015-12-05.pt (or its folder) for --protocol official "
                         "(default: clean-fid's own cache folder; nothing is downloaded)")
-    p.add_argument("--inception-weights", metavar="PATH",
-                   help="FID Inception-v3 state dict (pt_inception-2015-12-05-6726825d.pth); enables rFID")
+    p.add_argument("--inception-weights", metavar="PATH|NAME",
+                   help="FID Inception-v3 state dict: a path, or torch-fidelity / pytorch-fid (their "
+                        "*inception-2015-12-05-6726825d.pth from, or fetched into, the torch hub cache); default: "
+                        "a cached one if present")
     p.add_argument("--device", type=device, help="torch device (default: cuda if available)")
     p.add_argument("--force", action="store_true", help="evaluate --tokens even if the model does not match the manifest")
     p.add_argument("--overwrite", action="store_true",

@@ -4,6 +4,8 @@
 
     # VQGAN-LC + GPT: 16 images of class 3, top-k 10% of the vocabulary (the paper's setting)
     vqgan-lc sample --gpt gpt/ --tokenizer vqgan-model/ --class 3 --n 16 --out samples/
+    # the official VQGAN-LC GPT and its tokenizer, by release name (downloaded, converted once, cached)
+    vqgan-lc sample --gpt vqgan-lc-gpt-f16-100k --tokenizer vqgan-lc-f16-100k --class 3 --n 16 --out samples/
     # DiGIT two-stage: stage 1 (DiGIT ids, top-k 200) -> stage 2 (VQGAN-LC ids, top-p 0.8) -> decoder
     vqgan-lc sample --gpt stage1/ --stage2 stage2/ --tokenizer vqgan-model/ --n 16 --out samples/
     # a MaskGIT (NAR) stage 2 is recognised from its config: 8 parallel steps, choice temperature 4.5
@@ -65,9 +67,11 @@ def _top_p(value: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpt", required=True, help="GPT directory (train-gpt output); DiGIT: the stage-1 GPT")
+    p.add_argument("--gpt", required=True, help="GPT directory (train-gpt / convert --format gpt output), Hub repo id "
+                                                "or release name (vqgan-lc-gpt-f16-100k); DiGIT: the stage-1 GPT")
     p.add_argument("--stage2", help="DiGIT stage-2 GPT directory (prefix = stage-1 ids -> VQGAN-LC ids)")
-    p.add_argument("--tokenizer", required=True, help="VQGAN-LC model directory that decodes the sampled ids")
+    p.add_argument("--tokenizer", help="VQGAN-LC model directory, Hub repo id or release name that decodes the sampled "
+                                       "ids (default: the release the GPT was published with, if it records one)")
     p.add_argument("--class", dest="classes", nargs="+", metavar="C",
                    help="class indices or names; --n images of each (default: null class / unconditional)")
     p.add_argument("--n", type=positive_int, default=16, help="images per class (default 16)")
@@ -133,9 +137,13 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpt = GPT.from_pretrained(args.gpt, map_location=device)
     stage2 = GPT.from_pretrained(args.stage2, map_location=device) if args.stage2 else None
-    vq = load_tokenizer(args.tokenizer, map_location=device)
+    tokenizer = args.tokenizer or (stage2 or gpt).provenance.get("tokenizer_release")
+    if not tokenizer:
+        raise VQGANLCError(f"{args.stage2 or args.gpt} records no tokenizer; pass the model that made its tokens "
+                           "with --tokenizer")
+    vq = load_tokenizer(tokenizer, map_location=device)
     if not isinstance(vq, DecodingTokenizer):
-        raise VQGANLCError(f"{args.tokenizer} is a {vq.kind} tokenizer, which has no pixel decoder; pass a "
+        raise VQGANLCError(f"{tokenizer} is a {vq.kind} tokenizer, which has no pixel decoder; pass a "
                            "VQGAN-LC or MAGE VQGAN model as --tokenizer")
     last = stage2 or gpt
     made_by = (last.provenance.get("tokens") or {}).get("tokenizer") or {}
@@ -148,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
 
     prepare_output_dir(args.out, "folder of samples", overwrite=args.overwrite, own_names=SAMPLE_NAMES, create=False)
     names = resolve_classes(args.classes, gpt.provenance)
+    if not names and gpt.config.class_conditional and gpt.config.null_id is None:
+        raise VQGANLCError(f"{args.gpt} is class-conditional without a null class (as the official VQGAN-LC GPT); "
+                           f"pass --class with indices in [0, {gpt.config.n_classes})")
     labels = torch.tensor([c for c in names for _ in range(args.n)] if names else [-1] * args.n, dtype=torch.long)
     top_k = args.top_k if args.top_k is not None else (None if stage2 is not None else 0.1)
     top_p = args.top_p if args.top_p is not None else (0.8 if stage2 is not None and args.top_k is None else None)

@@ -41,12 +41,16 @@ class FeatureExtractor(nn.Module):
     def image_size(self) -> tuple[int, int]:
         return self.preprocess.image_size
 
-    def set_weights_info(self, path: str | os.PathLike | None, sha256: str | None = None) -> None:
-        """Record the weights file (name and sha256) the extractor was loaded from."""
+    def set_weights_info(self, path: str | os.PathLike | None, sha256: str | None = None, *,
+                         pretrained: str | None = None) -> None:
+        """Record the weights file (name and sha256) the extractor was loaded from, and the library name it was
+        fetched by (``pretrained``, e.g. ``open_clip:ViT-L-14/openai``) when it was."""
         if path is None:
             self._weights_info = {}
         else:
             self._weights_info = {"weights": Path(path).name, "weights_sha256": sha256 or sha256_file(path)}
+            if pretrained is not None:
+                self._weights_info["pretrained"] = pretrained
 
     def _describe(self) -> dict[str, Any]:  # subclasses add model / layer
         return {}

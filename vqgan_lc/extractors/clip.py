@@ -5,7 +5,9 @@ tokens), CLS dropped, CLIP's own preprocessing (bicubic resize of the short side
 mean/std). open_clip's ``output_tokens=True`` returns the tokens after ``ln_post`` but *before*
 ``proj``; the official VQGAN-LC code projects them, so we do too.
 
-Nothing here downloads: the tower is built with random weights and filled from a local file.
+The tower is built with random weights and filled from a local file, or from an open_clip pretrained tag
+the user names (``pretrained="openai"``), fetched through open_clip's registry and huggingface_hub's cache
+only then (``vqgan_lc.named_weights``).
 """
 
 from __future__ import annotations
@@ -88,26 +90,56 @@ def load_clip(
     weights: str | os.PathLike | None = None,
     *,
     quick_gelu: bool | None = None,
+    pretrained: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> ClipExtractor:
-    """Build an open_clip vision tower with random weights and fill it from a local ``weights`` file.
+    """Build an open_clip vision tower with random weights and fill it from a local ``weights`` file, or from
+    open_clip's pretrained tag ``pretrained`` (``model="ViT-L-14", pretrained="openai"``: the paper's), fetched
+    through open_clip's registry and huggingface_hub's cache (or ``cache_dir``) and only then.
 
     Args:
         model: an open_clip architecture name (``ViT-L-14-quickgelu`` = OpenAI's ViT-L/14, the paper's),
             a ``.json`` open_clip model config (``{"embed_dim", "vision_cfg", ...}``, optionally wrapped as
-            ``{"model_cfg": ..., "preprocess_cfg": ...}``), or a folder holding ``open_clip_config.json``.
+            ``{"model_cfg": ..., "preprocess_cfg": ...}``), a folder holding ``open_clip_config.json``, or an
+            open_clip Hub model ``hf-hub:org/name`` (its ``open_clip_config.json`` and, without ``weights``, its
+            weights, through huggingface_hub's cache).
         weights: a full CLIP or a vision-only state dict (``.safetensors``, ``.pt``/``.bin``), or the
-            OpenAI TorchScript release ``ViT-L-14.pt``. Required; nothing is downloaded.
-        quick_gelu: force QuickGELU (OpenAI weights were trained with it); ``None`` = the config's value,
-            or True for a TorchScript archive.
+            OpenAI TorchScript release ``ViT-L-14.pt``; or None with ``pretrained`` or an ``hf-hub:`` model.
+        quick_gelu: force QuickGELU (OpenAI weights were trained with it); ``None`` = the config's value
+            (the pretrained tag's, with ``pretrained``), or True for a TorchScript archive.
+        pretrained: an open_clip pretrained tag of ``model`` (``open_clip.list_pretrained_tags_by_model``);
+            ``weights`` naming such a tag instead of a file means the same. Offline, only the cache is read.
+        cache_dir: open_clip's ``cache_dir`` (default: the Hugging Face cache).
     """
-    if weights is None:
-        raise MissingWeightsError(
-            "the clip extractor needs pretrained CLIP weights: pass --weights PATH (a local open_clip or "
-            "OpenAI CLIP checkpoint); nothing is downloaded"
-        )
     import open_clip
 
+    if pretrained is None and weights is not None and not Path(weights).exists() \
+            and os.fspath(weights) in open_clip.list_pretrained_tags_by_model(model):
+        pretrained, weights = os.fspath(weights), None  # --weights openai: a tag, not a file
+    tag_cfg: dict[str, Any] = {}
+    hub_name: str | None = None
+    if model.startswith("hf-hub:"):  # open_clip's Hub models: config + weights in one repo
+        from ..named_weights import open_clip_hub_model
+
+        hub_name = model
+        config_file, hub_weights = open_clip_hub_model(model.removeprefix("hf-hub:"), cache_dir=cache_dir,
+                                                       with_weights=weights is None)
+        model, weights = str(config_file), weights if weights is not None else hub_weights
+        pretrained = None
+    elif weights is None and pretrained is not None:
+        from ..named_weights import open_clip_weights
+
+        weights, tag_cfg = open_clip_weights(model, pretrained, cache_dir=cache_dir)
+    if weights is None:
+        raise MissingWeightsError(
+            "the clip extractor needs pretrained CLIP weights: pass --pretrained TAG (an open_clip tag, as in "
+            "--model ViT-L-14 --pretrained openai) or --weights PATH (a local open_clip or OpenAI CLIP checkpoint)"
+        )
     cfg, pp, name = _open_clip_config(model)
+    name = hub_name or name
+    pp = {**{k: tag_cfg[k] for k in ("mean", "std", "interpolation") if k in tag_cfg}, **pp}
+    if quick_gelu is None and "quick_gelu" in tag_cfg:
+        quick_gelu = bool(tag_cfg["quick_gelu"])
     weights = Path(weights)
     if not weights.is_file():
         raise MissingWeightsError(f"weights file {weights} does not exist; pass an existing local file with --weights")
@@ -126,7 +158,8 @@ def load_clip(
         std=tuple(pp.get("std", OPENAI_CLIP_STD)),
         interpolation=pp.get("interpolation", "bicubic"),
     )
-    ext.set_weights_info(weights)
+    source = f"open_clip:{name}/{pretrained}" if pretrained is not None else hub_name
+    ext.set_weights_info(weights, pretrained=source)
     log.info("clip extractor %s (quick_gelu=%s) from %s", name, quick_gelu, weights)
     return ext
 

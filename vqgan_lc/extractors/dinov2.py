@@ -4,7 +4,8 @@ directory).
 The output of one block (default ``-3``: DiGIT's 3rd-from-last block) with the final LayerNorm
 applied, CLS and register tokens dropped; 256 px images resized bicubically to 224.
 
-Nothing here downloads: the network is built with random weights and filled from a local file.
+The network is built with random weights and filled from a local file, or from weights named the way timm
+(``vit_base_patch14_reg4_dinov2.lvd142m``) or torch.hub (``dinov2_vitb14_reg``) name them, fetched only then.
 """
 
 from __future__ import annotations
@@ -117,8 +118,18 @@ def load_dinov2(
     layer: int = DEFAULT_DINOV2_LAYER,
     load_size: int = 256,
     image_size: int = 224,
+    pretrained: bool | str = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> DINOv2Extractor:
-    """Build a DINOv2 ViT with random weights and fill it from a local ``weights`` file.
+    """Build a DINOv2 ViT with random weights and fill it from a local ``weights`` file, or from the pretrained
+    weights its library names, fetched only then (offline: the cache only; ``vqgan_lc.named_weights``):
+
+    * a timm name with a tag, ``vit_base_patch14_reg4_dinov2.lvd142m`` (or ``pretrained=True`` for timm's
+      default tag, ``pretrained="lvd142m"`` for a tag), through huggingface_hub's cache (``cache_dir``) as timm
+      downloads it;
+    * a torch.hub name, ``dinov2_vitb14_reg`` with ``pretrained=True``: the official
+      ``dinov2_vitb14_reg4_pretrain.pth`` in (or fetched into) ``torch.hub.get_dir()/checkpoints``, the file
+      ``torch.hub.load("facebookresearch/dinov2", ...)`` uses; no hub code is run.
 
     Args:
         model: a timm architecture (``vit_base_patch14_reg4_dinov2``; the torch.hub names such as
@@ -129,10 +140,18 @@ def load_dinov2(
         hub_dir: a local clone of the DINOv2 repository (``torch.hub.load(dir, model, source="local")``).
         layer, load_size, image_size: see ``DINOv2Extractor``.
     """
+    source: str | None = None
+    arch, _, tag = model.partition(".")
+    if weights is None and hub_dir is None and (tag or pretrained):
+        from ..named_weights import dinov2_weights
+
+        weights, _, source = dinov2_weights(model, pretrained or True, cache_dir=cache_dir)
+    model = arch if hub_dir is None else model
     if weights is None:
         raise MissingWeightsError(
-            "the dinov2 extractor needs pretrained DINOv2 weights: pass --weights PATH (a local "
-            "dinov2_*_pretrain.pth or timm safetensors file); nothing is downloaded"
+            "the dinov2 extractor needs pretrained DINOv2 weights: name them (--model "
+            "vit_base_patch14_reg4_dinov2.lvd142m, or --model dinov2_vitb14_reg --pretrained) or pass --weights PATH "
+            "(a local dinov2_*_pretrain.pth or timm safetensors file)"
         )
     weights = Path(weights)
     state = load_weights_file(weights)
@@ -154,7 +173,7 @@ def load_dinov2(
         load_state_dict_strict(net, convert_dinov2_state_dict(state, net), str(weights))
         model = name
     ext = DINOv2Extractor(net, layer=layer, load_size=load_size, image_size=image_size, model_name=model)
-    ext.set_weights_info(weights)
+    ext.set_weights_info(weights, pretrained=source)
     log.info("dinov2 extractor %s, block %d of %d, from %s", model, ext.block_index, ext.depth, weights)
     return ext
 

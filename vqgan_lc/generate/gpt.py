@@ -12,9 +12,11 @@ Sequence layout (all positions attend causally to everything before them)::
 * The optional prefix (DiGIT stage 2: the 256 DiGIT ids of the image) has its own embedding table and
   its own learned positional table; the loss is only on the target ids.
 * The target ids ``x`` are a ``grid = (h, w)`` map in raster order, ``T = h * w``; ids in ``[0, n_codes)``.
-* The head predicts image ids only (``n_codes`` logits) by default: sampling never sees class ids. The
-  official head spans all ``n_codes + n_classes`` ids (its training softmax is 101,000-way at 100k
-  codes) and drops the class logits when sampling: ``GPTConfig(head="vocabulary")``.
+* The head predicts image ids only (``n_codes`` logits): sampling never sees class ids. The official
+  minGPT head spans all ``n_codes + n_classes`` ids and drops the class logits when sampling;
+  ``GPTConfig(head="vocabulary")`` keeps that layout (what ``vqgan-lc convert --format gpt`` produces):
+  ``logits()`` still returns the ``n_codes`` image logits, ``logits(full=True)`` all of them, and the
+  loss is the cross-entropy over all of them, as the official training computes it.
 
 ``GPTConfig(attention="bidirectional")`` is the MaskGIT (NAR) variant: the same blocks without the causal
 mask, input ``[prefix] + [cond] + x_0 .. x_{T-1}`` with masked ids replaced by ``[MASK]``, ``logits[:, 1 + i]``
@@ -82,13 +84,14 @@ class GPTConfig:
         eos_target: predict an end-of-sequence id after the last target id (fairseq's 257th target);
             the head gets one more output (index ``n_codes``) and the positional table one more row.
             Sampling never sees the EOS logit.
-        head: ``"codes"`` (``n_codes`` logits; the default) or ``"vocabulary"``: ``n_codes + n_classes``
-            logits, the training cross-entropy over all of them as the official VQGAN-LC GPT; sampling
-            and ``forward`` still return the ``n_codes`` image logits only.
         attention: ``"causal"`` (the autoregressive prior; the default) or ``"bidirectional"``: every
             position sees every other, the input vocabulary gets a ``[MASK]`` id (``mask_id``, the last
             row) and the positional table covers cond + all ``seq_len`` ids. This is the MaskGIT (NAR)
             stage 2 of DiGIT; train and sample it with ``vqgan_lc.generate.maskgit``.
+        head: ``"codes"`` (``n_codes`` logits; the default) or ``"vocabulary"``: one output per input-vocabulary
+            id (``input_vocab``: image ids, class ids, the null token), the official VQGAN-LC minGPT's
+            101,000-way head; the training cross-entropy runs over all of them, sampling and ``forward``
+            still see the image logits only (``full=True`` returns all).
 
     Defaults of the last five fields keep the original GPT, so a ``config.json`` without them loads.
     """
@@ -354,8 +357,7 @@ class GPT(PretrainedMixin, nn.Module):
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.n_layer))
         # post-LN (fairseq) has no final norm: the last block already ends in a LayerNorm
         self.ln_f = nn.LayerNorm(c.n_embd, bias=c.bias) if c.norm_position == "pre" else nn.Identity()
-        n_out = c.n_codes + int(c.eos_target) + (c.n_classes if c.head == "vocabulary" else 0)
-        self.head = None if c.tie_weights else nn.Linear(c.n_embd, n_out, bias=False)
+        self.head = None if c.tie_weights else nn.Linear(c.n_embd, self.head_outputs, bias=False)
         self.emb_mult = math.sqrt(c.n_embd) if c.embed_scale else 1.0
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of the residual projections
@@ -377,6 +379,12 @@ class GPT(PretrainedMixin, nn.Module):
             nn.init.normal_(m.weight, mean=0.0, std=std)
 
     # ------------------------------------------------------------------ sizes
+    @property
+    def head_outputs(self) -> int:
+        """Rows of the head: ``n_codes`` (+1 EOS with ``eos_target``), or ``input_vocab`` with ``head="vocabulary"``."""
+        c = self.config
+        return c.input_vocab if c.head == "vocabulary" else c.n_codes + int(c.eos_target)
+
     @property
     def device(self) -> torch.device:
         return self.pos_emb.device
@@ -448,12 +456,19 @@ class GPT(PretrainedMixin, nn.Module):
         return self.drop(x)
 
     # ------------------------------------------------------------------ forward
-    def logits(self, h: torch.Tensor, *, with_eos: bool = False) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, *, with_eos: bool = False, full: bool = False) -> torch.Tensor:
         """Final LayerNorm + head: ``(..., n_embd)`` -> ``(..., n_codes)`` (``n_codes + 1`` with ``with_eos``
-        on an ``eos_target`` model: the last column is the EOS logit)."""
+        on an ``eos_target`` model: the last column is the EOS logit; ``input_vocab`` with ``full`` on a
+        ``head="vocabulary"`` model: image ids, then class ids)."""
         h = self.ln_f(h)
         if self.head is None:
             return F.linear(h, self.tok_emb.weight[: self.config.n_codes])
+        if full:
+            if self.config.head != "vocabulary":
+                raise ValueError("full needs a model with head='vocabulary'")
+            return self.head(h)
+        if self.config.head == "vocabulary":
+            return F.linear(h, self.head.weight[: self.config.n_codes])
         if with_eos:
             if not self.config.eos_target:
                 raise ValueError("with_eos needs a model with eos_target=True")
@@ -479,16 +494,17 @@ class GPT(PretrainedMixin, nn.Module):
         return x
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
-                *, last_only: bool = False, with_eos: bool = False) -> torch.Tensor:
+                *, last_only: bool = False, with_eos: bool = False, full: bool = False) -> torch.Tensor:
         """``(B, t)`` target ids (``t < seq_len``; ``t <= seq_len`` with ``eos_target``) -> ``(B, t + 1,
         n_codes)`` logits (``(B, n_codes)`` of the last position with ``last_only``; one more column, the
-        EOS logit, with ``with_eos``) without a cache: full recomputation."""
+        EOS logit, with ``with_eos``; every head output, ``input_vocab`` columns, with ``full`` on a
+        ``head="vocabulary"`` model) without a cache: full recomputation."""
         if self.config.bidirectional:
             raise ValueError("a bidirectional (MaskGIT) model predicts masked ids; use vqgan_lc.generate.maskgit.maskgit_logits")
         ids = self._check_ids(ids)
         h = self.run_blocks(self.embed(ids, labels, prefix))
         h = h[:, self.config.prefix_len :]
-        return self.logits(h[:, -1] if last_only else h, with_eos=with_eos)
+        return self.logits(h[:, -1] if last_only else h, with_eos=with_eos, full=full)
 
     def loss(self, ids: torch.Tensor, labels: torch.Tensor | None = None, prefix: torch.Tensor | None = None,
              *, inputs: torch.Tensor | None = None, cond: torch.Tensor | None = None,
@@ -507,11 +523,7 @@ class GPT(PretrainedMixin, nn.Module):
         inp = ids if inputs is None else inputs
         inp = inp if eos else inp[:, :-1]
         h = self.run_blocks(self.embed(inp, labels, prefix, cond=cond))[:, self.config.prefix_len :]
-        if self.config.head == "vocabulary":  # the official softmax over image and class ids
-            assert self.head is not None
-            logits = self.head(self.ln_f(h))
-        else:
-            logits = self.logits(h, with_eos=eos)
+        logits = self.logits(h, with_eos=eos, full=self.config.head == "vocabulary")  # official: CE over all 101,000 ids
         if eos:  # fairseq's 257th target: EOS after the last id
             ids = torch.cat([ids, ids.new_full((ids.shape[0], 1), self.config.n_codes)], dim=1)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids.reshape(-1),
@@ -597,6 +609,7 @@ def describe(path: Path) -> Description:
         "width": c.n_embd,
         "mlp_ratio": c.mlp_ratio,
         "tied_head": c.tie_weights,
+        "head": "full (image + class ids, the official minGPT's)" if c.head == "vocabulary" else "image ids",
         "attention": c.attention,
         "parameters": millions(numel(tensors)),
         "dtype": dtype_names(tensors),

@@ -11,8 +11,9 @@ summed over the five layers), frozen, in eval mode, every weight read from a loc
 - the lin layers from ``lpips/weights/v0.1/{net}.pth``, which the ``lpips`` wheel ships (the VGG file
   is taming's ``vgg.pth``, md5 ``d507d7349b931f0638a25a48a722f98a``), or from ``lin_weights``.
 
-Nothing is downloaded: the network is built with ``pnet_rand=True`` and ``pretrained=False`` and
-filled from those files (read with ``weights_only`` loading, never unrestricted pickle).
+The network is built with ``pnet_rand=True`` and ``pretrained=False`` and filled from those files (read
+with ``weights_only`` loading, never unrestricted pickle); a trunk named by its standard name is taken from
+the torch hub cache, where torchvision and lpips keep it, and fetched there only when named.
 """
 
 from __future__ import annotations
@@ -122,8 +123,10 @@ def build_lpips(
 
     Args:
         net: ``"vgg"`` (the training loss, taming's) or ``"alex"`` (the official evaluation's).
-        trunk_weights: the torchvision ImageNet state dict of ``net``; ``None`` keeps a randomly
-            initialised trunk (tests only: the distance is then not perceptual).
+        trunk_weights: the torchvision ImageNet state dict of ``net``: a path, or a standard name
+            (``"torchvision"``, ``vgg16-397923af.pth``, its URL) read from -- or, unless offline, fetched
+            into -- the torch hub cache (``vqgan_lc.named_weights``); ``None`` keeps a randomly initialised
+            trunk (tests only: the distance is then not perceptual).
         lin_weights: the LPIPS lin-layer file; default: the one inside the ``lpips`` package.
         trunk_option: the flag that passes ``trunk_weights``, named in the error for a missing file.
     """
@@ -133,6 +136,11 @@ def build_lpips(
         raise ImportError("LPIPS needs the lpips package: pip install 'vqgan-lc[train]' or 'vqgan-lc[eval]'") from e
     if net not in LPIPS_NETS:
         raise CheckpointError(f"unknown LPIPS network {net!r}; choose one of {', '.join(LPIPS_NETS)}")
+    if trunk_weights is not None:  # a path, or a standard name from (or fetched into) the torch hub cache
+        from ..named_weights import resolve_checkpoint
+
+        trunk_weights = resolve_checkpoint(trunk_weights, "lpips-alex" if net == "alex" else "lpips-vgg",
+                                           option=trunk_option)
     trunk = trunk_state_dict(net, trunk_weights, trunk_option) if trunk_weights is not None else None
     lin = Path(lin_weights) if lin_weights is not None else default_lin_weights(net)
     if not lin.is_file():

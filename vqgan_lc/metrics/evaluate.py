@@ -50,6 +50,7 @@ from ..data import (
 )
 from ..errors import EvaluateError, ImageShapeError, MissingDependencyError, MissingWeightsError
 from ..model import VQGANLC
+from ..named_weights import CheckpointRole
 from ..progress import Progress
 from ..quantize import CodebookUsage
 from . import clean_fid as clean_fid_mod
@@ -157,12 +158,26 @@ class _Timer:
                         note=f"model only, batch {batch_size}, {self.device}, {n} images timed")
 
 
+def _named_weights(value: str | None, role: CheckpointRole, option: str, have_data: bool) -> str | None:
+    """A weights option -> a local file: a path as is, a standard name from (or fetched into) the torch hub
+    cache, nothing given -> the cached standard file if there is one (``vqgan_lc.named_weights``)."""
+    if not have_data:
+        return value
+    from ..named_weights import resolve_checkpoint
+
+    path = resolve_checkpoint(value, role, option=option)
+    return None if path is None else str(path)
+
+
 def _build_optional(name: str, option: str, path: str | None, have_data: bool, build: Callable[[], Any]) -> tuple[Any, dict | None]:
     """(metric object, None) or (None, not-computed entry) when the weights or the originals are missing."""
     if not have_data:
         return None, not_computed(f"{name} needs the original images; token mode without --data", "--data FOLDER")
     if path is None:
-        return None, not_computed(f"no {name} weights given (nothing is downloaded)", f"{option} PATH")
+        from ..named_weights import checkpoints_dir
+
+        return None, not_computed(f"no {name} weights given and none in the torch hub cache {checkpoints_dir()} "
+                                  "(nothing is downloaded unless named)", f"{option} PATH")
     try:
         return build(), None
     except MissingWeightsError as e:
@@ -243,6 +258,7 @@ def evaluate(
     skipped_metrics: dict[str, dict] = {}
     for net, path, option in (("alex", opts.lpips_alex_weights, "--lpips-alex-weights"),
                               ("vgg", opts.lpips_vgg_weights, "--lpips-vgg-weights")):
+        path = _named_weights(path, "lpips-alex" if net == "alex" else "lpips-vgg", option, have_data)
         metric, entry = _build_optional(
             f"LPIPS ({'AlexNet' if net == 'alex' else 'VGG16'})", option, path, have_data,
             lambda net=net, path=path: LPIPSMetric(net, path, convention=convention).to(dev),  # type: ignore[misc]
@@ -255,8 +271,9 @@ def evaluate(
     fid = clean_features = None
     fid_entry: dict | None = None
     if not official:
-        fid, fid_entry = _build_optional("rFID (Inception-v3)", "--inception-weights", opts.inception_weights,
-                                         have_data, lambda: build_fid(opts.inception_weights, device=dev))  # type: ignore[arg-type]
+        inception = _named_weights(opts.inception_weights, "inception", "--inception-weights", have_data)
+        fid, fid_entry = _build_optional("rFID (Inception-v3)", "--inception-weights", inception, have_data,
+                                         lambda: build_fid(inception, device=dev))  # type: ignore[arg-type]
     elif not have_data:
         fid_entry = not_computed("rFID needs the original images; token mode without --data", "--data FOLDER")
     else:

@@ -44,8 +44,12 @@ _REQUIRED = {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "fc.weight": (1008, 204
 
 
 def read_inception_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read and check an Inception-v3 FID weights file without unrestricted pickle; returns the state dict."""
-    path = Path(path)
+    """Read and check an Inception-v3 FID weights file without unrestricted pickle; returns the state dict.
+    ``path`` may be a standard name (``torch-fidelity``, ``pytorch-fid``, their file names or URLs): read from --
+    or, unless offline, fetched into -- the torch hub cache (``vqgan_lc.named_weights``)."""
+    from ..named_weights import resolve_checkpoint
+
+    path = resolve_checkpoint(path, "inception", option="--inception-weights") or Path(path)
     if not path.is_file():
         raise MissingWeightsError(
             f"Inception weights file {path} does not exist; pass a local pt_inception-2015-12-05-6726825d.pth "

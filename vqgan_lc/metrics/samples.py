@@ -32,9 +32,12 @@ IMAGE_EXTENSIONS = "png,jpg,jpeg"
 
 
 def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
-    """The local Inception weights: ``path`` or torch-fidelity's cached file; never a download."""
+    """The local Inception weights: ``path``, torch-fidelity's cached file, or a standard name (``torch-fidelity``,
+    its file name or URL: from, or fetched into, the torch hub cache; ``vqgan_lc.named_weights``)."""
     if path is not None:
-        p = Path(path)
+        from ..named_weights import resolve_checkpoint
+
+        p = resolve_checkpoint(path, "inception", option="--inception-weights") or Path(path)
         if not p.is_file():
             raise MissingWeightsError(f"Inception weights {p} do not exist; pass torch-fidelity's {INCEPTION_WEIGHTS_NAME}")
     else:

@@ -90,12 +90,16 @@ class VQGANLCModule(pl.LightningModule):
         self.model = build_model(model)
         perceptual = None
         if loss.perceptual_weight > 0:
-            if loss.lpips_weights is None:
+            from ..named_weights import resolve_checkpoint
+
+            vgg = resolve_checkpoint(loss.lpips_weights, "lpips-vgg", option="--model.loss.lpips_weights")
+            if vgg is None:
                 raise MissingWeightsError(
                     "the perceptual loss needs local VGG16 ImageNet weights: pass --model.loss.lpips_weights "
-                    "PATH/vgg16-397923af.pth, or turn the loss off with --model.loss.perceptual_weight 0"
+                    "PATH/vgg16-397923af.pth (or torchvision, to fetch that file into the torch hub cache), or turn "
+                    "the loss off with --model.loss.perceptual_weight 0"
                 )
-            perceptual = PerceptualLoss(loss.lpips_weights, loss.lpips_lin_weights, dropout=loss.lpips_dropout)
+            perceptual = PerceptualLoss(vgg, loss.lpips_lin_weights, dropout=loss.lpips_dropout)
         else:
             log.info("perceptual (LPIPS) loss is off (perceptual_weight=0)")
         self.objective = VQGANLoss(
