@@ -199,6 +199,30 @@ class ImageList:
             h.update(f"{p}\t{self.classes[lab] if lab >= 0 else ''}\n".encode())
         return h.hexdigest()
 
+    # The ``vqgan_lc.sources.ImageSource`` interface (tars and datasets have the same methods).
+    @property
+    def kind(self) -> Literal["folder"]:
+        return "folder"
+
+    def load(self, i: int, draft: tuple[int, int] | None = None) -> Image.Image:
+        """Image ``i`` as RGB (``load_rgb``; raises on an unreadable file)."""
+        return load_rgb(self.root / self.paths[i], draft)
+
+    def location(self, i: int) -> str:
+        return str(self.root / self.paths[i])
+
+    def record(self, i: int) -> dict[str, Any]:
+        """What changes when file ``i`` may have changed: ``{"size", "mtime_ns"}``."""
+        st = os.stat(self.root / self.paths[i])
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def subset(self, indices: Sequence[int]) -> ImageList:
+        return ImageList(root=self.root, paths=tuple(self.paths[i] for i in indices),
+                         labels=tuple(self.labels[i] for i in indices), classes=self.classes)
+
+    def describe_source(self) -> dict[str, Any]:
+        return {"kind": "folder"}
+
 
 def list_images(root: str | os.PathLike, file_list: str | os.PathLike | None = None) -> ImageList:
     """List the images under ``root``, or those named by ``file_list`` (paths relative to ``root``).
@@ -313,7 +337,7 @@ class ImageDataset(torch.utils.data.Dataset):
     to ``load_rgb`` (reduced-scale JPEG decoding; ``None``, the default, decodes every pixel).
     """
 
-    def __init__(self, images: ImageList, transform: Callable[[Image.Image], torch.Tensor],
+    def __init__(self, images: ImageList, transform: Callable[[Image.Image], Any],
                  draft: tuple[int, int] | None = None) -> None:
         self.images = images
         self.transform = transform
@@ -323,9 +347,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        path = self.images.root / self.images.paths[i]
         try:
-            img = load_rgb(path, self.draft)
+            img = self.images.load(i, self.draft)
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             return i, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable image'}"
         return i, self.transform(img), None
