@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import socket
@@ -330,3 +331,31 @@ def test_ten_crop_variants(photos: Path, model_dir: Path, tmp_path: Path) -> Non
     assert np.array_equal(ids[:, 4], model.encode(torch.stack([c[4] for c in crops])).numpy())  # centre
     assert np.array_equal(ids[:, 1], model.encode(big[:, :, :64, 6:]).numpy())  # top-right corner
     assert np.array_equal(ids[:, 9], model.encode(torch.stack([c[4] for c in crops]).flip(-1)).numpy())
+
+
+# ----------------------------------------------------------------------------------------- other commands
+def test_feature_store_training_data_and_evaluate_take_every_source(sources: dict[str, str], model_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    from vqgan_lc.codebook.build import extract_features
+    from vqgan_lc.extractors import PixelExtractor
+    from vqgan_lc.metrics import EvaluateOptions, evaluate
+    from vqgan_lc.train.data import ImageDataModule
+
+    feats = {k: extract_features(v, PixelExtractor(image_size=32), tmp_path / f"{k}.features", progress=False)
+             for k, v in sources.items()}
+    ref = np.concatenate([feats["folder"].load_shard(i) for i in range(feats["folder"].num_shards)])
+    for k in ("wds", "hf"):
+        got = np.concatenate([feats[k].load_shard(i) for i in range(feats[k].num_shards)])
+        assert got.shape == ref.shape and np.array_equal(got, ref), k
+    batches = {}
+    for k, v in sources.items():
+        dm = ImageDataModule(v, image_size=32, batch_size=9, num_workers=0)
+        dm.setup("fit")
+        batches[k] = next(iter(dm.val_dataloader()))
+    for k in ("wds", "hf"):
+        assert torch.equal(batches[k]["images"], batches["folder"]["images"])
+        assert batches[k]["labels"].tolist() == batches["folder"]["labels"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    opts = EvaluateOptions(batch_size=4, num_workers=0, image_size=64)
+    reports = {k: evaluate(model_dir, v, tmp_path / f"rep-{k}", options=opts, progress=False) for k, v in sources.items()}
+    psnr = {k: r["metrics"]["psnr_y"]["value"] for k, r in reports.items()}
+    assert psnr["wds"] == psnr["hf"] == psnr["folder"] and math.isfinite(psnr["folder"])

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("images and extractor")
-    src.add_argument("--data", help="image folder (classes = first-level sub-folders)")
+    src.add_argument("--data", help="image folder (classes = first-level sub-folders), 'wds:PATTERN' (WebDataset "
+                                    "tars) or 'hf:NAME_OR_DIR[:SPLIT]' (a Hugging Face dataset)")
     src.add_argument("--file-list", help="text file with one relative/path[,label] per line (paths under --data)")
     src.add_argument("--extractor", choices=("clip", "dinov2", "pixels"), help="frozen feature extractor")
     src.add_argument("--model", help="clip: open_clip architecture or .json config (default ViT-L-14-quickgelu); "

@@ -29,9 +29,10 @@ from typing import Any, Literal
 import numpy as np
 
 from .._io import TMP_GLOB, atomic_path, atomic_write_json, atomic_write_text, read_format_json
-from ..data import UNLABELLED, ImageList
+from ..data import UNLABELLED
 from ..errors import FeatureStoreError, FormatVersionError
 from ..formats import Description
+from ..sources import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ class FeatureStoreWriter(FeatureStore):
     def create_or_resume(
         cls,
         root: str | os.PathLike,
-        images: ImageList,
+        images: ImageSource,
         options: dict[str, Any],
         *,
         overwrite: bool = False,

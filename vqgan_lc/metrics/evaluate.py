@@ -27,11 +27,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..data import ImageDataset, ImageList, ImageSourceError, Preprocessing, collate, list_images, to_uint8
+from ..data import ImageDataset, ImageList, ImageSourceError, Preprocessing, collate, to_uint8
 from ..errors import EvaluateError, ImageShapeError, MissingWeightsError
 from ..model import VQGANLC
 from ..progress import Progress
 from ..quantize import CodebookUsage
+from ..sources import ImageSource, open_source, source_kind
 from .fid import FID_IMPLEMENTATION, build_fid
 from .image import psnr, ssim, to_unit
 from .perceptual import LPIPSConvention, LPIPSMetric
@@ -160,7 +161,7 @@ def evaluate(
     # ---------------------------------------------------------------- what to evaluate
     mode: EvaluateMode = "tokens" if tokens is not None else "images"
     tok = None
-    images: ImageList | None = None
+    images: ImageSource | None = None
     if mode == "tokens":
         tok = open_tokens(tokens)  # type: ignore[arg-type]
         problems = check_compatible(tok.manifest, model)
@@ -173,7 +174,14 @@ def evaluate(
         size = int(tok.manifest["preprocessing"]["image_size"])
         if opts.image_size is not None and opts.image_size != size:
             raise EvaluateError(f"{tokens} was encoded at {size} px; drop --image-size or pass --image-size {size}")
-        if data is not None:
+        if data is not None and source_kind(data) != "folder":
+            src = open_source(data)  # the rows' originals, found by their keys
+            where = {k: i for i, k in enumerate(src.paths)}
+            missing = [p for p in tok.paths if p not in where]
+            if missing:
+                raise ImageSourceError(f"{data} has no item {missing[0]!r} of {tokens}; pass the --data it was encoded from")
+            images = src.subset([where[p] for p in tok.paths])
+        elif data is not None:
             if not Path(data).is_dir():
                 raise ImageSourceError(f"image folder {data} does not exist or is not a folder; check --data")
             images = ImageList(root=Path(data), paths=tuple(tok.paths), labels=tuple(int(x) for x in tok.labels),
@@ -182,7 +190,7 @@ def evaluate(
         if data is None:
             raise EvaluateError("pass --data FOLDER (images to encode) or --tokens DIR (ids to decode)")
         size = opts.image_size or model.config.resolution
-        images = list_images(data, file_list)
+        images = open_source(data, file_list)
     if size % f:
         raise ImageShapeError(f"image size {size} is not a multiple of the downsampling factor {f}; use e.g. {size // f * f}")
     grid = model.latent_shape(size, size)
