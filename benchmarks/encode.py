@@ -18,6 +18,14 @@ encode a whole batch with 1/N of the intra-op threads).
     python benchmarks/encode.py                 # tiny@64px (all four) and the f16 architecture@256px
     python benchmarks/encode.py --workers 2 --decode exact --pipeline workers
     python benchmarks/encode.py --quick
+    python benchmarks/encode.py --sources       # issue 16: folder vs wds: tars, --latents, tiny@64px
+
+``--sources``: the same JPEGs as a folder and as WebDataset tars (256 per tar), tiny @64px, batch 32,
+one decoding worker, 1x and 4x the images. One fresh process per image count times folder, tars,
+and folder with ``--latents float16`` three times each, interleaved, and keeps each mode's best
+(the ratios ``wds / folder`` and ``latents / ids`` are within that process). Peak memory: one
+fresh process per (source, count) so each high-water mark is its own. Targets: tars >= 0.9x the
+folder's throughput; peak memory flat from 1x to 4x; ``--latents`` adds <= 10%.
 """
 
 from __future__ import annotations
@@ -70,6 +78,92 @@ def build_model(preset: str, out: Path) -> None:
     )
 
 
+def make_tars(folder: Path, out: Path, per_tar: int = 256) -> str:
+    """The folder's JPEGs, in its sorted order, as WebDataset tars (``KEY.jpg`` + ``KEY.cls``); the pattern."""
+    import io
+    import tarfile
+
+    from vqgan_lc.data import list_images
+
+    images = list_images(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    n_tars = (len(images) + per_tar - 1) // per_tar
+    for t in range(n_tars):
+        with tarfile.open(out / f"part-{t:06d}.tar", "w") as tf:
+            for i in range(t * per_tar, min((t + 1) * per_tar, len(images))):
+                key = images.paths[i].replace("/", "_").rsplit(".", 1)[0]
+                for ext, data in (("jpg", (folder / images.paths[i]).read_bytes()), ("cls", str(images.labels[i]).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+    return str(out / f"part-{{000000..{n_tars - 1:06d}}}.tar")
+
+
+def source_child(what: str, model_dir: str, folder: str, tars: str, size: int, batch: int) -> dict:
+    """``what == "time"``: interleaved best-of-3 of folder / wds / folder + latents in this process;
+    ``"peak-folder"`` / ``"peak-wds"``: one run and its extra peak memory."""
+    import torch
+
+    from vqgan_lc import VQGANLC
+    from vqgan_lc.tokens import EncodeOptions, encode_dataset
+
+    model = VQGANLC.from_pretrained(model_dir)
+    with torch.inference_mode():
+        for _ in range(3):
+            model.encode(torch.zeros(batch, 3, size, size))
+    base = EncodeOptions(image_size=size, batch_size=batch, shard_size=256, num_workers=1)
+    lat = EncodeOptions(image_size=size, batch_size=batch, shard_size=256, num_workers=1, latents="float16")
+    modes = {"folder": (folder, base), "wds": ("wds:" + tars, base), "latents": (folder, lat)}
+
+    def once(mode: str) -> float:
+        data, opts = modes[mode]
+        out = tempfile.mkdtemp()
+        t = time.perf_counter()
+        encode_dataset(model, data, out, options=opts, progress=False, device="cpu")
+        dt = time.perf_counter() - t
+        shutil.rmtree(out)
+        return dt
+
+    if what.startswith("peak-"):
+        before = rss_mb()
+        once(what[5:])
+        return {"extra_peak_mb": max(0.0, peak_mb() - before)}
+    best = {m: float("inf") for m in modes}
+    for _ in range(3):
+        for m in modes:
+            best[m] = min(best[m], once(m))
+    return {f"{m}_seconds": v for m, v in best.items()}
+
+
+def sources_study(a: argparse.Namespace) -> None:
+    n, size, batch = (256 if not a.quick else 128), 64, 32
+    rows = []
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        md = tmp / "model-tiny"
+        build_model("tiny", md)
+        for mult in (1, 4):
+            folder = tmp / f"img-{n * mult}"
+            make_folder(folder, n * mult)
+            tars = make_tars(folder, tmp / f"tars-{n * mult}")
+            t = run_child(__file__, "sources", "time", str(md), str(folder), tars, str(size), str(batch))
+            pf = run_child(__file__, "sources", "peak-folder", str(md), str(folder), tars, str(size), str(batch))
+            pw = run_child(__file__, "sources", "peak-wds", str(md), str(folder), tars, str(size), str(batch))
+            k = n * mult
+            rows.append({"images": k, "folder img/s": k / t["folder_seconds"], "wds img/s": k / t["wds_seconds"],
+                         "wds / folder": t["folder_seconds"] / t["wds_seconds"],
+                         "ids+latents img/s": k / t["latents_seconds"],
+                         "latents overhead %": 100 * (t["latents_seconds"] / t["folder_seconds"] - 1),
+                         "folder peak MB": pf["extra_peak_mb"], "wds peak MB": pw["extra_peak_mb"], "raw": t})
+    cols = ["images", "folder img/s", "wds img/s", "wds / folder", "ids+latents img/s", "latents overhead %",
+            "folder peak MB", "wds peak MB"]
+    print_table(rows, cols)
+    load_after = os.getloadavg()
+    print(f"\nload average (1/5/15 min) before {load_before}, after {load_after}")
+    write_json("encode_sources", {"rows": rows, "load_before": load_before, "load_after": load_after}, a.json)
+
+
 def _steal_ticks() -> int:
     with open("/proc/stat") as f:
         return int(f.readline().split()[8])  # cpu  user nice system idle iowait irq softirq steal
@@ -118,6 +212,7 @@ def child(decode: str, pipeline: str, model_dir: str, folder: str, size: int, ba
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", nargs=7)
+    ap.add_argument("--sources", action="store_true", help="issue 16: folder vs wds: tars and --latents (tiny@64px)")
     ap.add_argument("--quick", action="store_true", help="tiny@64px on 64 and 256 images only")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader decoding processes of the default pipeline")
     ap.add_argument("--parallel-batches", type=int, default=os.cpu_count() or 1,
@@ -128,6 +223,13 @@ def main() -> None:
                     help="tiny rows with the default pipeline, with --cpu-parallel-batches, or both (default)")
     ap.add_argument("--json")
     a = ap.parse_args()
+    if a.child and a.child[0] == "sources":
+        _, what, md, folder, tars, size, batch = a.child
+        print(json.dumps(source_child(what, md, folder, tars, int(size), int(batch))))
+        return
+    if a.sources:
+        sources_study(a)
+        return
     if a.child:
         decode, pipeline, md, folder, size, batch, warmup = a.child
         print(json.dumps(child(decode, pipeline, md, folder, int(size), int(batch), int(warmup))))
