@@ -29,13 +29,16 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .errors import ImageSourceError, PreprocessingError
+
+if TYPE_CHECKING:
+    from .sources import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -330,14 +333,15 @@ def draft_size(image_size: int) -> tuple[int, int]:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """``(index, image tensor or None, error message or None)`` for each path of an ``ImageList``.
+    """``(index, image tensor or None, error message or None)`` for each item of an ``ImageSource``
+    (an ``ImageList``, WebDataset tars or a HF dataset: ``vqgan_lc.sources``).
 
     ``transform`` maps a PIL RGB image to a ``(3, H, W)`` float tensor (an extractor's preprocessing).
     A file that cannot be decoded yields ``(index, None, reason)`` instead of raising. ``draft``: passed
     to ``load_rgb`` (reduced-scale JPEG decoding; ``None``, the default, decodes every pixel).
     """
 
-    def __init__(self, images: ImageList, transform: Callable[[Image.Image], Any],
+    def __init__(self, images: ImageSource, transform: Callable[[Image.Image], Any],
                  draft: tuple[int, int] | None = None) -> None:
         self.images = images
         self.transform = transform
