@@ -22,7 +22,8 @@ encode a whole batch with 1/N of the intra-op threads).
 
 ``--sources``: the same JPEGs as a folder and as WebDataset tars (256 per tar), tiny @64px, batch 32,
 one decoding worker, 1x and 4x the images. One fresh process per image count times folder, tars,
-and folder with ``--latents float16`` three times each, interleaved, and keeps each mode's best
+and folder with ``--latents float16`` three times each (twice with ``--quick``: 128 and 512 images),
+interleaved, and keeps each mode's best
 (the ratios ``wds / folder`` and ``latents / ids`` are within that process). Peak memory: one
 fresh process per (source, count) so each high-water mark is its own. Targets: tars >= 0.9x the
 folder's throughput; peak memory flat from 1x to 4x; ``--latents`` adds <= 10%.
@@ -99,8 +100,8 @@ def make_tars(folder: Path, out: Path, per_tar: int = 256) -> str:
     return str(out / f"part-{{000000..{n_tars - 1:06d}}}.tar")
 
 
-def source_child(what: str, model_dir: str, folder: str, tars: str, size: int, batch: int) -> dict:
-    """``what == "time"``: interleaved best-of-3 of folder / wds / folder + latents in this process;
+def source_child(what: str, model_dir: str, folder: str, tars: str, size: int, batch: int, repeat: int = 3) -> dict:
+    """``what == "time"``: interleaved best-of-``repeat`` of folder / wds / folder + latents in this process;
     ``"peak-folder"`` / ``"peak-wds"``: one run and its extra peak memory."""
     import torch
 
@@ -129,7 +130,7 @@ def source_child(what: str, model_dir: str, folder: str, tars: str, size: int, b
         once(what[5:])
         return {"extra_peak_mb": max(0.0, peak_mb() - before)}
     best = {m: float("inf") for m in modes}
-    for _ in range(3):
+    for _ in range(repeat):
         for m in modes:
             best[m] = min(best[m], once(m))
     return {f"{m}_seconds": v for m, v in best.items()}
@@ -137,6 +138,7 @@ def source_child(what: str, model_dir: str, folder: str, tars: str, size: int, b
 
 def sources_study(a: argparse.Namespace) -> None:
     n, size, batch = (256 if not a.quick else 128), 64, 32
+    repeat = 3 if not a.quick else 2
     rows = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +149,7 @@ def sources_study(a: argparse.Namespace) -> None:
             folder = tmp / f"img-{n * mult}"
             make_folder(folder, n * mult)
             tars = make_tars(folder, tmp / f"tars-{n * mult}")
-            t = run_child(__file__, "sources", "time", str(md), str(folder), tars, str(size), str(batch))
+            t = run_child(__file__, "sources", f"time{repeat}", str(md), str(folder), tars, str(size), str(batch))
             pf = run_child(__file__, "sources", "peak-folder", str(md), str(folder), tars, str(size), str(batch))
             pw = run_child(__file__, "sources", "peak-wds", str(md), str(folder), tars, str(size), str(batch))
             k = n * mult
@@ -156,6 +158,7 @@ def sources_study(a: argparse.Namespace) -> None:
                          "ids+latents img/s": k / t["latents_seconds"],
                          "latents overhead %": 100 * (t["latents_seconds"] / t["folder_seconds"] - 1),
                          "folder peak MB": pf["extra_peak_mb"], "wds peak MB": pw["extra_peak_mb"], "raw": t})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "raw"}), flush=True)
     cols = ["images", "folder img/s", "wds img/s", "wds / folder", "ids+latents img/s", "latents overhead %",
             "folder peak MB", "wds peak MB"]
     print_table(rows, cols)
@@ -225,7 +228,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.child and a.child[0] == "sources":
         _, what, md, folder, tars, size, batch = a.child
-        print(json.dumps(source_child(what, md, folder, tars, int(size), int(batch))))
+        timing = what.startswith("time")  # "time3": best of 3
+        print(json.dumps(source_child("time" if timing else what, md, folder, tars, int(size), int(batch),
+                                      int(what[4:]) if timing else 1)))
         return
     if a.sources:
         sources_study(a)

@@ -61,9 +61,14 @@ class ImageSource(Protocol):
     ``classes``: class names; ``kind``: ``folder`` / ``wds`` / ``hf``.
     """
 
-    paths: tuple[str, ...]
-    labels: tuple[int, ...]
-    classes: tuple[str, ...]
+    @property
+    def paths(self) -> tuple[str, ...]: ...
+
+    @property
+    def labels(self) -> tuple[int, ...]: ...
+
+    @property
+    def classes(self) -> tuple[str, ...]: ...
 
     @property
     def kind(self) -> SourceKind: ...

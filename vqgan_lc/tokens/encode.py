@@ -165,7 +165,7 @@ def _latent_row_shape(model: Tokenizer, opts: EncodeOptions) -> list[int]:
     s = int(opts.image_size or 0)
     p = next(model.parameters())  # type: ignore[attr-defined]
     with torch.inference_mode():
-        d = int(model.encode_latents(torch.zeros(1, 3, s, s, device=p.device, dtype=p.dtype)).shape[1])  # type: ignore[attr-defined]
+        d = int(model.encode_latents(torch.zeros(1, 3, s, s, device=p.device, dtype=p.dtype)).shape[1])
     h, w = model.latent_shape(s, s)
     n_aug = len(augment_record(opts.augment, s)["variants"])
     return [n_aug, d, h, w] if opts.augment != "none" else [d, h, w]
