@@ -26,7 +26,9 @@ and folder with ``--latents float16`` three times each (twice with ``--quick``: 
 interleaved, and keeps each mode's best
 (the ratios ``wds / folder`` and ``latents / ids`` are within that process). Peak memory: one
 fresh process per (source, count) so each high-water mark is its own. Targets: tars >= 0.9x the
-folder's throughput; peak memory flat from 1x to 4x; ``--latents`` adds <= 10%.
+folder's throughput; peak memory flat from 1x to 4x; ``--latents`` adds <= 10%. CPU seconds (this
+process and its finished decoding workers, best of the repeats) are printed beside the wall-clock
+ratios: on a shared machine they move far less with the other jobs' load.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -116,15 +119,21 @@ def source_child(what: str, model_dir: str, folder: str, tars: str, size: int, b
     lat = EncodeOptions(image_size=size, batch_size=batch, shard_size=256, num_workers=1, latents="float16")
     modes = {"folder": (folder, base), "wds": ("wds:" + tars, base), "latents": (folder, lat)}
 
+    def cpu_seconds() -> float:  # this process and its finished children (the decoding workers)
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
     def once(mode: str) -> float:
         data, opts = modes[mode]
         out = tempfile.mkdtemp()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         encode_dataset(model, data, out, options=opts, progress=False, device="cpu")
         dt = time.perf_counter() - t
+        cpu[mode] = min(cpu.get(mode, float("inf")), cpu_seconds() - c)
         shutil.rmtree(out)
         return dt
 
+    cpu: dict[str, float] = {}
     if what.startswith("peak-"):
         before = rss_mb()
         once(what[5:])
@@ -133,7 +142,7 @@ def source_child(what: str, model_dir: str, folder: str, tars: str, size: int, b
     for _ in range(repeat):
         for m in modes:
             best[m] = min(best[m], once(m))
-    return {f"{m}_seconds": v for m, v in best.items()}
+    return {**{f"{m}_seconds": v for m, v in best.items()}, **{f"{m}_cpu_seconds": v for m, v in cpu.items()}}
 
 
 def sources_study(a: argparse.Namespace) -> None:
@@ -157,10 +166,12 @@ def sources_study(a: argparse.Namespace) -> None:
                          "wds / folder": t["folder_seconds"] / t["wds_seconds"],
                          "ids+latents img/s": k / t["latents_seconds"],
                          "latents overhead %": 100 * (t["latents_seconds"] / t["folder_seconds"] - 1),
+                         "wds / folder CPU s": t["wds_cpu_seconds"] / t["folder_cpu_seconds"],
+                         "latents CPU overhead %": 100 * (t["latents_cpu_seconds"] / t["folder_cpu_seconds"] - 1),
                          "folder peak MB": pf["extra_peak_mb"], "wds peak MB": pw["extra_peak_mb"], "raw": t})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "raw"}), flush=True)
     cols = ["images", "folder img/s", "wds img/s", "wds / folder", "ids+latents img/s", "latents overhead %",
-            "folder peak MB", "wds peak MB"]
+            "wds / folder CPU s", "latents CPU overhead %", "folder peak MB", "wds peak MB"]
     print_table(rows, cols)
     load_after = os.getloadavg()
     print(f"\nload average (1/5/15 min) before {load_before}, after {load_after}")
