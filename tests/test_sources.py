@@ -22,7 +22,7 @@ from conftest import tiny_model, write_photo_folder
 from vqgan_lc import VQGANLC
 from vqgan_lc.cli.main import main
 from vqgan_lc.data import Preprocessing, list_images, load_rgb
-from vqgan_lc.errors import ImageSourceError
+from vqgan_lc.errors import ImageSourceError, TokenFormatError
 from vqgan_lc.sources import open_source
 from vqgan_lc.tokens import (
     EncodeError,
@@ -157,8 +157,15 @@ def test_corrupt_tar_member_is_skipped_and_recorded(photos: Path, model_dir: Pat
 def test_cli_encode_reads_tars(sources: dict[str, str], model_dir: Path, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["encode", "--model", str(model_dir), "--data", sources["wds"], "--out", str(tmp_path / "tok"),
-                 "--batch-size", "4", "--num-workers", "0", "--device", "cpu"]) == 0
+                 "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--latents", "float16",
+                 "--augment", "flip"]) == 0
     assert "9 images as 8x8 tokens" in capsys.readouterr().out
+    m = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    assert m["latents"]["row_shape"] == [2, 8, 8, 8] and m["augment"]["mode"] == "flip"
+    assert open_tokens(tmp_path / "tok")[0].shape == (2, 8, 8) and open_latents(tmp_path / "tok")[8].shape == (2, 8, 8, 8)
+    assert main(["encode", "--model", str(model_dir), "--data", sources["wds"], "--out", str(tmp_path / "x"),
+                 "--shard-index", "0"]) == 1
+    assert "--shard-index and --num-shards together" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------- defaults
@@ -316,6 +323,10 @@ def test_flip_variants_are_the_tokens_of_flipped_images(photos: Path, model_dir:
     item, label = ds[4]
     assert item.shape == (8, 8) and torch.equal(item, torch.from_numpy(ids[4, ds.variant_of(4)])) and label == 1
     assert TokenDataset(tmp_path / "tok", variant="all")[4][0].shape == (2, 8, 8)
+    from vqgan_lc.train.gpt import GPTTokenDataset
+
+    with pytest.raises(TokenFormatError, match="holds 2 augmented variants per image"):
+        GPTTokenDataset(tmp_path / "tok")
     assert torch.equal(TokenDataset(tmp_path / "tok", variant=1)[2][0], torch.from_numpy(ids[2, 1]))
 
 

@@ -130,6 +130,9 @@ class GPTTokenDataset(torch.utils.data.Dataset):
     def __init__(self, tokens: str | os.PathLike | TokenFile, prefix_tokens: str | os.PathLike | TokenFile | None = None,
                  *, verify: bool = True) -> None:
         self.tokens = tokens if isinstance(tokens, TokenFile) else open_tokens(tokens, verify=verify)
+        if len(self.tokens.row_shape) != 2:  # written with --augment: (A, h, w) rows
+            raise TokenFormatError(f"{self.tokens.directory} holds {self.tokens.row_shape[0]} augmented variants per "
+                                   "image, which the GPT trainer does not read yet; encode without --augment")
         self.prefix = None
         if prefix_tokens is not None:
             self.prefix = prefix_tokens if isinstance(prefix_tokens, TokenFile) else open_tokens(prefix_tokens, verify=verify)
