@@ -50,13 +50,16 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from .errors import ImageSourceError, PreprocessingError
+
+if TYPE_CHECKING:
+    from .sources import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -267,23 +270,29 @@ class ImageList:
             h.update(f"{p}\t{self.classes[lab] if lab >= 0 else ''}\n".encode())
         return h.hexdigest()
 
-    def source_stamp(self, index: int) -> list[int]:
-        """What a rerun compares to notice a changed source: ``[size in bytes, mtime in ns]`` of the file of
-        ``paths[index]`` (``[-1, -1]`` when it cannot be stat'ed). Sources other than plain files supply their
-        own (a tar member: the tar's size and mtime and the member's offset; a dataset: its fingerprint)."""
-        try:
-            st = (self.root / self.paths[index]).stat()
-        except OSError:
-            return [-1, -1]
-        return [int(st.st_size), int(st.st_mtime_ns)]
+    # The ``vqgan_lc.sources.ImageSource`` interface (tars and datasets have the same methods).
+    @property
+    def kind(self) -> Literal["folder"]:
+        return "folder"
 
-    def sources_digest(self, start: int, stop: int) -> str:
-        """sha256 of ``source_stamp`` of the sources ``[start, stop)``: what a shard records to be redone when
-        one of its sources changed."""
-        h = hashlib.sha256()
-        for i in range(start, stop):
-            h.update(f"{i}:{self.source_stamp(i)}\n".encode())
-        return h.hexdigest()
+    def load(self, i: int, draft: tuple[int, int] | None = None) -> Image.Image:
+        """Image ``i`` as RGB (``load_rgb``; raises on an unreadable file)."""
+        return load_rgb(self.root / self.paths[i], draft)
+
+    def location(self, i: int) -> str:
+        return str(self.root / self.paths[i])
+
+    def record(self, i: int) -> dict[str, Any]:
+        """What changes when file ``i`` may have changed: ``{"size", "mtime_ns"}``."""
+        st = os.stat(self.root / self.paths[i])
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def subset(self, indices: Sequence[int]) -> ImageList:
+        return ImageList(root=self.root, paths=tuple(self.paths[i] for i in indices),
+                         labels=tuple(self.labels[i] for i in indices), classes=self.classes)
+
+    def describe_source(self) -> dict[str, Any]:
+        return {"kind": "folder"}
 
 
 def list_images(root: str | os.PathLike, file_list: str | os.PathLike | None = None) -> ImageList:
@@ -505,14 +514,15 @@ def draft_size(image_size: int) -> tuple[int, int]:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """``(index, image tensor or None, error message or None)`` for each path of an ``ImageList``.
+    """``(index, image tensor or None, error message or None)`` for each item of an ``ImageSource``
+    (an ``ImageList``, WebDataset tars or a HF dataset: ``vqgan_lc.sources``).
 
     ``transform`` maps a PIL RGB image to a ``(3, H, W)`` float tensor (an extractor's preprocessing).
     A file that cannot be decoded yields ``(index, None, reason)`` instead of raising. ``draft``: passed
     to ``load_rgb`` (reduced-scale JPEG decoding; ``None``, the default, decodes every pixel).
     """
 
-    def __init__(self, images: ImageList, transform: Callable[[Image.Image], torch.Tensor],
+    def __init__(self, images: ImageSource, transform: Callable[[Image.Image], Any],
                  draft: tuple[int, int] | None = None) -> None:
         self.images = images
         self.transform = transform
@@ -522,9 +532,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        path = self.images.root / self.images.paths[i]
         try:
-            img = load_rgb(path, self.draft)
+            img = self.images.load(i, self.draft)
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             return i, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable image'}"
         return i, self.transform(img), None

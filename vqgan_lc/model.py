@@ -207,6 +207,12 @@ class VQGANLC(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         """Quantize a ``(B, D', h, w)`` latent (the LDM/DiT/SiT latent) to the nearest codes."""
         return self.quantize(z)
 
+    @torch.no_grad()
+    def latents_to_ids(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D', h, w)`` pre-quantization latent -> ``(B, h, w)`` int64 ids (``encode`` = this after
+        ``encode_latents``; ``vqgan-lc encode --latents`` keeps both from one encoder pass)."""
+        return self.quantize.search(z)
+
     def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
         """``(B, D', h, w)`` quantized latent -> images ``(B, 3, h*f, w*f)`` (roughly in [-1, 1])."""
         return self.decoder(self.post_quant_conv(z_q))

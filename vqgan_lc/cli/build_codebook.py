@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "DINOv2 at 224, float32, --k 8192 (16384 for ViT-L) unless given; seeded by --seed)")
     src.add_argument("--image-fraction", type=float, help="keep each image with this probability (seeded by --seed; "
                                                           "default 1, digit-official 0.1)")
-    src.add_argument("--data", help="image folder (classes = first-level sub-folders)")
+    src.add_argument("--data", help="image folder (classes = first-level sub-folders), 'wds:PATTERN' (WebDataset "
+                                    "tars) or 'hf:NAME_OR_DIR[:SPLIT]' (a Hugging Face dataset)")
     src.add_argument("--file-list", help="text file with one relative/path[,label] per line (paths under --data)")
     src.add_argument("--extractor", choices=("clip", "dinov2", "pixels"), help="frozen feature extractor")
     src.add_argument("--model", help="clip: open_clip architecture, .json config or hf-hub:org/name (default "
@@ -156,9 +157,9 @@ def run(args: argparse.Namespace) -> int:
             pretrained=args.pretrained,
         )
         from ..codebook.recipes import subsample_images
-        from ..data import list_images
+        from ..sources import open_source
 
-        images = subsample_images(list_images(args.data, args.file_list), fraction, args.seed)
+        images = subsample_images(open_source(args.data, args.file_list), fraction, args.seed)
         if fraction < 1.0:
             log.info("recipe %s: %d images kept (fraction %g, seed %d)", args.recipe, len(images), fraction, args.seed)
         store = build.extract_features(

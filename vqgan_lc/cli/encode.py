@@ -1,4 +1,10 @@
-"""``vqgan-lc encode``: an image folder or file list -> a token directory.
+"""``vqgan-lc encode``: an image folder, file list, WebDataset tars or a HF dataset -> a token directory.
+
+Many machines (torchrun; SLURM's variables work too, and ``--shard-index/--num-shards`` for job
+arrays without a rendezvous)::
+
+    torchrun --nnodes 4 --nproc-per-node 8 --node-rank $R --master-addr HOST --master-port 29500 \
+        $(which vqgan-lc) encode --model DIR --data 'wds:train-{000000..001023}.tar' --out tokens/
 
 ``--model DIR`` is a VQGAN-LC model directory or a DiGIT tokenizer directory (detected from its
 config.json; ``--tokenizer`` checks the kind). A DiGIT tokenizer can also be assembled on the fly::
@@ -35,7 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--no-provenance-check", action="store_true",
                    help="use centroids whose recorded extractor, block, pooling or weights differ from these")
     d.add_argument("--save-tokenizer", metavar="DIR", help="also write the assembled DiGIT tokenizer directory")
-    p.add_argument("--data", required=True, help="image folder (recursive; classes = first-level sub-folders)")
+    p.add_argument("--data", required=True,
+                   help="image folder (recursive; classes = first-level sub-folders), 'wds:PATTERN' (WebDataset "
+                        "tars, brace patterns such as 'wds:train-{000000..000099}.tar'; image jpg/jpeg/png/webp, "
+                        "class cls) or 'hf:NAME_OR_DIR[:SPLIT]' (a Hugging Face dataset or save_to_disk folder)")
     p.add_argument("--file-list", help="text file of 'relative/path[,label]' lines under --data (instead of a walk)")
     p.add_argument("--out", required=True, help="token directory to write (resumable)")
     p.add_argument("--image-size", type=positive_int,
@@ -58,6 +67,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=positive_int, default=4096, help="source images per shard")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="an unreadable image is skipped and recorded (skip) or stops the run (fail)")
+    p.add_argument("--latents", choices=("float16", "float32"),
+                   help="also store the continuous pre-quantization latents (n, D', h, w) for LDM/DiT/SiT, with "
+                        "per-channel mean/std and a scale factor in the manifest")
+    p.add_argument("--augment", choices=("none", "flip", "ten-crop"), default="none",
+                   help="store LlamaGen-style variants per image: rows (2 or 10, h, w)")
+    p.add_argument("--shard-index", type=nonnegative_int, metavar="I",
+                   help="job arrays: this task encodes the shards k with k %% --num-shards == I (no rendezvous); "
+                        "torchrun's RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS are used when unset")
+    p.add_argument("--num-shards", type=positive_int, metavar="N", help="job arrays: the number of tasks")
     p.add_argument("--overwrite", action="store_true",
                    help="encode everything again, replacing the tokens already in --out (made with this or another "
                         "model or options); files of other names there are kept")
@@ -92,27 +110,33 @@ def load_cli_tokenizer(args: argparse.Namespace) -> Tokenizer:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ..errors import EncodeError, VQGANLCError
     from ..tokens import EncodeOptions, encode_dataset
 
     check_output(args.out, "folder")
     check_output(args.save_tokenizer, "folder", "--save-tokenizer")
     check_device(args.device)
+    if (args.shard_index is None) != (args.num_shards is None):
+        raise VQGANLCError("pass --shard-index and --num-shards together")
+    if args.num_shards is not None and args.shard_index >= args.num_shards:
+        raise VQGANLCError(f"--shard-index must be below --num-shards ({args.num_shards})")
     model = load_cli_tokenizer(args)
     opts = EncodeOptions(
-        image_size=args.image_size or model.preprocessing["image_size"], batch_size=args.batch_size,
+        image_size=args.image_size, batch_size=args.batch_size,
         num_workers=args.num_workers, shard_size=args.shard_size, on_error=args.on_error, devices=args.devices,
         jpeg_draft=args.jpeg_draft, cpu_parallel_batches=args.cpu_parallel_batches,
-        resize=args.resize or model.preprocessing.get("resize", "shorter-side"),
+        resize=args.resize or model.preprocessing.get("resize", "shorter-side"), latents=args.latents,
+        augment=args.augment, shard_index=args.shard_index, num_shards=args.num_shards,
     )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = args.model if args.devices > 1 and args.model else model
+    # device None: the same rule as the Python API (cuda[:LOCAL_RANK] when available, else cpu)
     m = encode_dataset(source, args.data, args.out, file_list=args.file_list,
-                       options=opts, overwrite=args.overwrite, device=device)
+                       options=opts, overwrite=args.overwrite, device=args.device)
+    if not m.get("complete", True):
+        print(f"{args.out}: {m['shards_done']} of {m['num_shards']} shards finished; the last task to finish (or "
+              "a rerun of this command) writes the manifest")
+        return 0
     if m["num_rows"] == 0:
-        from ..errors import EncodeError
-
         first = f" ({m['skipped'][0]['path']}: {m['skipped'][0]['reason']})" if m["skipped"] else ""
         raise EncodeError(f"none of the {m['num_skipped']} images under {args.data} could be read{first}, so "
                           f"{args.out} holds no tokens; check --data (git-lfs pointers? another folder?)")

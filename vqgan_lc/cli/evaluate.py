@@ -10,7 +10,8 @@ from ._checks import check_device, check_output
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (save_pretrained / convert output)")
-    p.add_argument("--data", help="image folder: the split to encode, or the originals of --tokens")
+    p.add_argument("--data", help="image folder, 'wds:PATTERN' or 'hf:NAME_OR_DIR[:SPLIT]': the split to encode, or "
+                                  "the originals of --tokens")
     p.add_argument("--file-list", help="text file of 'relative/path[,label]' lines under --data (instead of a walk)")
     p.add_argument("--tokens", help="token directory from `vqgan-lc encode`: evaluate its stored ids (no re-encoding)")
     p.add_argument("--out", required=True, help="report folder (report.json, report.md, per_image.csv, PNGs)")

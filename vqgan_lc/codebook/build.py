@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..data import ImageList, collate, list_images
+from ..data import collate
 from ..errors import CodebookError
 from ..extractors import FeatureExtractor, as_extractor, pool_features
 from ..progress import Progress
+from ..sources import ImageSource, open_source
 from .io import Codebook, save_codebook
 from .kmeans import (
     DEFAULT_MAX_POINTS_PER_CENTROID,
@@ -46,7 +47,7 @@ ClusterMode = Literal["global", "per-class"]
 
 # ----------------------------------------------------------------------------------------- stage 1
 def extract_features(
-    images: ImageList | str | os.PathLike,
+    images: ImageSource | str | os.PathLike,
     extractor: FeatureExtractor | nn.Module,
     out_dir: str | os.PathLike,
     *,
@@ -66,7 +67,8 @@ def extract_features(
     ``ImageView(random_crop_flip=True, seed=...)``: the seeded random crop + flip of the ``digit-official``
     recipe, see ``vqgan_lc.codebook.recipes``); recorded in the store's options.
 
-    ``images`` is an ``ImageList`` or an image folder (with ``file_list`` optional). Images stream
+    ``images`` is an ``ImageSource`` or a ``--data`` value: an image folder (with ``file_list`` optional),
+    ``wds:PATTERN`` or ``hf:NAME_OR_DIR[:SPLIT]`` (``vqgan_lc.sources.open_source``). Images stream
     through a ``DataLoader`` (``num_workers`` processes decode and preprocess) in batches that never
     cross a shard. Finished shards of an earlier run with the same options are verified and skipped;
     unreadable images are skipped, logged and listed in the manifest. Runs on the extractor's device.
@@ -77,8 +79,7 @@ def extract_features(
         raise ValueError("shard_size and batch_size must be >= 1")
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}")
-    if not isinstance(images, ImageList):
-        images = list_images(images, file_list)
+    images = open_source(images, file_list)
     ext = as_extractor(extractor).eval()
     device = next(iter(ext.parameters()), torch.empty(0)).device
     options = {"extractor": ext.describe(), "pool": pool, "dtype": dtype, "shard_size": shard_size}
@@ -115,7 +116,7 @@ def _batches(pending: list[ShardPlan], batch_size: int) -> list[list[int]]:
 
 def _run_extraction(
     store: FeatureStoreWriter,
-    images: ImageList,
+    images: ImageSource,
     ext: FeatureExtractor,
     pending: list[ShardPlan],
     device: torch.device,
@@ -275,7 +276,7 @@ def default_features_dir(out: str | os.PathLike) -> Path:
 
 
 def build_codebook(
-    data: ImageList | str | os.PathLike,
+    data: ImageSource | str | os.PathLike,
     extractor: FeatureExtractor | nn.Module,
     out: str | os.PathLike,
     *,

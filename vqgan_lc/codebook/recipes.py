@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import ImageDataset, ImageList, Preprocessing, load_rgb
+from ..data import ImageDataset, Preprocessing
 from ..errors import ImageSourceError
+from ..sources import ImageSource
 
 CodebookRecipe = Literal["default", "digit-official"]
 CODEBOOK_RECIPES: tuple[str, ...] = ("default", "digit-official")
@@ -58,7 +59,7 @@ RECIPES: dict[str, RecipeSettings] = {
 }
 
 
-def subsample_images(images: ImageList, fraction: float, seed: int) -> ImageList:
+def subsample_images(images: ImageSource, fraction: float, seed: int) -> ImageSource:
     """Keep each image with probability ``fraction`` (one seeded Bernoulli draw per image, in list order);
     ``fraction = 1`` keeps the list as it is. Raises ``ImageSourceError`` when no image is kept."""
     if not 0.0 < fraction <= 1.0:
@@ -69,8 +70,7 @@ def subsample_images(images: ImageList, fraction: float, seed: int) -> ImageList
     if not len(keep):
         raise ImageSourceError(f"a fraction of {fraction} of {len(images)} images kept none; raise --image-fraction "
                                "or give more images")
-    return ImageList(root=images.root, paths=tuple(images.paths[i] for i in keep),
-                     labels=tuple(images.labels[i] for i in keep), classes=images.classes)
+    return images.subset([int(i) for i in keep])
 
 
 class RandomCropFlipDataset(ImageDataset):
@@ -82,7 +82,7 @@ class RandomCropFlipDataset(ImageDataset):
     ``ImageDataset`` returns: ``(index, (3, S, S) tensor or None, error or None)``.
     """
 
-    def __init__(self, images: ImageList, preprocess: Preprocessing, seed: int) -> None:
+    def __init__(self, images: ImageSource, preprocess: Preprocessing, seed: int) -> None:
         super().__init__(images, preprocess)
         self.preprocess, self.seed = preprocess, seed
 
@@ -99,7 +99,7 @@ class RandomCropFlipDataset(ImageDataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            img = load_rgb(self.images.root / self.images.paths[i], self.draft)
+            img = self.images.load(i, self.draft)
         except Exception as e:  # noqa: BLE001 - as ImageDataset: an unreadable file is skipped, not fatal
             return i, None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable image'}"
         return i, self.view(img, i), None
@@ -121,7 +121,7 @@ class ImageView:
         """The extractor's own view of every image: nothing to record (stores made before still resume)."""
         return not self.random_crop_flip and self.recipe == "default" and self.image_fraction >= 1.0
 
-    def dataset(self, images: ImageList, preprocess: Preprocessing) -> ImageDataset:
+    def dataset(self, images: ImageSource, preprocess: Preprocessing) -> ImageDataset:
         if self.random_crop_flip:
             return RandomCropFlipDataset(images, preprocess, self.seed)
         return ImageDataset(images, preprocess)

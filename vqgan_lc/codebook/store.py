@@ -10,7 +10,7 @@ Layout::
 A shard covers a fixed range of source indices; unreadable images inside the range are left out
 and listed (index, path, reason) both in the shard's entry and in the top-level ``skipped`` list.
 Each shard's entry also records its file's ``sha256`` and ``sources_digest`` (the sizes and mtimes of
-its sources, ``ImageList.sources_digest``). Shards are written to a temporary name, flushed, fsynced
+its sources, ``vqgan_lc.sources.sources_digest``). Shards are written to a temporary name, flushed, fsynced
 and renamed, and the manifest is rewritten atomically after each one, so a crash never leaves a
 partial shard visible. A rerun with the same options verifies the finished shards (file present,
 right shape, sha256) and extracts again those whose sources changed and the rest; with different
@@ -44,9 +44,10 @@ from .._io import (
     reserve_file_space,
     sha256_file,
 )
-from ..data import UNLABELLED, ImageList
+from ..data import UNLABELLED
 from ..errors import FeatureStoreError, FormatVersionError
 from ..formats import Description
+from ..sources import ImageSource, sources_digest
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ class FeatureStoreWriter(FeatureStore):
     def create_or_resume(
         cls,
         root: str | os.PathLike,
-        images: ImageList,
+        images: ImageSource,
         options: dict[str, Any],
         *,
         overwrite: bool = False,
@@ -329,7 +330,7 @@ class FeatureStoreWriter(FeatureStore):
             raise
 
     @classmethod
-    def _create_or_resume(cls, root: Path, images: ImageList, manifest: dict[str, Any], sources_text: str,
+    def _create_or_resume(cls, root: Path, images: ImageSource, manifest: dict[str, Any], sources_text: str,
                           overwrite: bool, lock: OutputLock) -> FeatureStoreWriter:
         mpath = root / MANIFEST
         stray = sorted(f.name for f in root.iterdir() if re.fullmatch("|".join(OWN_NAMES[:2]), f.name))
@@ -366,7 +367,7 @@ class FeatureStoreWriter(FeatureStore):
         store.save_manifest()
         return store
 
-    images: ImageList
+    images: ImageSource
     lock: OutputLock
     """Held while this writer runs (``release`` when done; ``extract_features`` does)."""
 
@@ -393,7 +394,7 @@ class FeatureStoreWriter(FeatureStore):
                 log.warning("shard %s of %s is missing or damaged (%s); it will be extracted again", key, self.root, e)
                 del shards[key]
                 continue
-            if "sources_digest" in entry and entry["sources_digest"] != self.images.sources_digest(
+            if "sources_digest" in entry and entry["sources_digest"] != sources_digest(self.images,
                     int(entry["start"]), int(entry["stop"])):
                 log.info("shard %s of %s: its source images changed; it will be extracted again", key, self.root)
                 del shards[key]
@@ -461,7 +462,7 @@ class FeatureStoreWriter(FeatureStore):
             "labels": labels,
             "skipped": [{"index": int(i), "path": self.paths[i], "reason": r} for i, r in sorted(skipped)],
             "sha256": digest,
-            "sources_digest": self.images.sources_digest(plan.start, plan.stop),
+            "sources_digest": sources_digest(self.images, plan.start, plan.stop),
         }
         self._rebuild_skipped()
         self.manifest["complete"] = len(self.manifest["shards"]) == self.num_shards

@@ -45,7 +45,6 @@ from ..data import (
     Preprocessing,
     ResizeRule,
     collate,
-    list_images,
     to_uint8,
 )
 from ..errors import EvaluateError, ImageShapeError, MissingDependencyError, MissingWeightsError
@@ -53,6 +52,7 @@ from ..model import VQGANLC
 from ..named_weights import CheckpointRole
 from ..progress import Progress
 from ..quantize import CodebookUsage
+from ..sources import ImageSource, open_source, source_kind
 from . import clean_fid as clean_fid_mod
 from .fid import FID_IMPLEMENTATION, build_fid
 from .image import psnr, ssim, to_unit
@@ -217,7 +217,7 @@ def evaluate(
     # ---------------------------------------------------------------- what to evaluate
     mode: EvaluateMode = "tokens" if tokens is not None else "images"
     tok = None
-    images: ImageList | None = None
+    images: ImageSource | None = None
     if mode == "tokens":
         tok = open_tokens(tokens)  # type: ignore[arg-type]
         problems = check_compatible(tok.manifest, model)
@@ -230,7 +230,14 @@ def evaluate(
         size = int(tok.manifest["preprocessing"]["image_size"])
         if opts.image_size is not None and opts.image_size != size:
             raise EvaluateError(f"{tokens} was encoded at {size} px; drop --image-size or pass --image-size {size}")
-        if data is not None:
+        if data is not None and source_kind(data) != "folder":
+            src = open_source(data)  # the rows' originals, found by their keys
+            where = {k: i for i, k in enumerate(src.paths)}
+            missing = [p for p in tok.paths if p not in where]
+            if missing:
+                raise ImageSourceError(f"{data} has no item {missing[0]!r} of {tokens}; pass the --data it was encoded from")
+            images = src.subset([where[p] for p in tok.paths])
+        elif data is not None:
             if not Path(data).is_dir():
                 raise ImageSourceError(f"image folder {data} does not exist or is not a folder; check --data")
             images = ImageList(root=Path(data), paths=tuple(tok.paths), labels=tuple(int(x) for x in tok.labels),
@@ -239,7 +246,7 @@ def evaluate(
         if data is None:
             raise EvaluateError("pass --data FOLDER (images to encode) or --tokens DIR (ids to decode)")
         size = opts.image_size or model.config.resolution
-        images = list_images(data, file_list)
+        images = open_source(data, file_list)
     resize: ResizeRule = "official" if opts.protocol == "official" else "shorter-side"
     if tok is not None:  # the originals are prepared as the tokens' images were
         resize = "official" if tok.manifest["preprocessing"].get("resize") == "official" else "shorter-side"
@@ -276,6 +283,9 @@ def evaluate(
                                          lambda: build_fid(inception, device=dev))  # type: ignore[arg-type]
     elif not have_data:
         fid_entry = not_computed("rFID needs the original images; token mode without --data", "--data FOLDER")
+    elif not isinstance(images, ImageList):
+        fid_entry = not_computed("the official rFID compares against the original image files; --data is not an "
+                                 "image folder", "--data FOLDER")
     else:
         try:
             clean_features = clean_fid_mod.cleanfid_feature_model(opts.cleanfid_inception, dev)
@@ -317,7 +327,7 @@ def evaluate(
             fid.update(to_uint8(x), real=True)
             fid.update(to_uint8(rec), real=False)
         if clean_features is not None:  # official: PNGs of the reconstructions vs the uncropped originals
-            assert images is not None
+            assert isinstance(images, ImageList)
             names = [png_dir / Path(p).with_suffix(".png") for p in paths]
             clean_fid_mod.save_png_truncated(rec, names)
             rec_pngs.extend(names)

@@ -28,7 +28,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -42,9 +42,10 @@ from .._io import (
 )
 from ..errors import TokenFormatError
 from ..formats import Description
+from ..sources import sources_digest
 
 if TYPE_CHECKING:
-    from ..data import ImageList
+    from ..sources import ImageSource
     from ..tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ LABELS_FILE = "labels.npy"
 PATHS_FILE = "paths.txt"
 TOKEN_DTYPE = np.dtype("<u4")
 WORKER_MODEL_DIR = ".model-for-workers"  # encode's copy of the model for its worker processes (removed after)
-OWN_NAMES = (r"shard-\d{5,}\.(?:npy|json)", r"encode\.json", r"manifest\.json", r"labels\.npy", r"paths\.txt",
-             r"\.model-for-workers")
+OWN_NAMES = (r"shard-\d{5,}\.(?:npy|json)", r"latents-\d{5,}\.npy", r"encode\.json", r"manifest\.json",
+             r"labels\.npy", r"paths\.txt", r"\.model-for-workers")
 """Regular expressions of every name this format writes in a token directory (``prepare_output_dir``)."""
 
 
@@ -93,7 +94,10 @@ def shard_done(out: Path, index: int, start: int, stop: int, sources_digest: str
     if sources_digest is not None and rec.get("sources_digest") != sources_digest:
         log.info("shard %d: its sources changed since it was written; encoding it again", index)
         return False
-    return sha256_file(npy) == rec.get("sha256")
+    if sha256_file(npy) != rec.get("sha256"):
+        return False
+    lat = rec.get("latents")  # written with --latents: that file must be whole too
+    return lat is None or ((out / str(lat.get("file", ""))).is_file() and sha256_file(out / lat["file"]) == lat.get("sha256"))
 
 
 def clear_tokens(out: Path) -> None:
@@ -108,10 +112,12 @@ def clear_tokens(out: Path) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
-def write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
-                by_source: dict[int, np.ndarray], failed: dict[int, str], grid: tuple[int, int]) -> None:
+def write_shard(out: Path, images: ImageSource, index: int, start: int, stop: int,
+                by_source: dict[int, np.ndarray], failed: dict[int, str], grid: tuple[int, ...],
+                extra: dict[str, Any] | None = None) -> None:
     """Write shard ``index`` (sources ``[start, stop)``) and its record; the rows and failures are popped
-    from ``by_source`` / ``failed``."""
+    from ``by_source`` / ``failed``. ``grid``: a row's shape, ``(h, w)`` or ``(A, h, w)`` with augmented
+    variants; ``extra``: more record fields (the latents file's record), written with the record."""
     kept = [i for i in range(start, stop) if i in by_source]
     arr = np.stack([by_source.pop(i) for i in kept]) if kept else np.empty((0, *grid), TOKEN_DTYPE)
     digest = atomic_write_npy(out / shard_name(index), np.ascontiguousarray(arr, dtype=TOKEN_DTYPE))
@@ -122,18 +128,20 @@ def write_shard(out: Path, images: ImageList, index: int, start: int, stop: int,
         "kept": kept,
         "skipped": [{"index": i, "path": images.paths[i], "reason": failed.pop(i)} for i in range(start, stop) if i in failed],
         "sha256": digest,
-        "sources_digest": images.sources_digest(start, stop),
+        "sources_digest": sources_digest(images, start, stop),
+        **(extra or {}),
     }
     atomic_write_json(out / shard_record_name(index), record)
     log.debug("wrote shard %d (%d rows)", index, len(kept))
 
 
-def write_manifest(out: Path, images: ImageList, descriptor: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(out: Path, images: ImageSource, descriptor: dict[str, Any]) -> dict[str, Any]:
     """Write ``labels.npy``, ``paths.txt`` and, last, ``manifest.json`` from the finished shards' records."""
     shards: list[dict[str, Any]] = []
     labels: list[int] = []
     paths: list[str] = []
     skipped: list[Any] = []
+    latents: list[dict[str, Any]] = []
     row = 0
     for index in range(len(shard_ranges(len(images), descriptor["shard_size"]))):
         rec = json.loads((out / shard_record_name(index)).read_text())
@@ -143,6 +151,8 @@ def write_manifest(out: Path, images: ImageList, descriptor: dict[str, Any]) -> 
         labels.extend(images.labels[i] for i in rec["kept"])
         paths.extend(images.paths[i] for i in rec["kept"])
         skipped.extend(rec["skipped"])
+        if "latents" in rec:
+            latents.append(rec["latents"])
     atomic_write_npy(out / LABELS_FILE, np.asarray(labels, dtype=np.int64))
     atomic_write_bytes(out / PATHS_FILE, "".join(p + "\n" for p in paths).encode())
     manifest = {
@@ -154,6 +164,10 @@ def write_manifest(out: Path, images: ImageList, descriptor: dict[str, Any]) -> 
         "labels_file": LABELS_FILE,
         "paths_file": PATHS_FILE,
     }
+    if descriptor.get("latents"):
+        from .latents import latent_summary
+
+        manifest["latents"] = latent_summary(latents, descriptor["latents"]["dtype"], descriptor["latents"]["row_shape"])
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
 
@@ -249,6 +263,11 @@ class TokenFile:
         return int(h), int(w)
 
     @property
+    def row_shape(self) -> tuple[int, ...]:
+        """A row's shape: ``(h, w)``, or ``(A, h, w)`` when the directory holds ``A`` augmented variants."""
+        return row_shape(self.manifest)
+
+    @property
     def codebook_size(self) -> int:
         return int(self.manifest["tokenizer"]["codebook_size"])
 
@@ -264,8 +283,7 @@ class TokenFile:
         if isinstance(index, (int, np.integer)):
             return self.row(int(index))
         rows = range(len(self))[index] if isinstance(index, slice) else index
-        h, w = self.grid
-        return np.stack([self.row(int(i)) for i in rows]) if len(rows) else np.empty((0, h, w), TOKEN_DTYPE)
+        return np.stack([self.row(int(i)) for i in rows]) if len(rows) else np.empty((0, *self.row_shape), TOKEN_DTYPE)
 
 
 def read_paths_file(path: Path) -> list[str]:
@@ -329,7 +347,7 @@ def open_tokens(directory: str | os.PathLike, *, verify: bool = True) -> TokenFi
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    h, w = manifest["grid"]
+    shape = row_shape(manifest)
     shards = []
     for rec in _check_shard_records(directory, manifest):
         path = directory / rec["file"]
@@ -343,8 +361,9 @@ def open_tokens(directory: str | os.PathLike, *, verify: bool = True) -> TokenFi
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as e:
             raise TokenFormatError(f"shard {path} cannot be read ({e})") from e
-        if arr.dtype != TOKEN_DTYPE or arr.shape != (rec["rows"], h, w):
-            raise TokenFormatError(f"shard {path} has shape {arr.shape} {arr.dtype}, manifest says ({rec['rows']}, {h}, {w}) uint32")
+        if arr.dtype != TOKEN_DTYPE or arr.shape != (rec["rows"], *shape):
+            raise TokenFormatError(f"shard {path} has shape {arr.shape} {arr.dtype}, manifest says "
+                                   f"{(rec['rows'], *shape)} uint32")
         shards.append(arr)
     n = manifest["num_rows"]
     labels = np.load(directory / manifest["labels_file"], allow_pickle=False)
@@ -365,17 +384,55 @@ def open_tokens(directory: str | os.PathLike, *, verify: bool = True) -> TokenFi
     return TokenFile(directory=directory, manifest=manifest, shards=shards, labels=labels, paths=paths)
 
 
-class TokenDataset(torch.utils.data.Dataset):
-    """Rows of a token directory as ``(ids (h, w) int64, label int)`` for training a prior."""
+def row_shape(manifest: dict[str, Any]) -> tuple[int, ...]:
+    """``(h, w)``, or ``(A, h, w)`` for a directory written with ``--augment`` (``A`` variants per image)."""
+    h, w = (int(v) for v in manifest["grid"])
+    aug = manifest.get("augment")
+    return (len(aug["variants"]), h, w) if aug else (h, w)
 
-    def __init__(self, directory: str | os.PathLike, *, verify: bool = True) -> None:
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Rows of a token directory as ``(ids (h, w) int64, label int)`` for training a prior.
+
+    A directory written with ``--augment`` holds ``A`` variants per image: ``variant="random"`` (the
+    default) gives one per item, drawn from ``(seed, epoch, i)`` so each epoch (``set_epoch``) sees a
+    new, reproducible choice (LlamaGen draws one per sample); an int takes that variant always;
+    ``"all"`` gives the ``(A, h, w)`` stack. Without variants the option is ignored.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, verify: bool = True,
+                 variant: int | Literal["random", "all"] = "random", seed: int = 0) -> None:
         self.tokens = open_tokens(directory, verify=verify)
+        self.variants = len(self.tokens.row_shape) == 3
+        n_aug = self.tokens.row_shape[0] if self.variants else 1
+        if isinstance(variant, int) and not 0 <= variant < n_aug:
+            raise TokenFormatError(f"variant {variant} out of range: {directory} holds {n_aug} per image")
+        if not isinstance(variant, int) and variant not in ("random", "all"):
+            raise TokenFormatError(f"variant must be an index, 'random' or 'all', got {variant!r}")
+        self.variant = variant
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose variants ``variant="random"`` draws (call it before each epoch)."""
+        self.epoch = int(epoch)
+
+    def variant_of(self, i: int) -> int | None:
+        """The variant item ``i`` yields this epoch (``None``: all of them, or a directory without variants)."""
+        if not self.variants or self.variant == "all":
+            return None
+        if isinstance(self.variant, int):
+            return self.variant
+        n_aug = self.tokens.row_shape[0]
+        return int(np.random.default_rng([self.seed, self.epoch, i % len(self)]).integers(n_aug))
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        ids = torch.from_numpy(self.tokens.row(i).astype(np.int64))
+        row = self.tokens.row(i)
+        v = self.variant_of(i)
+        ids = torch.from_numpy((row if v is None else row[v]).astype(np.int64))
         return ids, int(self.tokens.labels[i])
 
 
@@ -432,6 +489,7 @@ __all__ = [
     "open_tokens",
     "read_manifest",
     "read_paths_file",
+    "row_shape",
     "shard_done",
     "shard_name",
     "shard_ranges",

@@ -35,8 +35,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .._system import default_num_workers
-from ..data import RESIZE_RULES, ImageList, ImageSourceError, Preprocessing, ResizeRule, list_images, load_rgb
+from ..data import RESIZE_RULES, ImageSourceError, Preprocessing, ResizeRule
 from ..errors import ConfigError
+from ..sources import ImageSource, open_source
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class ImageFolderDataset(Dataset):
     ``{"failed": (path, reason), "cursor": ...}`` for an unreadable file, or ``None`` for a padding slot.
     """
 
-    def __init__(self, images: ImageList, image_size: int, *, train: bool, flip: bool = False, seed: int = 0,
+    def __init__(self, images: ImageSource, image_size: int, *, train: bool, flip: bool = False, seed: int = 0,
                  resize: ResizeRule = "shorter-side") -> None:
         self.images = images
         self.image_size = image_size
@@ -71,7 +72,7 @@ class ImageFolderDataset(Dataset):
             return None
         rel = self.images.paths[idx]
         try:
-            img = load_rgb(self.images.root / rel)
+            img = self.images.load(idx)
         except Exception as e:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
             msg = str(e).splitlines()[0] if str(e) else "unreadable image"
             return {"failed": (rel, f"{type(e).__name__}: {msg}"), "cursor": (epoch, pos)}
@@ -173,7 +174,8 @@ class ImageDataModule(pl.LightningDataModule):
 
     Args:
         data: image folder (recursive; classes from first-level sub-folders), or the root of the
-            paths in ``file_list``.
+            paths in ``file_list``; or ``wds:PATTERN`` (WebDataset tars) or ``hf:NAME_OR_DIR[:SPLIT]``
+            (a Hugging Face dataset), see ``vqgan_lc.sources``.
         file_list: text file of ``relative/path[,label]`` lines (e.g. the official ImageNet split).
         val_data, val_file_list: the validation images. Without them, ``val_fraction`` of the training
             images are held out (seeded); with ``val_fraction=0`` the training images themselves are
@@ -191,7 +193,7 @@ class ImageDataModule(pl.LightningDataModule):
             ``SmallestMaxSize``: OpenCV bilinear, no antialias); ``VQGANLCModule`` records it in the
             exported model's preprocessing, so ``encode`` prepares images the same way.
 
-    After ``setup``, ``train_images``/``val_images`` are the ``ImageList``s; ``skipped`` maps each
+    After ``setup``, ``train_images``/``val_images`` are the ``ImageSource``s; ``skipped`` maps each
     unreadable file (relative path) to the reason it was skipped, ``skip_events`` counts every skip.
     """
 
@@ -234,8 +236,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.seed = seed
         self.samples_per_epoch = samples_per_epoch
         self.drop_last = drop_last
-        self.train_images: ImageList | None = None
-        self.val_images: ImageList | None = None
+        self.train_images: ImageSource | None = None
+        self.val_images: ImageSource | None = None
         self.skipped: dict[str, str] = {}
         self.skip_events = 0
         self._cursor: tuple[int, int] | None = None  # (epoch, next position) of the last consumed training batch
@@ -245,10 +247,10 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_images is not None:
             return
-        images = list_images(self.data, self.file_list)
+        images = open_source(self.data, self.file_list)
         if self.val_data is not None:
             self.train_images = images
-            self.val_images = list_images(self.val_data, self.val_file_list)
+            self.val_images = open_source(self.val_data, self.val_file_list)
         elif self.val_fraction > 0:
             perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.seed)).tolist()
             n_val = max(1, round(len(images) * self.val_fraction))
@@ -356,11 +358,6 @@ class _ResumableLoader(DataLoader):
         self._owner._resume_cursor = (int(cursor[0]), int(cursor[1])) if cursor is not None else None
 
 
-def _subset(images: ImageList, idx: Sequence[int]) -> ImageList:
-    return ImageList(
-        root=images.root,
-        paths=tuple(images.paths[i] for i in idx),
-        labels=tuple(images.labels[i] for i in idx),
-        classes=images.classes,
-    )
+def _subset(images: ImageSource, idx: Sequence[int]) -> ImageSource:
+    return images.subset(idx)
 
