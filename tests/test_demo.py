@@ -89,7 +89,7 @@ def test_files_are_the_real_formats(demo) -> None:  # noqa: ANN001
 
     out, metrics = demo
     cb = load_codebook(out / "codebook.safetensors")
-    assert tuple(cb.vectors.shape) == (K, 768)
+    assert tuple(cb.vectors.shape) == (K, 192)  # 8x8x3 pixel patches, one per token
 
     model = VQGANLC.from_pretrained(out / "model")
     assert not model.inference_only and model.codebook_size == K
