@@ -4,6 +4,7 @@ package's readers, and a rerun with the same seed gives the same numbers."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Iterator
@@ -46,6 +47,13 @@ def test_report_numbers_are_present_and_finite(demo) -> None:  # noqa: ANN001
     assert metrics["utilization"] == pytest.approx(metrics["codes_used"] / K, abs=1e-4)
     assert 1.0 <= metrics["perplexity"] <= K
     assert metrics["val_tokens"] == metrics["val_images"] * 64  # 64 px / f8 -> 8 x 8 tokens
+    # Utilization over training tokens: every training tile encoded, at least 32 tokens per code.
+    n_train = sum(1 for _ in (out / "data" / "train").rglob("*.png"))
+    assert n_train == 310 and metrics["train_tokens"] == n_train * 64 == len(open_tokens(out / "tokens_train")) * 64
+    assert metrics["train_tokens_per_code"] == pytest.approx(n_train * 64 / K, abs=0.01)
+    assert n_train * 64 / inspect.signature(run_demo).parameters["k"].default >= 32  # at `make demo`'s k
+    assert 1 <= metrics["train_codes_used"] <= K
+    assert metrics["train_utilization"] == pytest.approx(metrics["train_codes_used"] / K, abs=1e-4)
     # No pretrained weights offline: these are reported as not computed, the rest still ran.
     assert {"lpips_alex", "lpips_vgg", "rfid"} <= set(metrics["not_computed"])
 
@@ -54,6 +62,7 @@ def test_report_numbers_are_present_and_finite(demo) -> None:  # noqa: ANN001
     report = (out / "report.md").read_text()
     assert f"{raw['psnr_rgb']['value']:.2f} dB" in report and f"{raw['ssim']['value']:.4f}" in report
     assert f"{metrics['codes_used']:,} of {K:,} codes" in report
+    assert f"{metrics['train_codes_used']:,} of {K:,} codes, {metrics['train_tokens']:,} tokens" in report
     for command in ("vqgan-lc build-codebook", "vqgan-lc train --config", "vqgan-lc encode", "vqgan-lc decode",
                     "vqgan-lc evaluate"):
         assert command in report, command
@@ -80,7 +89,7 @@ def test_files_are_the_real_formats(demo) -> None:  # noqa: ANN001
 
     out, metrics = demo
     cb = load_codebook(out / "codebook.safetensors")
-    assert tuple(cb.vectors.shape) == (K, 768)
+    assert tuple(cb.vectors.shape) == (K, 192)  # 8x8x3 pixel patches, one per token
 
     model = VQGANLC.from_pretrained(out / "model")
     assert not model.inference_only and model.codebook_size == K

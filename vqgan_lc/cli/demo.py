@@ -1,6 +1,6 @@
 """``vqgan-lc demo``: the offline end-to-end demo on the bundled photographs (``vqgan_lc.demo``).
 
-    vqgan-lc demo --out runs/demo [--steps 300] [--k 512] [--seed 0]
+    vqgan-lc demo --out runs/demo [--steps 400] [--k 256] [--seed 0]
 
 Needs the ``dev`` extra (scikit-image, faiss, Lightning, matplotlib); about 6 minutes on 2 CPU cores.
 """
@@ -19,8 +19,8 @@ log = logging.getLogger("vqgan_lc.cli.demo")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (the demo's own files in it are replaced)")
-    p.add_argument("--steps", type=positive_int, default=300, help="generator steps of training")
-    p.add_argument("--k", type=positive_int, default=512, help="codebook size (k-means centres, at least 2)")
+    p.add_argument("--steps", type=positive_int, default=400, help="generator steps of training")
+    p.add_argument("--k", type=positive_int, default=256, help="codebook size (k-means centres, at least 2)")
     p.add_argument("--seed", type=seed, default=0)
 
 
