@@ -251,6 +251,33 @@ def test_trained_and_random_codebook_checkpoints_convert(tmp_path: Path) -> None
 
     m3 = convert_official(_crafted(tmp_path, "fc", fc), yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
     assert m3.config.quantizer.kind == "fc" and m3.quantize.embedding.shape == (256, 8)
-    with pytest.raises(CheckpointError, match="quantizer_type='ema'"):
-        convert_official(_crafted(tmp_path, "ema", lambda s, a: a.update(quantizer_type="ema")),
+    with pytest.raises(CheckpointError, match="quantizer_type='sinkhorn'"):
+        convert_official(_crafted(tmp_path, "other", lambda s, a: a.update(quantizer_type="sinkhorn")),
                          yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+
+
+def test_official_ema_checkpoint_converts(tmp_path: Path) -> None:
+    """models_vq.py with quantizer_type ema: tok_embeddings (N x D') plus the cluster_size / embed_avg Parameters."""
+    codes = torch.empty(256, 8).uniform_(-1 / 256, 1 / 256)
+    sizes, avg = torch.rand(256) * 5, torch.randn(256, 8) * 0.1
+
+    def ema(state: dict, args: dict) -> None:
+        for k in ("codebook_projection.weight", "codebook_projection.bias"):
+            del state[k]
+        state.update({"tok_embeddings.weight": codes, "cluster_size": sizes, "embed_avg": avg})
+        args.update(quantizer_type="ema", use_cblinear=0, tuning_codebook=-1)
+
+    m = convert_official(_crafted(tmp_path, "ema", ema), yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+    q = m.config.quantizer
+    assert (q.kind, q.codebook_size, q.ema_update) == ("ema", 256, "every_forward")
+    assert torch.equal(m.quantize.embedding, codes) and torch.equal(m.quantize.cluster_size, sizes)
+    assert torch.equal(m.quantize.embed_avg, avg)
+    x = _load(IN_REPO_FIXTURE, "input.npy")
+    assert torch.equal(m.encode(x), _ids_by_hand(m, x, codes))
+    with pytest.raises(CheckpointError, match="without cluster_size"):
+        convert_official(_crafted(tmp_path, "ema-cut", lambda s, a: (ema(s, a), s.pop("cluster_size"))),
+                         yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")
+    with pytest.raises(CheckpointError, match="projector"):  # an EMA run with use_cblinear 1 is not the baseline
+        convert_official(_crafted(tmp_path, "ema-proj", lambda s, a: (
+            s.update({"cluster_size": sizes, "embed_avg": torch.randn(256, 64)}), a.update(quantizer_type="ema"))),
+            yaml_config=IN_REPO_FIXTURE / "vq_config.yaml")

@@ -16,7 +16,9 @@ keys and shapes, checked against ``args`` where it records them:
 - codebook: ``args.tuning_codebook`` 1 (trained k-means) and -1 (trained random rows) give
   ``codebook_trainable``; 0 and -2 (random rows, frozen) a frozen buffer. The codebook is always the
   checkpoint's; a trained one is not compared with the k-means file.
-The official EMA quantizer (``quantizer_type`` other than ``org``) is refused.
+The official EMA quantizer (``quantizer_type ema``: ``tok_embeddings.weight`` the N x D' codes, moved by
+the ``cluster_size`` / ``embed_avg`` moving averages, no projector) converts to kind ``ema`` with the
+official every-forward update (``ema_update: every_forward``); other quantizer types are refused.
 """
 
 from __future__ import annotations
@@ -111,6 +113,39 @@ def _convert_random_baseline(checkpoint: str | os.PathLike, ours: dict[str, torc
     return model.eval()
 
 
+def _convert_ema(checkpoint: str | os.PathLike, state: dict[str, torch.Tensor], args: dict[str, Any],
+                 config: ModelConfig, embed_dim: int | None) -> VQGANLC:
+    """The official EMA baseline (``quantizer_type ema``): the N x D' codes and their two moving averages."""
+    need = ("tok_embeddings.weight", "cluster_size", "embed_avg")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise CheckpointError(f"{checkpoint} is an EMA checkpoint without {', '.join(missing)}; the file is incomplete")
+    if any(k.startswith(_PROJECTION[0]) for k in state):
+        raise CheckpointError(f"{checkpoint}: an EMA quantizer with a codebook projector moves codes that the search "
+                              "does not use; only the official EMA baseline without a projector (use_cblinear 0) converts")
+    cb = state["tok_embeddings.weight"]
+    n, d = int(cb.shape[0]), int(cb.shape[1])
+    if embed_dim is None:
+        embed_dim = int(args.get("embed_dim", d))
+    if embed_dim != d or tuple(state["embed_avg"].shape) != (n, d) or tuple(state["cluster_size"].shape) != (n,):
+        raise CheckpointError(f"{checkpoint}: the EMA codes are {n} x {d}, embed_avg {tuple(state['embed_avg'].shape)}, "
+                              f"cluster_size {tuple(state['cluster_size'].shape)} and embed_dim {embed_dim}; they must "
+                              "agree (N x D', N x D', N)")
+    renames = {"tok_embeddings.weight": "quantize.embedding", "cluster_size": "quantize.cluster_size",
+               "embed_avg": "quantize.embed_avg"}
+    ours = {renames.get(k, k): v for k, v in state.items() if not k.startswith(_DROPPED_PREFIXES)}
+    config = config.replace(embed_dim=embed_dim, quantizer={"kind": "ema", "codebook_size": n,
+                                                             "ema_update": "every_forward"})
+    provenance = {"converted_from": Path(checkpoint).name,
+                  "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))}}
+    model = VQGANLC(config, provenance=provenance)
+    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
+                                  source=str(checkpoint))
+    log.info("%s: the official EMA baseline, %d x %d codes (updated in every forward, as the official code)",
+             checkpoint, n, d)
+    return model.eval()
+
+
 def config_from_yaml(path: str | os.PathLike) -> ModelConfig:
     """The architecture from an official ``vq_config.yaml`` (``model.params.{embed_dim, ddconfig}``)."""
     try:
@@ -165,9 +200,12 @@ def convert_official(
     if config is None:
         config = config_from_yaml(yaml_config) if yaml_config is not None else get_config(preset)  # type: ignore[arg-type]
 
-    if str(args.get("quantizer_type", "org")) != "org":
-        raise CheckpointError(f"{checkpoint} uses quantizer_type={args['quantizer_type']!r}; only the LC quantizer ('org') "
-                              "and its ablations convert")
+    qtype = str(args.get("quantizer_type", "org"))
+    if qtype == "ema" or "cluster_size" in state:
+        return _convert_ema(checkpoint, state, args, config, embed_dim)
+    if qtype != "org":
+        raise CheckpointError(f"{checkpoint} uses quantizer_type={args['quantizer_type']!r}; only the LC quantizer ('org'), "
+                              "its ablations and the EMA baseline ('ema') convert")
     projector = infer_projector(state, args, str(checkpoint))
     tuning = int(args.get("tuning_codebook", 0))
     if tuning not in (-2, -1, 0, 1):
