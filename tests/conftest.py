@@ -135,6 +135,19 @@ TINY_DINOV2_ARCH = "vit_small_patch14_reg4_dinov2"
 TINY_DINOV2 = dict(embed_dim=48, depth=6, num_heads=3)  # DINOv2-shaped: patch 14, 4 registers
 
 
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A class folder of real photographs (3 per class, 96 px JPEGs)."""
+    write_photo_folder(tmp_path / "photos", per_class=3)
+    return tmp_path / "photos"
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """A saved tiny VQGAN-LC (``tiny_model()``, seed 0)."""
+    return tiny_model().save_pretrained(tmp_path / "model")
+
+
 def tiny_digit_tokenizer(k: int = 32, seed: int = 0):  # noqa: ANN201
     """A DiGIT tokenizer over a random-weight 6-block DINOv2-shaped ViT (48-d) and ``k`` random centroids
     (weights kept in memory, so ``save_pretrained`` embeds them)."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model, write_photo_folder
+from conftest import tiny_model
 from PIL import Image
 
 from vqgan_lc import VQGANLC
@@ -48,17 +48,6 @@ def one_error_line(err: str, command: str) -> str:
     lines = [ln for ln in err.strip().splitlines() if ln.startswith(f"vqgan-lc {command}: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    write_photo_folder(tmp_path / "photos", per_class=3)
-    return tmp_path / "photos"
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    return tiny_model().save_pretrained(tmp_path / "model")
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model, write_photo_folder
 
 from vqgan_lc import VQGANLC
 from vqgan_lc.cli.main import main
@@ -47,17 +46,6 @@ def tree_bytes(d: Path) -> dict[str, bytes]:
 def payload(d: Path) -> dict[str, bytes]:
     """The files that carry ids/latents/labels (encode.json and the manifest also name the source kind)."""
     return {k: v for k, v in tree_bytes(d).items() if k.endswith(".npy")}
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    write_photo_folder(tmp_path / "photos", per_class=3)
-    return tmp_path / "photos"
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    return tiny_model().save_pretrained(tmp_path / "model")
 
 
 def write_tars(photos: Path, out: Path, per_tar: int = 4) -> str:

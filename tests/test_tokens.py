@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model, write_photo_folder
 from PIL import Image
 
 from vqgan_lc import VQGANLC, FormatVersionError, create_model
@@ -33,17 +32,6 @@ OPTS = EncodeOptions(image_size=64, batch_size=4, num_workers=0, shard_size=4)
 
 def tree_bytes(d: Path) -> dict[str, bytes]:
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    write_photo_folder(tmp_path / "photos", per_class=3)
-    return tmp_path / "photos"
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    return tiny_model().save_pretrained(tmp_path / "model")
 
 
 def test_round_trip_ids_labels_and_paths(photos: Path, model_dir: Path, tmp_path: Path) -> None:

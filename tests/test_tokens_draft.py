@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model, write_photo_folder
+from conftest import write_photo_folder
 from PIL import Image
 
 from vqgan_lc import VQGANLC
@@ -24,11 +24,6 @@ SIZE = 32  # draft request 64 px; the 400 x 300+ px files below decode at 1/4 sc
 def big_photos(tmp_path: Path) -> Path:
     write_photo_folder(tmp_path / "big", per_class=2, size=300)  # (300 + 8j) x 300 px JPEGs
     return tmp_path / "big"
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    return tiny_model().save_pretrained(tmp_path / "model")
 
 
 def tree_bytes(d: Path) -> dict[str, bytes]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model, write_photo_folder
+from conftest import write_photo_folder
 
 from vqgan_lc.cli.main import main
 from vqgan_lc.tokens import EncodeError, EncodeOptions, encode_dataset
@@ -18,11 +18,6 @@ from vqgan_lc.tokens import EncodeError, EncodeOptions, encode_dataset
 def photos(tmp_path: Path) -> Path:
     write_photo_folder(tmp_path / "photos", per_class=4, size=96)
     return tmp_path / "photos"
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    return tiny_model().save_pretrained(tmp_path / "model")
 
 
 def tree_bytes(d: Path) -> dict[str, bytes]:

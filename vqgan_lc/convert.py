@@ -96,6 +96,18 @@ def load_official_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.T
     return state, args
 
 
+def _build_converted(checkpoint: str | os.PathLike, config: ModelConfig, args: dict[str, Any],
+                     state: dict[str, torch.Tensor], **provenance: Any) -> VQGANLC:
+    """A ``VQGANLC`` of ``config`` holding ``state`` (fp16 tensors as fp32), its provenance naming the
+    checkpoint and the official run's scalar ``args``; in eval mode."""
+    record = {"converted_from": Path(checkpoint).name,
+              "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))}, **provenance}
+    model = VQGANLC(config, provenance=record)
+    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+                                  source=str(checkpoint))
+    return model.eval()
+
+
 def _convert_random_baseline(checkpoint: str | os.PathLike, ours: dict[str, torch.Tensor], args: dict[str, Any],
                              config: ModelConfig, embed_dim: int) -> VQGANLC:
     """The official random trainable codebook without a projector (``tuning_codebook -1``): kind ``fc``."""
@@ -103,14 +115,9 @@ def _convert_random_baseline(checkpoint: str | os.PathLike, ours: dict[str, torc
     ours["quantize.embedding"] = cb
     config = config.replace(embed_dim=embed_dim, quantizer={"kind": "fc", "codebook_size": int(cb.shape[0]),
                                                              "projector": "linear", "codebook_trainable": False})
-    provenance = {"converted_from": Path(checkpoint).name,
-                  "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))}}
-    model = VQGANLC(config, provenance=provenance)
-    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
-                                  source=str(checkpoint))
     log.info("%s: a random trainable %d x %d codebook without projector, converted as the 'fc' baseline",
              checkpoint, cb.shape[0], cb.shape[1])
-    return model.eval()
+    return _build_converted(checkpoint, config, args, ours)
 
 
 def _convert_ema(checkpoint: str | os.PathLike, state: dict[str, torch.Tensor], args: dict[str, Any],
@@ -136,14 +143,9 @@ def _convert_ema(checkpoint: str | os.PathLike, state: dict[str, torch.Tensor], 
     ours = {renames.get(k, k): v for k, v in state.items() if not k.startswith(_DROPPED_PREFIXES)}
     config = config.replace(embed_dim=embed_dim, quantizer={"kind": "ema", "codebook_size": n,
                                                              "ema_update": "every_forward"})
-    provenance = {"converted_from": Path(checkpoint).name,
-                  "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))}}
-    model = VQGANLC(config, provenance=provenance)
-    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
-                                  source=str(checkpoint))
     log.info("%s: the official EMA baseline, %d x %d codes (updated in every forward, as the official code)",
              checkpoint, n, d)
-    return model.eval()
+    return _build_converted(checkpoint, config, args, ours)
 
 
 def config_from_yaml(path: str | os.PathLike) -> ModelConfig:
@@ -274,12 +276,5 @@ def convert_official(
     config = config.replace(embed_dim=embed_dim, quantizer={"kind": "lc", "codebook_size": n_codes,
                                                              "codebook_dim": int(cb.shape[1]), "projector": projector,
                                                              "codebook_trainable": trained_codebook})
-    provenance = {
-        "converted_from": Path(checkpoint).name,
-        "official_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool))},
-        "codebook_file": Path(codebook).name if codebook is not None else None,
-    }
-    model = VQGANLC(config, provenance=provenance)
-    model.load_state_dict_checked({k: v.float() if v.is_floating_point() else v for k, v in ours.items()},
-                                  source=str(checkpoint))
-    return model.eval()
+    return _build_converted(checkpoint, config, args, ours,
+                            codebook_file=Path(codebook).name if codebook is not None else None)
