@@ -238,24 +238,38 @@ def _check_manifest_fields(m: dict[str, Any], directory: Path) -> None:
 
 
 @dataclass
-class TokenFile:
-    """A read-only view of a token directory.
-
-    ``ids[i]`` is the ``(h, w)`` uint32 id map of row ``i``; ``ids[a:b]`` stacks rows. Shards are
-    numpy memmaps, so opening a 1M-image directory reads no ids.
-    """
+class ShardedRows:
+    """Rows spread over memmapped shards (a token directory's ids, its latents): ``row(i)`` finds the shard."""
 
     directory: Path
     manifest: dict[str, Any]
     shards: list[np.ndarray]
-    labels: np.ndarray
-    paths: list[str]
 
     def __post_init__(self) -> None:
         self._offsets = np.cumsum([0] + [len(s) for s in self.shards])
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
+
+    def row(self, i: int) -> np.ndarray:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} out of range for {n} rows")
+        i %= n
+        s = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        return self.shards[s][i - self._offsets[s]]
+
+
+@dataclass
+class TokenFile(ShardedRows):
+    """A read-only view of a token directory.
+
+    ``ids[i]`` is the ``(h, w)`` uint32 id map of row ``i``; ``ids[a:b]`` stacks rows. Shards are
+    numpy memmaps, so opening a 1M-image directory reads no ids.
+    """
+
+    labels: np.ndarray
+    paths: list[str]
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -270,14 +284,6 @@ class TokenFile:
     @property
     def codebook_size(self) -> int:
         return int(self.manifest["tokenizer"]["codebook_size"])
-
-    def row(self, i: int) -> np.ndarray:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"row {i} out of range for {n} rows")
-        i %= n
-        s = int(np.searchsorted(self._offsets, i, side="right") - 1)
-        return self.shards[s][i - self._offsets[s]]
 
     def __getitem__(self, index: int | slice | Sequence[int]) -> np.ndarray:
         if isinstance(index, (int, np.integer)):

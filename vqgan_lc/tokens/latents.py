@@ -26,7 +26,7 @@ import torch
 from .._io import atomic_write_npy, sha256_file
 from ..data import Preprocessing
 from ..errors import TokenFormatError
-from .format import read_manifest
+from .format import ShardedRows, read_manifest
 
 LatentDtype = Literal["float16", "float32"]
 Augment = Literal["none", "flip", "ten-crop"]
@@ -118,20 +118,10 @@ def latent_summary(records: list[dict[str, Any]], dtype: str, row_shape: list[in
 
 
 @dataclass
-class LatentFile:
+class LatentFile(ShardedRows):
     """A read-only view of the latents of a token directory: ``lat[i]`` is row ``i``'s ``(D', h, w)``
     latent (``(A, D', h, w)`` with augmented variants); memmapped shards; ``mean``/``std`` per channel and
     ``scale_factor`` from the manifest."""
-
-    directory: Path
-    manifest: dict[str, Any]
-    shards: list[np.ndarray]
-
-    def __post_init__(self) -> None:
-        self._offsets = np.cumsum([0] + [len(s) for s in self.shards])
-
-    def __len__(self) -> int:
-        return int(self._offsets[-1])
 
     @property
     def info(self) -> dict[str, Any]:
@@ -150,12 +140,7 @@ class LatentFile:
         return float(self.info["scale_factor"])
 
     def __getitem__(self, i: int) -> np.ndarray:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"row {i} out of range for {n} rows")
-        i %= n
-        s = int(np.searchsorted(self._offsets, i, side="right") - 1)
-        return self.shards[s][i - self._offsets[s]]
+        return self.row(i)
 
 
 def open_latents(directory: str | os.PathLike, *, verify: bool = True) -> LatentFile:
