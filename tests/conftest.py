@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+# Lightning gives its loggers a StreamHandler bound to the sys.stderr of the moment it is first imported.
+# Imported first inside a test that uses capsys, that stream is closed after the test and every later
+# Lightning log line prints "--- Logging error ---" into the next test's captured stderr (which the
+# one-error-line assertions read). Import it here, while the session's stream is in place.
+with contextlib.suppress(ImportError):
+    import lightning.pytorch  # noqa: F401
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 OFFICIAL_TINY = FIXTURES / "official-format-tiny"

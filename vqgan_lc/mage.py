@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from .config import check_fields
-from .errors import ImageShapeError, TokenRangeError
 from .formats import Description, millions
 from .nn.mage_blocks import MAGEDecoder, MAGEEncoder
 from .pretrained import PretrainedMixin
@@ -168,38 +167,10 @@ class MAGEVQGAN(ImageTokenizerMixin, PretrainedMixin, nn.Module):
         """The kind and the architecture: what ``config_hash`` (recorded by token directories) hashes."""
         return {"kind": self.kind, **self.config.to_dict()}
 
-    # ------------------------------------------------------------------ checks
-    def _check_images(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ImageShapeError(f"images must be a (B, C, H, W) tensor in [-1, 1], got {shape}")
-        if not x.is_floating_point():
-            raise ImageShapeError(f"images must be floats in [-1, 1], got dtype {x.dtype}")
-        c, h, w = x.shape[1:]
-        if c != self.config.in_channels:
-            raise ImageShapeError(f"images have {c} channels but the model expects {self.config.in_channels} (RGB); "
-                                  "convert grayscale/RGBA images to RGB first")
-        f = self.downsample_factor
-        if h % f or w % f or h == 0 or w == 0:
-            raise ImageShapeError(f"image size {h}x{w} is not a multiple of the downsampling factor {f}; "
-                                  f"resize or crop to e.g. {max(f, h // f * f)}x{max(f, w // f * f)}")
-
-    def _check_ids(self, ids: torch.Tensor) -> None:
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 3:
-            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-            raise TokenRangeError(f"ids must be a (B, h, w) integer tensor, got {shape}")
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise TokenRangeError(f"ids must be integers, got dtype {ids.dtype}")
-        if ids.numel():
-            lo, hi = int(ids.min()), int(ids.max())
-            if lo < 0 or hi >= self.codebook_size:
-                raise TokenRangeError(f"ids must lie in [0, {self.codebook_size}) for this codebook; got values in "
-                                      f"[{lo}, {hi}]. Were they made with another model?")
-
     # ------------------------------------------------------------------ the API
     def encode_latents(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [-1, 1] -> pre-quantization latent ``(B, embed_dim, H/16, W/16)``."""
-        self._check_images(images)
+        self._check_images(images, self.config.in_channels)
         return self.encoder((images + 1.0) * 0.5)
 
     def latents_to_ids(self, z: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ the format table of ``vqgan_lc.formats``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -167,6 +168,36 @@ class ImageTokenizerMixin:
                                   "from_pretrained or load_state_dict(..., assign=True) first")
         return p.dtype
 
+    def _check_images(self, x: torch.Tensor, channels: int) -> None:
+        """A ``(B, channels, H, W)`` float tensor whose sides are multiples of ``downsample_factor``."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ImageShapeError(f"images must be a (B, C, H, W) tensor in [-1, 1], got {shape}")
+        if not x.is_floating_point():
+            raise ImageShapeError(f"images must be floats in [-1, 1], got dtype {x.dtype}")
+        c, h, w = x.shape[1:]
+        if c != channels:
+            raise ImageShapeError(f"images have {c} channels but the model expects {channels} (RGB); "
+                                  "convert grayscale/RGBA images to RGB first")
+        f = self.downsample_factor
+        if h % f or w % f or h == 0 or w == 0:
+            raise ImageShapeError(f"image size {h}x{w} is not a multiple of the downsampling factor {f}; "
+                                  f"resize or crop to e.g. {max(f, h // f * f)}x{max(f, w // f * f)}")
+
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        """A ``(B, h, w)`` integer tensor of ids in ``[0, codebook_size)``."""
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 3:
+            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise TokenRangeError(f"ids must be a (B, h, w) integer tensor, got {shape}")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TokenRangeError(f"ids must be integers, got dtype {ids.dtype}")
+        if ids.numel():
+            lo, hi = (int(v) for v in torch.aminmax(ids))
+            size = self.codebook_size  # type: ignore[attr-defined]
+            if lo < 0 or hi >= size:
+                raise TokenRangeError(f"ids must lie in [0, {size}) for this codebook; got values in [{lo}, {hi}]. "
+                                      "Were they made with another model?")
+
     def _encode_input(self, images: Any) -> Any:
         """``images`` checked for values and cast to the weights' dtype, for ``encode``: a float tensor with
         NaN/Inf or values outside [-1, 1] (beyond ``ENCODE_RANGE_TOLERANCE``) is refused with one sentence;
@@ -181,11 +212,12 @@ class ImageTokenizerMixin:
         dtype = self._weights_dtype()
         if not images.is_floating_point() or images.numel() == 0:
             return images
-        finite = torch.isfinite(images)
-        if not bool(finite.all()):
-            raise ImageShapeError(f"images hold {int((~finite).sum())} NaN or infinite values; check the "
-                                  "pipeline that made them (encode takes finite pixels in [-1, 1])")
-        lo, hi = float(images.min()), float(images.max())
+        lo_t, hi_t = torch.aminmax(images)  # one pass; NaN propagates into both, +-inf shows in one
+        lo, hi = float(lo_t), float(hi_t)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int((~torch.isfinite(images)).sum())
+            raise ImageShapeError(f"images hold {bad} NaN or infinite values; check the pipeline that made them "
+                                  "(encode takes finite pixels in [-1, 1])")
         tol = ENCODE_RANGE_TOLERANCE
         if lo < -1.0 - tol or hi > 1.0 + tol:
             hint = ("they look like [0, 255] pixels: pass x / 127.5 - 1" if hi > 2.0 else

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -76,6 +76,25 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[torch.Tensor
     return perm[n_test:], perm[:n_test]
 
 
+def _labelled_split(
+    features: Callable[[torch.utils.data.Dataset], tuple[torch.Tensor, torch.Tensor]],
+    dataset: torch.utils.data.Dataset, test_dataset: torch.utils.data.Dataset | None, test_fraction: float, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """``(x, y, xt, yt, n_classes)``: ``features`` of ``dataset`` and of ``test_dataset`` (or a seeded
+    ``test_fraction`` split of ``dataset``), unlabelled rows (label -1) dropped from both."""
+    x, y = features(dataset)
+    if test_dataset is not None:
+        xt, yt = features(test_dataset)
+    else:
+        tr, te = split_indices(len(y), test_fraction, seed)
+        x, y, xt, yt = x[tr], y[tr], x[te], y[te]
+    x, y = x[y >= 0], y[y >= 0]
+    xt, yt = xt[yt >= 0], yt[yt >= 0]
+    if not len(y) or not len(yt):
+        raise ValueError("the linear probe needs labelled rows in both the train and the test split")
+    return x, y, xt, yt, int(max(y.max(), yt.max())) + 1
+
+
 def fit_linear(x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-3, steps: int = 200) -> torch.nn.Linear:
     """Multinomial logistic regression on ``(N, D)`` features by full-batch L-BFGS."""
     lin = torch.nn.Linear(x.shape[1], n_classes)
@@ -115,17 +134,9 @@ def linear_probe(
             (shuffled with ``seed``) is held out.
         l2, steps: L2 weight on the classifier and L-BFGS iterations.
     """
-    x, y = probe_features(gpt, dataset, layer=layer, batch_size=batch_size)
-    if test_dataset is not None:
-        xt, yt = probe_features(gpt, test_dataset, layer=layer, batch_size=batch_size)
-    else:
-        tr, te = split_indices(len(y), test_fraction, seed)
-        x, y, xt, yt = x[tr], y[tr], x[te], y[te]
-    x, y = x[y >= 0], y[y >= 0]
-    xt, yt = xt[yt >= 0], yt[yt >= 0]
-    if not len(y) or not len(yt):
-        raise ValueError("the linear probe needs labelled rows in both the train and the test split")
-    n_classes = int(max(y.max(), yt.max())) + 1
+    x, y, xt, yt, n_classes = _labelled_split(
+        lambda ds: probe_features(gpt, ds, layer=layer, batch_size=batch_size), dataset, test_dataset,
+        test_fraction, seed)
     mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
     x, xt = (x - mu) / sd, (xt - mu) / sd
     lin = fit_linear(x, y, n_classes, l2=l2, steps=steps)
@@ -238,17 +249,9 @@ def paper_linear_probe(
 ) -> PaperProbeResult:
     """DiGIT's linear probe (see the module docstring); ``steps`` is 100k in the paper."""
     states = list(paper_states(gpt) if states is None else states)
-    x, y = all_pooled_states(gpt, dataset, states, batch_size=feature_batch_size)
-    if test_dataset is not None:
-        xt, yt = all_pooled_states(gpt, test_dataset, states, batch_size=feature_batch_size)
-    else:
-        tr, te = split_indices(len(y), test_fraction, seed)
-        x, y, xt, yt = x[tr], y[tr], x[te], y[te]
-    x, y = x[y >= 0], y[y >= 0]
-    xt, yt = xt[yt >= 0], yt[yt >= 0]
-    if not len(y) or not len(yt):
-        raise ValueError("the linear probe needs labelled rows in both the train and the test split")
-    n_classes = int(max(y.max(), yt.max())) + 1
+    x, y, xt, yt, n_classes = _labelled_split(
+        lambda ds: all_pooled_states(gpt, ds, states, batch_size=feature_batch_size), dataset, test_dataset,
+        test_fraction, seed)
     heads = train_joint_heads(x, y, n_classes, steps=steps, batch_size=batch_size, lr=lr, momentum=momentum, seed=seed)
     with torch.no_grad():
         acc = [(h(xt[:, i]).argmax(1) == yt).float().mean().item() for i, h in enumerate(heads)]

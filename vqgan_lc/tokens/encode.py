@@ -54,7 +54,7 @@ from ..data import (
 )
 from ..errors import EncodeError
 from ..progress import Progress
-from ..sources import ImageSource, open_source, sources_digest
+from ..sources import ImageSource, open_source
 from ..tokenizer import Tokenizer, load_tokenizer, tokenizer_identity
 from .format import (
     MANIFEST,
@@ -268,7 +268,6 @@ def _encode_shards(
 
     by_source: dict[int, np.ndarray] = {}
     lat_by_source: dict[int, np.ndarray] = {}
-    lat_row = tuple(_latent_row_shape(model, opts)) if opts.latents is not None else ()
     failed: dict[int, str] = {}
     pending = list(shards)
     bar = Progress(len(order), f"encode -> {out.name}", enabled=progress)
@@ -295,8 +294,8 @@ def _encode_shards(
                 extra = None
                 if opts.latents is not None:
                     kept = [i for i in range(s, e) if i in by_source]
-                    lat = (np.stack([lat_by_source.pop(i) for i in kept]) if kept
-                           else np.empty((0, *lat_row), np.float32))
+                    lat = (np.stack([lat_by_source.pop(i) for i in kept]) if kept  # (a 1-image pass only when empty)
+                           else np.empty((0, *_latent_row_shape(model, opts)), np.float32))
                     extra = {"latents": write_latent_shard(out, index, lat, opts.latents)}
                 write_shard(out, images, index, s, e, by_source, failed, row, extra)
     finally:
@@ -533,7 +532,7 @@ def _encode_all(model: Tokenizer, model_dir: str | None, images: ImageSource, ou
         _prepare_output(out, descriptor, overwrite, lock)
     ranges = shard_ranges(len(images), opts.shard_size)
     mine = [(i, s, e) for i, (s, e) in enumerate(ranges) if i % topo.world == topo.rank]
-    todo = [(i, s, e) for i, s, e in mine if not shard_done(out, i, s, e, sources_digest(images, s, e))]
+    todo = [(i, s, e) for i, s, e in mine if not shard_done(out, i, s, e, images)]
     if len(todo) < len(mine):
         log.info("resuming: %d of %d shards already finished and verified", len(mine) - len(todo), len(mine))
     if topo.world > 1:

@@ -1,5 +1,5 @@
 """Token directories: what a dataset becomes after ``vqgan-lc encode``: the writer's pieces
-(``write_shard``, ``shard_done``, ``write_manifest``, ``clear_tokens``), the reader (``open_tokens``,
+(``write_shard``, ``shard_done``, ``write_manifest``), the reader (``open_tokens``,
 ``TokenDataset``), the manifest and ``check_compatible``. The pipeline that feeds the writer is
 ``tokens/encode.py``.
 
@@ -77,10 +77,10 @@ def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
 
 
-def shard_done(out: Path, index: int, start: int, stop: int, sources_digest: str | None = None) -> bool:
+def shard_done(out: Path, index: int, start: int, stop: int, sources: ImageSource | None = None) -> bool:
     """Whether shard ``index`` of ``[start, stop)`` is finished: its ``.npy`` and record exist, the sha256
-    matches and, when ``sources_digest`` is given, the sources are unchanged since it was written (a record
-    without one, from an older vqgan-lc, is redone)."""
+    matches and, when ``sources`` is given, its sources are unchanged since it was written (``sources_digest``,
+    computed only for a shard that has a record; a record without one, from an older vqgan-lc, is redone)."""
     rec_path = out / shard_record_name(index)
     npy = out / shard_name(index)
     if not rec_path.is_file() or not npy.is_file():
@@ -91,25 +91,13 @@ def shard_done(out: Path, index: int, start: int, stop: int, sources_digest: str
         return False
     if rec.get("source_range") != [start, stop]:
         return False
-    if sources_digest is not None and rec.get("sources_digest") != sources_digest:
+    if sources is not None and rec.get("sources_digest") != sources_digest(sources, start, stop):
         log.info("shard %d: its sources changed since it was written; encoding it again", index)
         return False
     if sha256_file(npy) != rec.get("sha256"):
         return False
     lat = rec.get("latents")  # written with --latents: that file must be whole too
     return lat is None or ((out / str(lat.get("file", ""))).is_file() and sha256_file(out / lat["file"]) == lat.get("sha256"))
-
-
-def clear_tokens(out: Path) -> None:
-    """Remove only the files this format writes (``OWN_NAMES`` and their temporaries)."""
-    import re
-    import shutil
-
-    own = re.compile("|".join(OWN_NAMES))
-    own_tmp = re.compile(rf"\.(?:{'|'.join(OWN_NAMES)})\.tmp-\d+")
-    for p in list(out.iterdir()):
-        if own.fullmatch(p.name) or own_tmp.fullmatch(p.name):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def write_shard(out: Path, images: ImageSource, index: int, start: int, stop: int,
@@ -490,7 +478,6 @@ __all__ = [
     "TokenFile",
     "TokenFormatError",
     "check_compatible",
-    "clear_tokens",
     "describe",
     "open_tokens",
     "read_manifest",
